@@ -1,0 +1,53 @@
+"""Shared test fixtures: requirements that fail under CI=true and skip elsewhere."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TEST_IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def unavailable(reason: str) -> None:
+    """Skip outside CI; under CI=true a missing requirement is a failure, never a skip."""
+    if IN_CI:
+        pytest.fail(f"required under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _has_bcc() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture
+def root() -> None:
+    """The test needs root, tracefs and bcc."""
+    if os.geteuid() != 0:
+        unavailable("needs root")
+    if not _has_bcc():
+        unavailable("needs bcc (python3-bpfcc)")
+    if not Path("/sys/kernel/tracing/events").is_dir():
+        unavailable("needs tracefs mounted at /sys/kernel/tracing")
+
+
+@pytest.fixture
+def docker_daemon(root: None) -> None:
+    """The test needs the local Docker daemon and the test image."""
+    if shutil.which("docker") is None:
+        unavailable("needs the docker client")
+    probe = subprocess.run(
+        ["docker", "image", "inspect", TEST_IMAGE], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        unavailable(f"needs a running Docker daemon and the image {TEST_IMAGE}")

@@ -54,8 +54,7 @@ class VerifierError(EngineError):
     def __init__(self, path: str, function: str, errno: int, log: str) -> None:
         tail = "\n".join(log.rstrip().splitlines()[-25:])
         super().__init__(
-            f"{path}: program {function!r} was rejected by the kernel "
-            f"(errno {errno}):\n{tail}"
+            f"{path}: program {function!r} was rejected by the kernel (errno {errno}):\n{tail}"
         )
         self.path = path
         self.function = function

@@ -1,6 +1,7 @@
 """Network namespaces: identity, handles, running code inside one, and the live list of them."""
 
 from engine.netns._handle import CLONE_NEWNET, NetnsHandle, NetnsId, host_netns_id
+from engine.netns._rtnl import NsidClient
 from engine.netns._source import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
 from engine.netns._thread import in_netns, run_in_netns
 
@@ -12,6 +13,7 @@ __all__ = [
     "NetnsId",
     "NetnsRemoved",
     "NetnsSource",
+    "NsidClient",
     "host_netns_id",
     "in_netns",
     "run_in_netns",

@@ -1,0 +1,38 @@
+"""Who owns a tc filter: an engine process, named by pid and start time.
+
+A pid alone can be reused after the engine dies; pid plus the process's start time (in clock
+ticks since boot, field 22 of /proc/PID/stat) cannot, so leftovers of a dead engine are told
+apart from the filters of a live one without any state file.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from the last ")".
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def current_owner() -> str:
+    """This process's owner id, "PID.STARTTIME"."""
+    pid = os.getpid()
+    return f"{pid}.{_start_time(pid)}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the engine process named by `owner` still runs. Malformed ids count as alive,
+    so that a filter we cannot judge is left alone."""
+    try:
+        pid_text, start_text = owner.split(".", 1)
+        pid, start = int(pid_text), int(start_text)
+    except ValueError:
+        return True
+    return _start_time(pid) == start

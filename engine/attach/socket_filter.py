@@ -1,0 +1,62 @@
+"""Socket filters: a raw packet socket inside a netns with the program attached."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from engine.errors import AttachError
+from engine.netns import NetnsHandle, in_netns
+
+logger = logging.getLogger(__name__)
+
+ETH_P_ALL = 0x0003
+SO_ATTACH_BPF = 50
+
+
+def _open_filtered_socket(prog_fd: int) -> socket.socket:
+    """Runs inside the netns: a socket there sees every interface of that netns only."""
+    sock = socket.socket(
+        socket.AF_PACKET,
+        socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        socket.htons(ETH_P_ALL),
+    )
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@asynccontextmanager
+async def attach_socket_filter(
+    prog_fd: int, program: str, handle: NetnsHandle
+) -> AsyncIterator[socket.socket]:
+    """Attach a loaded SOCKET_FILTER program to all traffic of the netns of `handle`.
+
+    The socket is closed (and the program detached) on exit, also on cancellation.
+    Nobody reads the socket: the program's return value is how many bytes to queue, so
+    gadgets should return 0 and report through maps.
+    """
+    try:
+        sock = await in_netns(handle, _open_filtered_socket, prog_fd, release=socket.socket.close)
+    except OSError as exc:
+        raise AttachError(
+            program,
+            f"cannot open a packet socket: {exc.strerror}",
+            netns=str(handle.id),
+            errno=exc.errno,
+        ) from exc
+    logger.debug("socket filter %s attached in %s (fd %d)", program, handle.id, sock.fileno())
+    try:
+        yield sock
+    finally:
+        with trio.CancelScope(shield=True):
+            sock.close()
+            await trio.lowlevel.checkpoint()
+        logger.debug("socket filter %s detached from %s", program, handle.id)

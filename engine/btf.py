@@ -382,13 +382,15 @@ class _Generator:
     def _member(self, m: Member, depth: int) -> list[str]:
         indent = _INDENT * depth
         dims = ""
-        t = self.btf.resolve(m.type_id)
+        type_id = m.type_id
+        t = self.btf.resolve(type_id)
         while t.kind is Kind.ARRAY:
             dims += f"[{t.nelems}]"
-            t = self.btf.resolve(t.ref)
+            type_id = t.ref
+            t = self.btf.resolve(type_id)
         declarator = f"{m.name}{dims}"
         if t.kind in _COMPOSITE:
-            name = self._composite_name(m.type_id)
+            name = self._composite_name(type_id)
             if name is None or not m.name:
                 # Anonymous composites (and anonymous members) are written inline.
                 head = f"{indent}{_keyword(t)} {{"

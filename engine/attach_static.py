@@ -1,0 +1,101 @@
+"""Attaching static programs: once when the engine starts, detached when it stops.
+
+Each attacher is an async context manager that always detaches, also when cancelled. bcc's
+``BPF`` object is not thread-safe, so calls on it run in a worker thread under the gadget's
+lock; detaching runs shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine.errors import AttachError, TargetNotFoundError
+from engine.loader import LoadedGadget, LoadedProgram
+from engine.sections import Kind
+
+TRACEFS = Path("/sys/kernel/tracing")
+
+_LOCKS: dict[int, threading.Lock] = {}
+
+
+def bcc_lock(loaded: LoadedGadget) -> threading.Lock:
+    """One lock per bcc object: its attach/detach bookkeeping is plain dicts."""
+    return _LOCKS.setdefault(id(loaded.bpf), threading.Lock())
+
+
+async def call_bcc(loaded: LoadedGadget, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def locked() -> Any:
+        with bcc_lock(loaded):
+            return fn(*args, **kw)
+
+    return await trio.to_thread.run_sync(locked)
+
+
+async def _detach(loaded: LoadedGadget, fn: Callable[..., Any], **kw: Any) -> None:
+    with trio.CancelScope(shield=True):
+        await call_bcc(loaded, fn, **kw)
+
+
+def _attach_failed(program: LoadedProgram, exc: Exception) -> AttachError:
+    return AttachError(program.spec.function, f"{program.spec.section.text}: {exc}")
+
+
+@asynccontextmanager
+async def attach_tracepoint(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
+    category, name = program.spec.section.parts
+    if not (TRACEFS / "events" / category / name / "id").exists():
+        raise TargetNotFoundError(
+            loaded.gadget.path,
+            program.spec.line,
+            program.spec.function,
+            f"no tracepoint {category}/{name} in {TRACEFS / 'events'}",
+        )
+    tp = f"{category}:{name}"
+    try:
+        await call_bcc(loaded, loaded.bpf.attach_tracepoint, tp=tp, fn_name=program.spec.function)
+    except Exception as exc:  # bcc raises bare Exception
+        raise _attach_failed(program, exc) from exc
+    try:
+        yield
+    finally:
+        await _detach(loaded, loaded.bpf.detach_tracepoint, tp=tp)
+
+
+@asynccontextmanager
+async def attach_raw_tracepoint(
+    loaded: LoadedGadget, program: LoadedProgram
+) -> AsyncIterator[None]:
+    (name,) = program.spec.section.parts
+    try:
+        await call_bcc(
+            loaded, loaded.bpf.attach_raw_tracepoint, tp=name, fn_name=program.spec.function
+        )
+    except Exception as exc:
+        raise TargetNotFoundError(
+            loaded.gadget.path,
+            program.spec.line,
+            program.spec.function,
+            f"cannot attach to raw tracepoint {name!r}: {exc}",
+        ) from exc
+    try:
+        yield
+    finally:
+        await _detach(loaded, loaded.bpf.detach_raw_tracepoint, tp=name)
+
+
+StaticAttacher = Callable[[LoadedGadget, LoadedProgram], AbstractAsyncContextManager[None]]
+
+STATIC_ATTACHERS: dict[Kind, StaticAttacher] = {
+    Kind.TRACEPOINT: attach_tracepoint,
+    Kind.RAW_TRACEPOINT: attach_raw_tracepoint,
+}
+
+
+def static_attacher(kind: Kind) -> StaticAttacher | None:
+    return STATIC_ATTACHERS.get(kind)

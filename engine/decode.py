@@ -1,0 +1,216 @@
+"""Decoding of the records a gadget writes, by field name, into plain Python values.
+
+bcc records, for every ring or perf buffer, the C struct that the gadget submits to it, as
+``name#type`` pairs. From those we build one ``struct.Struct`` per map (C alignment rules,
+x86-64) and a list of converters, so a record decodes in one ``unpack_from`` call.
+
+The rules (also in docs/events.md):
+- ``char[N]`` is a C string: the bytes up to the first NUL, as ``str`` (UTF-8, invalid bytes
+  replaced);
+- a 32-bit field whose name ends in ``addr`` (``saddr``, ``daddr``, ``addr``) or contains
+  ``ipv4`` is an IPv4 address in network byte order, shown dotted (``"172.17.0.2"``);
+- a 128-bit or ``u8[16]`` field whose name contains ``addr6``, ``ipv6`` or ``addr_v6`` is an
+  IPv6 address (``"::1"``);
+- ``__be16``/``__be32``/``__be64`` fields are converted from network byte order to numbers
+  (so a ``__be16 dport`` is the port a person reads); plain ``u16`` ports are left alone;
+- a ``u8[6]`` field whose name contains ``mac`` is shown ``"aa:bb:cc:dd:ee:ff"``;
+- ``bool`` is ``True``/``False``; other arrays are lists; pointers are integers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+log = logging.getLogger(__name__)
+
+# C type spelling → (struct format char, size). Sizes and alignments of x86-64.
+_SCALARS: dict[str, str] = {
+    "char": "b",
+    "signed char": "b",
+    "s8": "b",
+    "__s8": "b",
+    "unsigned char": "B",
+    "u8": "B",
+    "__u8": "B",
+    "bool": "?",
+    "_Bool": "?",
+    "short": "h",
+    "s16": "h",
+    "__s16": "h",
+    "unsigned short": "H",
+    "u16": "H",
+    "__u16": "H",
+    "__be16": "H",
+    "__le16": "H",
+    "int": "i",
+    "s32": "i",
+    "__s32": "i",
+    "pid_t": "i",
+    "enum": "i",
+    "unsigned int": "I",
+    "u32": "I",
+    "__u32": "I",
+    "__be32": "I",
+    "__le32": "I",
+    "uid_t": "I",
+    "gid_t": "I",
+    "long": "q",
+    "long long": "q",
+    "s64": "q",
+    "__s64": "q",
+    "unsigned long": "Q",
+    "unsigned long long": "Q",
+    "u64": "Q",
+    "__u64": "Q",
+    "__be64": "Q",
+    "__le64": "Q",
+    "size_t": "Q",
+    "void *": "Q",
+    "char *": "Q",
+    "unsigned __int128": "16s",
+    "__int128": "16s",
+    "__u128": "16s",
+}
+_ARRAY = re.compile(r"^(.+?)\s*\[(\d+)\]$")
+_BIG_ENDIAN = {"__be16": ">H", "__be32": ">I", "__be64": ">Q"}
+
+Converter = Callable[[Any], Any]
+
+
+def _cstring(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _ipv4(value: int) -> str:
+    # The value was unpacked little-endian from bytes stored in network order.
+    return str(ipaddress.IPv4Address(value.to_bytes(4, "little")))
+
+
+def _ipv6(raw: bytes) -> str:
+    return str(ipaddress.IPv6Address(raw))
+
+
+def _mac(raw: Sequence[int]) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _swap(fmt: str) -> Converter:
+    size = struct.calcsize(fmt)
+
+    def convert(value: int) -> int:
+        return int.from_bytes(value.to_bytes(size, "little"), "big")
+
+    return convert
+
+
+@attrs.frozen
+class Field:
+    name: str
+    ctype: str
+
+
+@attrs.define
+class RecordDecoder:
+    """Decodes one map's records. Fields it cannot type are left out, said once at start."""
+
+    fields: tuple[Field, ...]
+    struct: struct.Struct
+    plan: tuple[tuple[str, int, int, Converter | None], ...]  # name, first, count, converter
+    undecoded: tuple[str, ...] = ()
+
+    def decode(self, raw: bytes) -> dict[str, Any]:
+        if len(raw) < self.struct.size:
+            raw = raw.ljust(self.struct.size, b"\0")
+        values = self.struct.unpack_from(raw)
+        out: dict[str, Any] = {}
+        for name, first, count, convert in self.plan:
+            value: Any = values[first] if count == 1 else list(values[first : first + count])
+            out[name] = convert(value) if convert is not None else value
+        return out
+
+
+def _converter(name: str, base: str, count: int, fmt: str) -> Converter | None:
+    lname = name.lower()
+    if count > 1 and base in ("char", "signed char", "s8", "__s8"):
+        return None  # handled as one "s" field below
+    if count == 1 and fmt == "I" and (lname.endswith("addr") or "ipv4" in lname):
+        return _ipv4
+    if count == 1 and fmt == "16s" and ("addr6" in lname or "ipv6" in lname or "addr_v6" in lname):
+        return _ipv6
+    if base in _BIG_ENDIAN and count == 1:
+        return _swap(_BIG_ENDIAN[base])
+    if count == 6 and fmt == "B" and "mac" in lname:
+        return _mac
+    if fmt == "16s" and count == 1:
+        return lambda raw: int.from_bytes(raw, "little")
+    return None
+
+
+def build_decoder(fields: Sequence[Field]) -> RecordDecoder:
+    """A decoder for a C struct given as (name, type) pairs in declaration order."""
+    fmt_parts: list[str] = ["<"]
+    offset = 0
+    index = 0
+    plan: list[tuple[str, int, int, Converter | None]] = []
+    undecoded: list[str] = []
+    max_align = 1
+    for i, field in enumerate(fields):
+        ctype = " ".join(field.ctype.split())
+        if ctype.startswith("enum"):
+            ctype = "enum"
+        count = 1
+        array = _ARRAY.match(ctype)
+        base = ctype
+        if array:
+            base, count = array.group(1), int(array.group(2))
+        fmt = _SCALARS.get(base)
+        if fmt is None or (fmt == "16s" and count > 1):
+            undecoded.extend(f.name for f in fields[i:])
+            log.warning(
+                "field %r has type %r, which the engine cannot decode; it and the fields "
+                "after it are left out (use integer, char, bool or array fields)",
+                field.name,
+                field.ctype,
+            )
+            break
+        size = struct.calcsize(fmt)
+        align = 16 if fmt == "16s" else size
+        max_align = max(max_align, align)
+        pad = -offset % align
+        if pad:
+            fmt_parts.append(f"{pad}x")
+            offset += pad
+        is_string = count > 1 and fmt == "b"
+        if is_string:
+            fmt_parts.append(f"{count}s")
+            plan.append((field.name, index, 1, _cstring))
+            index += 1
+        else:
+            fmt_parts.append(f"{count}{fmt}" if count > 1 else fmt)
+            plan.append((field.name, index, count, _converter(field.name, base, count, fmt)))
+            index += count
+        offset += size * count
+    tail = -offset % max_align
+    if tail and not undecoded:
+        fmt_parts.append(f"{tail}x")
+    return RecordDecoder(
+        tuple(fields), struct.Struct("".join(fmt_parts)), tuple(plan), tuple(undecoded)
+    )
+
+
+def fields_from_bcc(lib: Any, module: Any, map_name: str) -> list[Field]:
+    """The ``name#type`` list bcc recorded for the struct submitted to ``map_name``."""
+    name = map_name.encode()
+    out = []
+    for i in range(lib.bpf_perf_event_fields(module, name)):
+        raw = lib.bpf_perf_event_field(module, name, i).decode()
+        fname, _, ctype = raw.partition("#")
+        out.append(Field(fname, ctype))
+    return out

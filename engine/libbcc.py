@@ -1,0 +1,41 @@
+"""libbcc, as bcc's Python module loads it, plus the prototypes that module leaves out.
+
+bcc's ``libbcc.py`` declares most functions of libbcc.so.0 but not all we call; calling an
+undeclared one through ctypes truncates pointers to int. Everything the engine calls on
+libbcc goes through ``lib()`` so that the declarations are made once.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import functools
+from typing import Any
+
+
+@functools.cache
+def lib() -> Any:
+    from bcc import lib as bcc_lib  # Debian's python3-bpfcc
+
+    bcc_lib.bpf_num_tables.restype = ct.c_ulonglong
+    bcc_lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    bcc_lib.bpf_table_name.restype = ct.c_char_p
+    bcc_lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_ulonglong]
+    bcc_lib.perf_reader_event_read.restype = None
+    bcc_lib.perf_reader_event_read.argtypes = [ct.c_void_p]
+    bcc_lib.bcc_iter_attach.restype = ct.c_int
+    bcc_lib.bcc_iter_attach.argtypes = [ct.c_int, ct.c_void_p, ct.c_int]
+    bcc_lib.bcc_iter_create.restype = ct.c_int
+    bcc_lib.bcc_iter_create.argtypes = [ct.c_int]
+    return bcc_lib
+
+
+def ringbuf_callback_type() -> Any:
+    from bcc.libbcc import _RINGBUF_CB_TYPE
+
+    return _RINGBUF_CB_TYPE
+
+
+def perf_callback_types() -> tuple[Any, Any]:
+    from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE
+
+    return _RAW_CB_TYPE, _LOST_CB_TYPE

@@ -1,0 +1,271 @@
+"""Compile a gadget with bcc once and load each of its programs once.
+
+bcc's compiler chdir()s the whole process, so compiles are serialized by one lock and run in
+a worker thread, off the trio thread. Programs are loaded by us (not by bcc's name-prefix
+magic), so gadget functions are named freely; the fds are registered with bcc's ``BPF``
+object so that its attach helpers reuse them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import functools
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from engine import libbcc
+from engine.errors import CompileError, GadgetParseError, UnsupportedProgramError, VerifierError
+from engine.gadget import Gadget, ProgramSpec
+from engine.kernel_headers import find_kernel_headers, warn_if_mismatched
+from engine.sections import Kind
+
+log = logging.getLogger(__name__)
+
+# bcc's compile changes the process's working directory: never two at once.
+_COMPILE_LOCK = threading.Lock()
+
+PRELUDE = """\
+#define SEC(name) __attribute__((section(name), used))
+#include <linux/pkt_cls.h>
+"""
+
+# bcc attaches functions with these name prefixes by itself when a module is created.
+RESERVED_PREFIXES = (
+    "kprobe__",
+    "kretprobe__",
+    "tracepoint__",
+    "raw_tracepoint__",
+    "kfunc__",
+    "kretfunc__",
+    "lsm__",
+)
+
+
+def _bpf_module() -> Any:
+    import bcc  # Debian's python3-bpfcc; imported late so that unit tests need no bcc.
+
+    return bcc
+
+
+def prog_type_and_name(spec: ProgramSpec) -> tuple[str, str]:
+    """The bcc program type attribute and the kernel-side name bcc must see for this spec.
+
+    libbcc finds the BTF attach target of tracing and LSM programs from the name it is given
+    (``kfunc__<fn>``, ``kretfunc__<fn>``, ``lsm__<hook>``, ``bpf_iter__<target>``), so those are
+    loaded under such a name while the code comes from the gadget's own function.
+    """
+    kind = spec.kind
+    target = spec.section.parts[0] if spec.section.parts else ""
+    if kind in (Kind.KPROBE, Kind.KRETPROBE, Kind.UPROBE, Kind.URETPROBE, Kind.USDT):
+        return "KPROBE", spec.function
+    if kind is Kind.TRACEPOINT:
+        return "TRACEPOINT", spec.function
+    if kind is Kind.RAW_TRACEPOINT:
+        return "RAW_TRACEPOINT", spec.function
+    if kind is Kind.SOCKET:
+        return "SOCKET_FILTER", spec.function
+    if kind is Kind.CLASSIFIER:
+        return "SCHED_CLS", spec.function
+    if kind is Kind.ITER:
+        return "TRACING", f"bpf_iter__{target}"
+    if kind is Kind.FENTRY:
+        return "TRACING", f"kfunc__{target}"
+    if kind is Kind.FEXIT:
+        return "TRACING", f"kretfunc__{target}"
+    return "LSM", f"lsm__{target}"
+
+
+@attrs.frozen
+class LoadedProgram:
+    spec: ProgramSpec
+    fd: int
+
+
+@attrs.frozen
+class SkippedProgram:
+    """An optional program this kernel cannot run."""
+
+    spec: ProgramSpec
+    reason: str
+
+
+@attrs.define
+class LoadedGadget:
+    """A compiled gadget with its loaded programs; ``close()`` releases everything."""
+
+    gadget: Gadget
+    bpf: Any
+    programs: dict[str, LoadedProgram]
+    skipped: tuple[SkippedProgram, ...] = ()
+    _closed: bool = False
+
+    def program(self, function: str) -> LoadedProgram:
+        return self.programs[function]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.bpf.cleanup()
+
+
+BuildSource = Callable[[Gadget], str]
+
+
+def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
+    """The text bcc compiles: our prelude, then the gadget with its own file and lines."""
+    path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')
+    return PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + gadget.source
+
+
+def check_reserved_names(gadget: Gadget) -> None:
+    from engine.errors import SectionError
+
+    problems = [
+        SectionError(
+            gadget.path,
+            p.line,
+            p.section.text,
+            f"function name {p.function!r} starts with {prefix!r}, which bcc reserves "
+            "for its own automatic attachment; rename the function",
+        )
+        for p in gadget.programs
+        for prefix in RESERVED_PREFIXES
+        if p.function.startswith(prefix)
+    ]
+    if problems:
+        raise GadgetParseError(problems)
+
+
+def check_supported(
+    gadget: Gadget, supported: Callable[[Kind], tuple[bool, str]]
+) -> tuple[SkippedProgram, ...]:
+    """Fail before compiling when a required program's kind cannot run here."""
+    skipped = []
+    for spec in gadget.programs:
+        ok, reason = supported(spec.kind)
+        if ok:
+            continue
+        if spec.optional:
+            skipped.append(SkippedProgram(spec, reason))
+            continue
+        raise UnsupportedProgramError(
+            gadget.path, spec.line, spec.function, spec.kind.value, reason
+        )
+    return tuple(skipped)
+
+
+# Lines libbcc prints on every compile of a kernel without its own headers.
+_NOISE = ("sh: 1: modprobe", "Unable to find kernel headers", "chdir(")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Capture what libbcc writes to fd 2 (compiler and verifier messages).
+
+    libbcc writes straight to the process's fd 2; it is pointed at a temporary file for the
+    duration, then restored, and whatever was written is handed to the caller. Output of other
+    threads in that window is replayed to stderr, so nothing is lost.
+    """
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            captured.extend(line for line in text.splitlines() if not line.startswith(_NOISE))
+
+
+def _load_one(bcc: Any, bpf: Any, gadget: Gadget, spec: ProgramSpec) -> LoadedProgram:
+    type_attr, kernel_name = prog_type_and_name(spec)
+    prog_type = getattr(bcc.BPF, type_attr)
+    lib = libbcc.lib()
+    fn = spec.function.encode()
+    start = lib.bpf_function_start(bpf.module, fn)
+    if not start:
+        raise CompileError(gadget.path, f"function {spec.function!r} was not compiled")
+    log_size = 1 << 20
+    log_buf = ct.create_string_buffer(log_size)
+    with _captured_stderr():  # libbcc repeats the verifier log there; we carry it instead
+        fd = lib.bcc_func_load(
+            bpf.module,
+            prog_type,
+            kernel_name.encode(),
+            start,
+            lib.bpf_function_size(bpf.module, fn),
+            lib.bpf_module_license(bpf.module),
+            lib.bpf_module_kern_version(bpf.module),
+            1,
+            log_buf,
+            log_size,
+            None,
+            -1,
+        )
+    if fd < 0:
+        err = ct.get_errno() or -fd
+        text = log_buf.value.decode(errors="replace")
+        raise VerifierError(gadget.path, spec.function, err, text or os.strerror(err))
+    bpf.funcs[fn] = bcc.BPF.Function(bpf, fn, fd)
+    return LoadedProgram(spec, fd)
+
+
+def load_sync(
+    gadget: Gadget,
+    *,
+    skipped: Sequence[SkippedProgram] = (),
+    extra_source: Sequence[str] = (),
+    cflags: Sequence[str] = (),
+    usdt_contexts: Sequence[Any] = (),
+) -> LoadedGadget:
+    """Compile and load (blocking). Use ``load_gadget`` from trio."""
+    bcc = _bpf_module()
+    headers = find_kernel_headers()
+    warn_if_mismatched(headers)
+    check_reserved_names(gadget)
+    text = full_source(gadget, extra_source)
+    with _COMPILE_LOCK, _captured_stderr() as messages:
+        try:
+            bpf = bcc.BPF(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))
+        except Exception as exc:  # bcc raises bare Exception("Failed to compile ...")
+            failed: Exception | None = exc
+        else:
+            failed = None
+    if failed is not None:
+        raise CompileError(gadget.path, "\n".join(messages)) from failed
+    if messages:
+        # Warnings from the compiler: the user's to see.
+        log.warning("%s: compiler says:\n%s", gadget.path, "\n".join(messages))
+    skip = {s.spec.function for s in skipped}
+    loaded: dict[str, LoadedProgram] = {}
+    try:
+        for spec in gadget.programs:
+            if spec.function not in skip:
+                loaded[spec.function] = _load_one(bcc, bpf, gadget, spec)
+    except BaseException:
+        bpf.cleanup()
+        raise
+    return LoadedGadget(gadget, bpf, loaded, tuple(skipped))
+
+
+async def load_gadget(gadget: Gadget, **kwargs: Any) -> LoadedGadget:
+    """Compile and load in a worker thread.
+
+    The thread is not abandoned on cancellation: the call returns its result, which the
+    caller then owns and must close, so nothing loaded is ever orphaned.
+    """
+    return await trio.to_thread.run_sync(functools.partial(load_sync, gadget, **kwargs))

@@ -1,0 +1,184 @@
+"""Reading a gadget's ring and perf buffers from trio: no threads, no polling loops.
+
+Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``; when the
+kernel says records are waiting, they are drained in one batch through libbcc and handed on
+as raw bytes. An idle gadget costs no CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from engine import libbcc
+
+log = logging.getLogger(__name__)
+
+BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
+BPF_MAP_TYPE_RINGBUF = 27
+
+Batch = Callable[[str, list[bytes]], None]
+LostCallback = Callable[[str, int], None]
+
+
+@attrs.frozen
+class BufferMap:
+    name: str
+    kind: str  # "ringbuf" or "perf"
+
+
+def buffer_maps(lib: Any, module: Any) -> list[BufferMap]:
+    """The ring and perf buffer maps a compiled module defines, in definition order."""
+    out = []
+    for i in range(lib.bpf_num_tables(module)):
+        name = lib.bpf_table_name(module, i).decode()
+        type_id = lib.bpf_table_type_id(module, i)
+        if type_id == BPF_MAP_TYPE_RINGBUF:
+            out.append(BufferMap(name, "ringbuf"))
+        elif type_id == BPF_MAP_TYPE_PERF_EVENT_ARRAY:
+            out.append(BufferMap(name, "perf"))
+    return out
+
+
+def _online_cpus() -> list[int]:
+    text = open("/sys/devices/system/cpu/online").read().strip()  # noqa: SIM115
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+@attrs.define
+class BufferPump:
+    """Drains every buffer map of one loaded gadget. ``run`` is a long-running task."""
+
+    bpf: Any
+    maps: list[BufferMap]
+    on_batch: Batch
+    on_lost: LostCallback
+    page_count: int = 256
+    _ringbuf_manager: Any = None
+    _ringbuf_fds: list[int] = attrs.Factory(list)
+    _pending: dict[str, list[bytes]] = attrs.Factory(dict)
+    _readers: list[tuple[str, Any, int]] = attrs.Factory(list)  # map, reader, fd
+    _callbacks: list[Any] = attrs.Factory(list)  # keeps ctypes callbacks alive
+    _closed: bool = False
+
+    def open(self) -> None:
+        """Set up readers for every map (blocking but quick: mmap and map updates)."""
+        lib = libbcc.lib()
+        for m in self.maps:
+            self._pending[m.name] = []
+            table = self.bpf.get_table(m.name)
+            if m.kind == "ringbuf":
+                self._open_ringbuf(lib, m.name, table)
+            else:
+                self._open_perf(lib, m.name, table)
+
+    def _open_ringbuf(self, lib: Any, name: str, table: Any) -> None:
+        pending = self._pending[name]
+
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            pending.append(ct.string_at(data, size))
+            return 0
+
+        cb = libbcc.ringbuf_callback_type()(on_record)
+        self._callbacks.append(cb)
+        fd = int(table.map_fd)
+        if self._ringbuf_manager is None:
+            self._ringbuf_manager = lib.bpf_new_ringbuf(fd, cb, None)
+            if not self._ringbuf_manager:
+                raise OSError(ct.get_errno(), f"cannot open ring buffer {name!r}")
+        elif lib.bpf_add_ringbuf(self._ringbuf_manager, fd, cb, None) < 0:
+            raise OSError(ct.get_errno(), f"cannot open ring buffer {name!r}")
+        self._ringbuf_fds.append(fd)
+
+    def _open_perf(self, lib: Any, name: str, table: Any) -> None:
+        from bcc.libbcc import bcc_perf_buffer_opts
+
+        pending = self._pending[name]
+
+        def on_record(_cookie: Any, data: Any, size: int) -> None:
+            pending.append(ct.string_at(data, size))
+
+        def on_lost(_cookie: Any, lost: int) -> None:
+            self.on_lost(name, int(lost))
+
+        raw_type, lost_type = libbcc.perf_callback_types()
+        cb, lost_cb = raw_type(on_record), lost_type(on_lost)
+        self._callbacks += [cb, lost_cb]
+        for cpu in _online_cpus():
+            opts = bcc_perf_buffer_opts()
+            opts.pid = -1
+            opts.cpu = cpu
+            opts.wakeup_events = 1
+            reader = lib.bpf_open_perf_buffer_opts(
+                cb, lost_cb, None, self.page_count, ct.byref(opts)
+            )
+            if not reader:
+                raise OSError(ct.get_errno(), f"cannot open perf buffer {name!r} on CPU {cpu}")
+            fd = lib.perf_reader_fd(reader)
+            self._readers.append((name, reader, fd))
+            table[table.Key(cpu)] = table.Leaf(fd)
+
+    def _flush(self) -> None:
+        for name, pending in self._pending.items():
+            if pending:
+                batch = pending[:]
+                pending.clear()
+                self.on_batch(name, batch)
+
+    def drain(self) -> None:
+        """Read everything that is waiting now, in every map (also used at shutdown)."""
+        if self._closed:
+            return
+        lib = libbcc.lib()
+        if self._ringbuf_manager is not None:
+            lib.bpf_consume_ringbuf(self._ringbuf_manager)
+        for _, reader, _fd in self._readers:
+            lib.perf_reader_event_read(reader)
+        self._flush()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        lib = libbcc.lib()
+        async with trio.open_nursery() as nursery:
+            for fd in self._ringbuf_fds:
+                nursery.start_soon(self._watch_ringbuf, lib, fd)
+            for _, reader, fd in self._readers:
+                nursery.start_soon(self._watch_perf, lib, reader, fd)
+            task_status.started()
+
+    async def _watch_ringbuf(self, lib: Any, fd: int) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            # One consume drains every ring buffer of this gadget, whichever fd woke us.
+            lib.bpf_consume_ringbuf(self._ringbuf_manager)
+            self._flush()
+            await trio.lowlevel.checkpoint()
+
+    async def _watch_perf(self, lib: Any, reader: Any, fd: int) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            lib.perf_reader_event_read(reader)
+            self._flush()
+            await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Release the readers; idempotent. Call after the ``run`` task has ended."""
+        if self._closed:
+            return
+        self._closed = True
+        lib = libbcc.lib()
+        if self._ringbuf_manager is not None:
+            lib.bpf_free_ringbuf(self._ringbuf_manager)
+            self._ringbuf_manager = None
+        for _, reader, _fd in self._readers:
+            lib.perf_reader_free(reader)
+        self._readers.clear()
+        self._callbacks.clear()

@@ -164,7 +164,7 @@ _TEST_PROGRAMS = (
     _TestProgram("raw_tracepoint", "raw tracepoint", _PROG_TYPE_RAW_TRACEPOINT),
     _TestProgram("socket", "socket filter", _PROG_TYPE_SOCKET_FILTER),
     _TestProgram("classifier", "tc classifier", _PROG_TYPE_SCHED_CLS),
-    _TestProgram("iter", "iterator", _PROG_TYPE_TRACING, _TRACE_ITER, "bpf_iter_task"),
+    _TestProgram("iter", "task iterator", _PROG_TYPE_TRACING, _TRACE_ITER, "bpf_iter_task"),
     # bpf_fentry_test1 exists for exactly this: a harmless function to attach tests to.
     _TestProgram(
         "fentry", "tracing (fentry)", _PROG_TYPE_TRACING, _TRACE_FENTRY, "bpf_fentry_test1"

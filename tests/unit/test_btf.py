@@ -346,6 +346,12 @@ def test_iterator_context_is_defined_from_btf_and_redirected() -> None:
     )
 
 
+def test_iterator_context_named_with_the_suffix_needs_no_define() -> None:
+    text = _gen(_iter_blob(), "int f(struct bpf_iter__task__btf *ctx) { return 0; }")
+    assert "struct task_struct__btf {\n    __s32 pid;" in text
+    assert "#define" not in text
+
+
 def test_unknown_type_names_the_gadget_and_line() -> None:
     source = "// task_struct__btf in a comment is not a request\nint x;\nstruct nope__btf *p;\n"
     with pytest.raises(UnknownBtfTypeError) as caught:

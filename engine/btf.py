@@ -39,8 +39,11 @@ VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 SUFFIX = "__btf"
 
 _MAGIC = 0xEB9F
-_HEADER = struct.Struct("<HBBIIIII")
-_TYPE = struct.Struct("<III")
+# btf_header: magic, version, flags, hdr_len, type_off, type_len, str_off, str_len.
+_HEADER_FIELDS = "HBBIIIII"
+_HEADER_SIZE = struct.calcsize("<" + _HEADER_FIELDS)
+# btf_type: name_off, info, size or type.
+_TYPE_SIZE = 12
 
 
 class BtfError(EngineError):
@@ -138,7 +141,6 @@ class Btf:
 
     data: bytes
     _order: str
-    _types_start: int
     _strings_start: int
     _strings_end: int
     _offsets: array[int]
@@ -156,12 +158,12 @@ class Btf:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, origin: str = "<bytes>") -> Btf:
-        if len(data) < _HEADER.size:
+        if len(data) < _HEADER_SIZE:
             raise BtfError(f"{origin}: too short for a BTF header")
         # The magic tells the byte order the blob was written in.
         order = "<" if int.from_bytes(data[:2], "little") == _MAGIC else ">"
         magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
-            order + _HEADER.format[1:], data, 0
+            order + _HEADER_FIELDS, data, 0
         )
         if magic != _MAGIC:
             raise BtfError(f"{origin}: not BTF (magic {magic:#06x})")
@@ -175,7 +177,6 @@ class Btf:
         return cls(
             data=data,
             order=order,
-            types_start=types_start,
             strings_start=strings_start,
             strings_end=strings_end,
             offsets=offsets,
@@ -188,8 +189,10 @@ class Btf:
 
     def string(self, offset: int) -> str:
         start = self._strings_start + offset
-        end = self.data.index(b"\0", start, self._strings_end)
-        return self.data[start:end].decode()
+        end = self.data.find(b"\0", start, self._strings_end)
+        if end == -1:
+            raise BtfError(f"string offset {offset} has no end inside the string section")
+        return self.data[start:end].decode(errors="replace")
 
     def type(self, type_id: int) -> BtfType:
         known = self._decoded.get(type_id)
@@ -229,7 +232,7 @@ class Btf:
         vlen = info & 0xFFFF
         kind_flag = bool(info >> 31)
         name = self.string(name_off)
-        tail = pos + _TYPE.size
+        tail = pos + _TYPE_SIZE
         if kind is Kind.INT:
             (enc,) = struct.unpack_from(o + "I", self.data, tail)
             return BtfType(
@@ -298,7 +301,7 @@ def _index_types(
         if name_off and kind in indexed:
             by_name_off.setdefault(name_off, []).append(len(offsets))
         offsets.append(pos)
-        pos += _TYPE.size + fixed.get(kind, 0) + (info & 0xFFFF) * entry.get(kind, 0)
+        pos += _TYPE_SIZE + fixed.get(kind, 0) + (info & 0xFFFF) * entry.get(kind, 0)
     if pos != end:
         raise BtfError(f"{origin}: type section ends inside a type record")
     return offsets, by_name_off

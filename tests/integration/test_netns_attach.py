@@ -1,0 +1,337 @@
+"""Per-netns attachers with real containers and real traffic that stays on this machine.
+
+Traffic: ICMP between a test container and the docker bridge address or another test container,
+nothing else. Counters count ICMP only, so ARP and IPv6 chatter do not disturb exact figures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from engine.attach import (
+    Direction,
+    attach_classifier,
+    attach_socket_filter,
+    current_owner,
+    find_host_peers,
+    owner_alive,
+    remove_orphan_filters,
+    run_iter_in_netns,
+)
+from engine.attach.iterator import IterLink
+from engine.errors import AttachError
+from engine.netns import NetnsHandle
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+TEST_IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
+BRIDGE = "172.17.0.1"
+
+COUNTERS = r"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/pkt_cls.h>
+BPF_ARRAY(counts, u64, 4);
+
+static inline int is_icmp(struct __sk_buff *skb) {
+    u8 proto = 0;
+    if (skb->protocol != htons(ETH_P_IP))
+        return 0;
+    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1);
+    return proto == 1;
+}
+static inline void bump(int key) {
+    u64 *v = counts.lookup(&key);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+int tc_ingress(struct __sk_buff *skb) { if (is_icmp(skb)) bump(0); return TC_ACT_UNSPEC; }
+int tc_egress(struct __sk_buff *skb) { if (is_icmp(skb)) bump(1); return TC_ACT_UNSPEC; }
+int sock_count(struct __sk_buff *skb) { if (is_icmp(skb)) bump(2); return 0; }
+"""
+
+ITER_TCP = r"""
+#include <linux/bpf.h>
+#include <net/sock.h>
+struct bpf_iter__tcp {
+    __bpf_md_ptr(struct bpf_iter_meta *, meta);
+    __bpf_md_ptr(struct sock_common *, sk_common);
+    uid_t uid __aligned(8);
+};
+int bpf_iter__tcp(struct bpf_iter__tcp *ctx) {
+    struct sock_common *skc = ctx->sk_common;
+    if (!skc)
+        return 0;
+    if (skc->skc_state == 10) {  /* TCP_LISTEN */
+        u16 port = skc->skc_num;
+        bpf_seq_write(ctx->meta->seq, &port, sizeof(port));
+    }
+    return 0;
+}
+"""
+
+
+async def sh(*argv: str, check: bool = True) -> str:
+    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=check)
+    return done.stdout.decode().strip()
+
+
+@pytest.fixture(scope="module")
+def counters() -> Iterator[Any]:
+    """The counting programs, compiled and loaded once (load_func fds are cached by bcc)."""
+    from bcc import BPF
+
+    bpf = BPF(text=COUNTERS.encode())
+    bpf.load_func(b"tc_ingress", BPF.SCHED_CLS)
+    bpf.load_func(b"tc_egress", BPF.SCHED_CLS)
+    bpf.load_func(b"sock_count", BPF.SOCKET_FILTER)
+    yield bpf
+    bpf.cleanup()
+
+
+@pytest.fixture(scope="module")
+def iter_tcp() -> Iterator[Any]:
+    from bcc import BPF
+
+    bpf = BPF(text=ITER_TCP.encode())
+    bpf.load_func(b"bpf_iter__tcp", BPF.TRACING)
+    yield bpf
+    bpf.cleanup()
+
+
+def fd_of(bpf: Any, name: str) -> int:
+    fd: int = bpf.funcs[name.encode()].fd
+    return fd
+
+
+class Container:
+    def __init__(self, name: str, pid: int, ip: str) -> None:
+        self.name, self.pid, self.ip = name, pid, ip
+
+
+async def start(*extra: str) -> Container:
+    name = f"engine-test-{uuid.uuid4().hex[:8]}"
+    await sh("docker", "run", "-d", "--name", name, *extra, TEST_IMAGE, "sleep", "600")
+    pid = int(await sh("docker", "inspect", "-f", "{{.State.Pid}}", name))
+    ip = await sh("docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)
+    return Container(name, pid, ip)
+
+
+@pytest.fixture
+async def containers(docker_daemon: None) -> AsyncIterator[list[Container]]:
+    made: list[Container] = []
+    try:
+        with trio.fail_after(30):
+            made = [await start(), await start()]
+        yield made
+    finally:
+        for c in made:
+            await sh("docker", "rm", "-f", c.name, check=False)
+
+
+async def tc_lines(dev: str) -> list[str]:
+    lines = []
+    for hook in ("ingress", "egress"):
+        out = await sh("tc", "filter", "show", "dev", dev, hook, check=False)
+        lines += [f"{hook}: {line}" for line in out.splitlines()]
+    return lines
+
+
+async def tc_filters(dev: str) -> list[str]:
+    """Our filters (and other bpf ones) on `dev`: one line per filter."""
+    return [line for line in await tc_lines(dev) if " bpf " in line and "handle" in line]
+
+
+async def others(dev: str) -> list[str]:
+    """The other tool's filters on `dev` (u32: this kernel has no matchall)."""
+    return [line for line in await tc_lines(dev) if " u32 " in line]
+
+
+@pytest.fixture
+def no_fd_leak(root: None) -> Iterator[None]:
+    before = sorted(os.listdir("/proc/self/fd"))
+    yield
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def reset(bpf: Any) -> None:
+    for key in range(4):
+        bpf[b"counts"][key] = bpf[b"counts"].Leaf(0)
+
+
+async def ping(c: Container, dest: str, count: int) -> None:
+    assert dest == BRIDGE or dest.startswith("172.17.")
+    await sh("docker", "exec", c.name, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dest)
+
+
+async def test_tc_counts_exactly_what_enters_and_leaves(
+    counters: Any, containers: list[Container], no_fd_leak: None
+) -> None:
+    ingress = fd_of(counters, "tc_ingress")
+    egress = fd_of(counters, "tc_egress")
+    reset(counters)
+    c1, c2 = containers
+    with trio.fail_after(30):
+        async with NetnsHandle.from_pid(c1.pid) as handle:
+            started = trio.current_time()
+            (peer,) = await find_host_peers(handle, "tc_ingress")
+            async with (
+                attach_classifier(ingress, "tc_ingress", peer, Direction.INGRESS),
+                attach_classifier(egress, "tc_egress", peer, Direction.EGRESS),
+            ):
+                print(f"\nfind peers + 2 tc attaches: {trio.current_time() - started:.4f} s")
+                assert len(await tc_filters(peer.host_ifname)) == 2
+                await ping(c1, BRIDGE, 5)  # 5 requests leave c1, 5 replies enter it
+                await ping(c2, c1.ip, 3)  # 3 requests enter c1, 3 replies leave it
+            assert await tc_filters(peer.host_ifname) == []
+    assert counters[b"counts"][0].value == 5 + 3
+    assert counters[b"counts"][1].value == 5 + 3
+    await ping(c1, BRIDGE, 1)
+    assert counters[b"counts"][0].value == 8  # detached: counts no more
+
+
+async def test_socket_filter_counts_its_netns_only(
+    counters: Any, containers: list[Container], no_fd_leak: None
+) -> None:
+    prog = fd_of(counters, "sock_count")
+    reset(counters)
+    c1, c2 = containers
+    with trio.fail_after(30):
+        async with NetnsHandle.from_pid(c1.pid) as handle:
+            started = trio.current_time()
+            async with attach_socket_filter(prog, "sock_count", handle) as sock:
+                print(f"\nsocket filter attach: {trio.current_time() - started:.4f} s")
+                assert sock.fileno() >= 0
+                await ping(c1, c2.ip, 4)  # c1 sees 4 requests out and 4 replies in
+                await ping(c2, BRIDGE, 3)  # not c1's netns: unseen
+            assert sock.fileno() == -1
+    assert counters[b"counts"][2].value == 8
+
+
+async def test_other_tools_filter_survives_attach_detach_and_cleanup(
+    counters: Any, containers: list[Container], no_fd_leak: None
+) -> None:
+    prog = fd_of(counters, "tc_ingress")
+    c1, _ = containers
+    async with NetnsHandle.from_pid(c1.pid) as handle:
+        (peer,) = await find_host_peers(handle, "tc_ingress")
+    dev = peer.host_ifname
+    await sh("tc", "qdisc", "add", "dev", dev, "clsact")
+    for hook in ("ingress", "egress"):
+        await sh(
+            "tc", "filter", "add", "dev", dev, hook, "pref", "1", "protocol", "all",
+            "u32", "match", "u32", "0", "0", "flowid", "1:1",
+        )  # fmt: skip
+    theirs = await others(dev)
+    assert {line.split(":")[0] for line in theirs if "flowid 1:1" in line} == {"ingress", "egress"}
+
+    # A previous engine killed with SIGKILL leaves a filter behind.
+    killed = await trio.lowlevel.open_process(
+        [sys.executable, "-c", ORPHAN_MAKER, str(c1.pid)], stdout=-1
+    )
+    assert killed.stdout is not None
+    with trio.fail_after(60):
+        assert (await killed.stdout.receive_some()).startswith(b"attached")
+    killed.send_signal(signal.SIGKILL)
+    await killed.wait()
+    await killed.stdout.aclose()
+    assert len(await tc_filters(dev)) == 1
+
+    async with attach_classifier(prog, "tc_ingress", peer, Direction.INGRESS) as ours:
+        assert ours.name.startswith(f"engine_{current_owner()}_")
+        assert await remove_orphan_filters(owner_alive) == 1
+        after = await tc_filters(dev)
+        assert len(after) == 1
+        assert ours.name in after[0]
+        assert await others(dev) == theirs
+        assert await remove_orphan_filters(owner_alive) == 0
+    assert await tc_filters(dev) == []
+    assert await others(dev) == theirs
+    assert "clsact" in await sh("tc", "qdisc", "show", "dev", dev)
+
+
+ORPHAN_MAKER = """
+import sys, trio
+from bcc import BPF
+from engine.attach import Direction, attach_classifier, find_host_peers
+from engine.netns import NetnsHandle
+bpf = BPF(text="int f(struct __sk_buff *skb) { return -1; }")
+fn = bpf.load_func("f", BPF.SCHED_CLS)
+async def main():
+    async with NetnsHandle.from_pid(int(sys.argv[1])) as handle:
+        (peer,) = await find_host_peers(handle, "f")
+    async with attach_classifier(fn.fd, "f", peer, Direction.EGRESS):
+        print("attached", flush=True)
+        await trio.sleep_forever()
+trio.run(main)
+"""
+
+
+async def test_no_peer_is_a_clear_error(docker_daemon: None, no_fd_leak: None) -> None:
+    made = []
+    try:
+        with trio.fail_after(30):
+            for mode in ("host", "none"):
+                c = await start("--network", mode)
+                made.append(c)
+                async with NetnsHandle.from_pid(c.pid) as handle:
+                    with pytest.raises(AttachError) as caught:
+                        await find_host_peers(handle, "tc_ingress")
+                    assert caught.value.netns == str(handle.id)
+    finally:
+        for c in made:
+            await sh("docker", "rm", "-f", c.name, check=False)
+
+
+async def test_interface_gone_mid_attach_leaves_nothing(
+    counters: Any, containers: list[Container], no_fd_leak: None
+) -> None:
+    prog = fd_of(counters, "tc_egress")
+    c1, _ = containers
+    async with NetnsHandle.from_pid(c1.pid) as handle:
+        (peer,) = await find_host_peers(handle, "tc_egress")
+        await sh("docker", "network", "disconnect", "bridge", c1.name)
+        with pytest.raises(AttachError) as caught:
+            async with attach_classifier(prog, "tc_egress", peer, Direction.EGRESS):
+                pass
+        assert caught.value.interface == peer.host_ifname
+        assert caught.value.errno is not None
+        with pytest.raises(AttachError):
+            await find_host_peers(handle, "tc_egress")
+
+
+def ports(records: bytes) -> set[int]:
+    return {port for (port,) in struct.iter_unpack("=H", records)}
+
+
+async def test_iter_tcp_lists_only_its_netns(
+    iter_tcp: Any, containers: list[Container], no_fd_leak: None
+) -> None:
+    prog = fd_of(iter_tcp, "bpf_iter__tcp")
+    c1, c2 = containers
+    await sh("docker", "exec", "-d", c1.name, "nc", "-l", "-p", "7777")
+    with trio.fail_after(30):
+        async with (
+            NetnsHandle.from_pid(c1.pid) as h1,
+            NetnsHandle.from_pid(c2.pid) as h2,
+            IterLink.attach(prog, "bpf_iter__tcp") as link,
+        ):
+            # `docker exec -d` returns before nc listens: look again for a while.
+            for _ in range(100):
+                if 7777 in ports(await run_iter_in_netns(link, h1)):
+                    break
+                await trio.sleep(0.05)
+            else:
+                pytest.fail("the listening port never showed up")
+            assert ports(await run_iter_in_netns(link, h2)) == set()
+            assert ports(await run_iter_in_netns(prog, h1, program="tcp")) == {7777}

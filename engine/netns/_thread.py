@@ -44,7 +44,11 @@ def run_in_netns(handle: NetnsHandle, fn: Callable[[*Ts], T], *args: *Ts) -> T:
             os.close(fd)
 
     thread = threading.Thread(target=body, name=f"netns {handle.id}", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except BaseException:
+        os.close(fd)
+        raise
     thread.join()
     return box[0].unwrap()
 
@@ -96,6 +100,10 @@ async def in_netns(
             state[0] = "abandoned"
             return trio.lowlevel.Abort.SUCCEEDED
 
-    threading.Thread(target=body, name=f"netns {handle.id}", daemon=True).start()
+    try:
+        threading.Thread(target=body, name=f"netns {handle.id}", daemon=True).start()
+    except BaseException:
+        os.close(fd)
+        raise
     value: T = await trio.lowlevel.wait_task_rescheduled(abort)
     return value

@@ -126,6 +126,10 @@ class DockerSource:
 
     async def _open_events(self, api: Any) -> Any:
         since = self._last_event_nano
+        if since is None:
+            # Replay after a gap even when no event came before it. The local clock stands in
+            # for the daemon's; re-listing covers any skew.
+            self._last_event_nano = time.time_ns()
         return await trio.to_thread.run_sync(
             lambda: api.events(
                 since=None if since is None else f"{since // 10**9}.{since % 10**9:09d}",

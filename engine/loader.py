@@ -36,6 +36,40 @@ _COMPILE_LOCK = threading.Lock()
 PRELUDE = """\
 #define SEC(name) __attribute__((section(name), used))
 #include <linux/pkt_cls.h>
+
+/* Container selection, kept in sync by the engine (docs/selection.md). */
+BPF_HASH(engine_mntns, u64, u8, 8192);
+BPF_ARRAY(engine_filter, u32, 1);
+
+/* The mount namespace id (inode number) of the current task, read through true layouts. */
+static __always_inline u64 engine_mntns_id(void)
+{
+    struct task_struct__btf *task = (struct task_struct__btf *)bpf_get_current_task();
+    struct nsproxy__btf *nsproxy = 0;
+    struct mnt_namespace__btf *mnt = 0;
+    unsigned int inum = 0;
+    bpf_probe_read_kernel(&nsproxy, sizeof(nsproxy), &task->nsproxy);
+    if (!nsproxy)
+        return 0;
+    bpf_probe_read_kernel(&mnt, sizeof(mnt), &nsproxy->mnt_ns);
+    if (!mnt)
+        return 0;
+    bpf_probe_read_kernel(&inum, sizeof(inum), &mnt->ns.inum);
+    return inum;
+}
+
+/* True when the current task belongs to the selection (always true with no selection).
+ * Call it first in a static probe and return early when it is false: the event is then
+ * dropped in the kernel, before anything is written. */
+static __always_inline bool engine_selected(void)
+{
+    u32 zero = 0;
+    u32 *on = engine_filter.lookup(&zero);
+    if (!on || !*on)
+        return true;
+    u64 id = engine_mntns_id();
+    return engine_mntns.lookup(&id) != 0;
+}
 """
 
 # bcc attaches functions with these name prefixes by itself when a module is created.
@@ -122,9 +156,12 @@ BuildSource = Callable[[Gadget], str]
 
 
 def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
-    """The text bcc compiles: our prelude, then the gadget with its own file and lines."""
+    """The text bcc compiles: true layouts, our prelude, then the gadget with its own lines."""
+    from engine.btf import btf_prelude
+
+    layouts = btf_prelude(PRELUDE + gadget.source, gadget_path=gadget.path)
     path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')
-    return PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + gadget.source
+    return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + gadget.source
 
 
 def check_reserved_names(gadget: Gadget) -> None:

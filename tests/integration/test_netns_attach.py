@@ -335,3 +335,22 @@ async def test_iter_tcp_lists_only_its_netns(
                 pytest.fail("the listening port never showed up")
             assert ports(await run_iter_in_netns(link, h2)) == set()
             assert ports(await run_iter_in_netns(prog, h1, program="tcp")) == {7777}
+
+
+async def test_cancellation_always_detaches(
+    counters: Any, containers: list[Container], no_fd_leak: None
+) -> None:
+    tc_prog = fd_of(counters, "tc_ingress")
+    sock_prog = fd_of(counters, "sock_count")
+    c1, _ = containers
+    async with NetnsHandle.from_pid(c1.pid) as handle:
+        (peer,) = await find_host_peers(handle, "tc_ingress")
+        with trio.move_on_after(0.2) as scope:
+            async with (
+                attach_classifier(tc_prog, "tc_ingress", peer, Direction.INGRESS),
+                attach_socket_filter(sock_prog, "sock_count", handle),
+            ):
+                assert len(await tc_filters(peer.host_ifname)) == 1
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        assert await tc_filters(peer.host_ifname) == []

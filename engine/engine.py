@@ -26,10 +26,12 @@ from engine import libbcc
 from engine.attach_static import static_attacher
 from engine.decode import RecordDecoder, build_decoder, fields_from_bcc
 from engine.gadget import Gadget
+from engine.hooks import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
 from engine.loader import LoadedGadget, check_supported, load_gadget
 from engine.pump import BufferMap, BufferPump, buffer_maps
 from engine.records import Event, Lost, ProgramAttached, ProgramSkipped, Record
 from engine.sections import Kind
+from engine.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,12 @@ class _Outlet:
     send: trio.MemorySendChannel[Record]
     stats: Stats
     pending_lost: dict[tuple[str, str], int] = attrs.Factory(dict)
+    # Sees every record, also those the channel refuses: hooks do not depend on the consumer.
+    tap: Callable[[Record], None] | None = None
 
     def put(self, record: Record) -> bool:
+        if self.tap is not None:
+            self.tap(record)
         try:
             self.send.send_nowait(record)
         except trio.WouldBlock:
@@ -117,23 +123,29 @@ class _Outlet:
             Lost(gadget, source, self.pending_lost[key], "engine")
         ):
             del self.pending_lost[key]
-        for i, record in enumerate(records):
-            if not self.put(record):
-                dropped = len(records) - i
-                stats.lost_engine += dropped
-                self.pending_lost[key] = self.pending_lost.get(key, 0) + dropped
-                return
-            stats.delivered += 1
+        dropped = 0
+        for record in records:
+            if self.put(record):
+                stats.delivered += 1
+            else:
+                dropped += 1
+        if dropped:
+            stats.lost_engine += dropped
+            self.pending_lost[key] = self.pending_lost.get(key, 0) + dropped
 
 
 @attrs.define
-class Engine:
-    """A running engine. Obtain one with ``open_engine``."""
+class Engine(HookMethods):
+    """A running engine. Obtain one with ``open_engine``; hooks: see ``HookMethods``."""
 
     gadgets: list[LoadedGadget]
     stats: Stats
     _receive: trio.MemoryReceiveChannel[Record]
     _cancel: trio.CancelScope
+    _hooks: Hooks
+    _nursery: trio.Nursery
+    selection: Selection
+    _selection_watchers: list[Callable[[Selection], None]] = attrs.Factory(list)
 
     async def events(self) -> AsyncIterator[Record]:
         """Every record, in order: gadget events and the engine's own records."""
@@ -159,11 +171,24 @@ async def open_engine(
     *gadgets: str | Path | Gadget,
     buffer: int = DEFAULT_BUFFER,
     supported: Supported = _everything_supported,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    host: bool = False,
+    strict: bool = False,
+    hook_buffer: int = DEFAULT_HOOK_BUFFER,
 ) -> AsyncIterator[Engine]:
-    """Load and attach the gadgets; yield the running engine; detach everything on exit."""
+    """Load and attach the gadgets; yield the running engine; detach everything on exit.
+
+    ``select``/``exclude``/``host`` choose the traced containers (see ``Selection.parse``).
+    ``strict=True`` makes a failing hook stop the engine with ``HookError`` (for tests);
+    ``hook_buffer`` bounds each hook's queue of records.
+    """
+    selection = Selection.parse(select, exclude, host)
     parsed = [g if isinstance(g, Gadget) else Gadget.from_file(g) for g in gadgets]
     with unwrap_single_exception():
-        async with _running(parsed, buffer, supported) as engine:
+        async with _running(
+            parsed, buffer, supported, selection=selection, strict=strict, hook_buffer=hook_buffer
+        ) as engine:
             yield engine
 
 
@@ -180,12 +205,21 @@ def unwrap_single_exception() -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def _running(
-    parsed: Sequence[Gadget], buffer: int, supported: Supported
+    parsed: Sequence[Gadget],
+    buffer: int,
+    supported: Supported,
+    *,
+    selection: Selection,
+    strict: bool,
+    hook_buffer: int,
 ) -> AsyncIterator[Engine]:
     send, receive = trio.open_memory_channel[Record](buffer)
     stats = Stats()
     outlet = _Outlet(send, stats)
+    hooks = Hooks(outlet.put, strict=strict, buffer=hook_buffer)
+    outlet.tap = hooks.dispatch
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        hooks.bind(nursery)
         loaded_all: list[LoadedGadget] = []
         for gadget in parsed:
             skipped = check_supported(gadget, supported)
@@ -210,7 +244,7 @@ async def _running(
                         program.spec.target,
                     )
                 )
-        engine = Engine(loaded_all, stats, receive, nursery.cancel_scope)
+        engine = Engine(loaded_all, stats, receive, nursery.cancel_scope, hooks, nursery, selection)
         try:
             yield engine
         finally:

@@ -1,8 +1,9 @@
 """Reading a gadget's ring and perf buffers from trio: no threads, no polling loops.
 
 Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``; when the
-kernel says records are waiting, they are drained in one batch through libbcc and handed on
-as raw bytes. An idle gadget costs no CPU.
+kernel says records are waiting, they are read in one batch and handed on as raw bytes: ring
+buffers from their own mmap (engine/ringbuf.py), perf buffers through libbcc. An idle gadget
+costs no CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import attrs
 import trio
 
 from engine import libbcc
+from engine.ringbuf import RingReader
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,8 @@ class BufferPump:
     on_batch: Batch
     on_lost: LostCallback
     page_count: int = 256
-    _ringbuf_manager: Any = None
-    _ringbuf_fds: list[int] = attrs.Factory(list)
+    ring_batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
+    _rings: list[tuple[str, RingReader]] = attrs.Factory(list)
     _pending: dict[str, list[bytes]] = attrs.Factory(dict)
     _readers: list[tuple[str, Any, int]] = attrs.Factory(list)  # map, reader, fd
     _callbacks: list[Any] = attrs.Factory(list)  # keeps ctypes callbacks alive
@@ -77,27 +79,12 @@ class BufferPump:
             self._pending[m.name] = []
             table = self.bpf.get_table(m.name)
             if m.kind == "ringbuf":
-                self._open_ringbuf(lib, m.name, table)
+                self._open_ringbuf(m.name, table)
             else:
                 self._open_perf(lib, m.name, table)
 
-    def _open_ringbuf(self, lib: Any, name: str, table: Any) -> None:
-        pending = self._pending[name]
-
-        def on_record(_ctx: Any, data: Any, size: int) -> int:
-            pending.append(ct.string_at(data, size))
-            return 0
-
-        cb = libbcc.ringbuf_callback_type()(on_record)
-        self._callbacks.append(cb)
-        fd = int(table.map_fd)
-        if self._ringbuf_manager is None:
-            self._ringbuf_manager = lib.bpf_new_ringbuf(fd, cb, None)
-            if not self._ringbuf_manager:
-                raise OSError(ct.get_errno(), f"cannot open ring buffer {name!r}")
-        elif lib.bpf_add_ringbuf(self._ringbuf_manager, fd, cb, None) < 0:
-            raise OSError(ct.get_errno(), f"cannot open ring buffer {name!r}")
-        self._ringbuf_fds.append(fd)
+    def _open_ringbuf(self, name: str, table: Any) -> None:
+        self._rings.append((name, RingReader.open(int(table.map_fd), int(table.max_entries))))
 
     def _open_perf(self, lib: Any, name: str, table: Any) -> None:
         from bcc.libbcc import bcc_perf_buffer_opts
@@ -139,8 +126,9 @@ class BufferPump:
         if self._closed:
             return
         lib = libbcc.lib()
-        if self._ringbuf_manager is not None:
-            lib.bpf_consume_ringbuf(self._ringbuf_manager)
+        for name, ring in self._rings:
+            while batch := ring.read(self.ring_batch):
+                self.on_batch(name, batch)
         for _, reader, _fd in self._readers:
             lib.perf_reader_event_read(reader)
         self._flush()
@@ -148,18 +136,19 @@ class BufferPump:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         lib = libbcc.lib()
         async with trio.open_nursery() as nursery:
-            for fd in self._ringbuf_fds:
-                nursery.start_soon(self._watch_ringbuf, lib, fd)
+            for name, ring in self._rings:
+                nursery.start_soon(self._watch_ringbuf, name, ring)
             for _, reader, fd in self._readers:
                 nursery.start_soon(self._watch_perf, lib, reader, fd)
             task_status.started()
 
-    async def _watch_ringbuf(self, lib: Any, fd: int) -> None:
+    async def _watch_ringbuf(self, name: str, ring: RingReader) -> None:
         while True:
-            await trio.lowlevel.wait_readable(fd)
-            # One consume drains every ring buffer of this gadget, whichever fd woke us.
-            lib.bpf_consume_ringbuf(self._ringbuf_manager)
-            self._flush()
+            # Readable while records wait: after a partial read this returns at once.
+            await trio.lowlevel.wait_readable(ring.fd)
+            batch = ring.read(self.ring_batch)
+            if batch:
+                self.on_batch(name, batch)
             await trio.lowlevel.checkpoint()
 
     async def _watch_perf(self, lib: Any, reader: Any, fd: int) -> None:
@@ -175,9 +164,9 @@ class BufferPump:
             return
         self._closed = True
         lib = libbcc.lib()
-        if self._ringbuf_manager is not None:
-            lib.bpf_free_ringbuf(self._ringbuf_manager)
-            self._ringbuf_manager = None
+        for _, ring in self._rings:
+            ring.close()
+        self._rings.clear()
         for _, reader, _fd in self._readers:
             lib.perf_reader_free(reader)
         self._readers.clear()

@@ -1,0 +1,89 @@
+"""Reading a BPF ring buffer straight from its memory: no libbcc callback per record.
+
+The kernel exposes a ring buffer map through mmap of its fd:
+
+- offset 0, one page, read-write: the consumer position (u64), which we advance;
+- offset one page, read-only: a page holding the producer position (u64), then the data area,
+  mapped twice in a row so that a record that wraps around the end reads as one slice.
+
+Each record starts with an 8-byte header: a u32 length whose bit 31 says the producer has not
+committed it yet (BUSY) and bit 30 says it was discarded (DISCARD), then 4 bytes of padding.
+Records are 8-byte aligned. Reading stops at the first BUSY record. Positions only grow; the
+offset in the data area is ``position & (size - 1)``.
+
+``RingReader.read(limit)`` reads at most ``limit`` records, so a producer faster than the
+reader cannot keep it in one call forever (libbpf's consume loops while data keeps coming).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+import attrs
+
+BUSY = 1 << 31
+DISCARD = 1 << 30
+HEADER = 8
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+def record_span(length: int) -> int:
+    """Bytes a record of ``length`` data bytes takes in the ring, header included."""
+    return (length + HEADER + 7) & ~7
+
+
+@attrs.define
+class RingReader:
+    """The consumer side of one ring buffer map. ``close()`` unmaps; idempotent."""
+
+    fd: int
+    size: int  # the data area, in bytes: the map's max_entries, a power of two
+    _consumer: mmap.mmap
+    _producer: mmap.mmap
+    _page: int
+
+    @classmethod
+    def open(cls, fd: int, size: int) -> RingReader:
+        if size <= 0 or size & (size - 1):
+            raise ValueError(f"ring buffer size {size} is not a power of two")
+        page = mmap.PAGESIZE
+        consumer = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            producer = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        except BaseException:
+            consumer.close()
+            raise
+        return cls(fd, size, consumer, producer, page)
+
+    def available(self) -> int:
+        """Bytes committed or reserved past the consumer position."""
+        prod: int = _U64.unpack_from(self._producer, 0)[0]
+        cons: int = _U64.unpack_from(self._consumer, 0)[0]
+        return prod - cons
+
+    def read(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` committed records, oldest first; frees their space in the ring."""
+        consumer, producer = self._consumer, self._producer
+        cons = _U64.unpack_from(consumer, 0)[0]
+        prod = _U64.unpack_from(producer, 0)[0]
+        mask, base = self.size - 1, self._page
+        out: list[bytes] = []
+        unpack_u32 = _U32.unpack_from
+        while cons < prod and len(out) < limit:
+            at = base + (cons & mask)
+            length = unpack_u32(producer, at)[0]
+            if length & BUSY:
+                break  # reserved, not yet committed: everything after it waits too
+            size = length & ~(BUSY | DISCARD)
+            if not length & DISCARD:
+                out.append(producer[at + HEADER : at + HEADER + size])
+            cons += record_span(size)
+        # x86-64 keeps stores in order: the kernel sees the new position after our reads.
+        _U64.pack_into(consumer, 0, cons)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.close()

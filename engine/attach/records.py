@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from engine.errors import AttachError
 from engine.netns import NetnsId
+
+
+def _base(
+    kind_of_record: str,
+    program: str,
+    kind: str,
+    netns: NetnsId,
+    interface: str | None,
+    container: str | None,
+) -> dict[str, Any]:
+    return {
+        "type": kind_of_record,
+        "program": program,
+        "kind": kind,
+        "netns": netns.inode,
+        "interface": interface,
+        "container": container,
+    }
 
 
 @attrs.frozen
@@ -19,6 +39,11 @@ class Attached:
     interface: str | None = None
     container: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return _base(
+            "attached", self.program, self.kind, self.netns, self.interface, self.container
+        )
+
 
 @attrs.frozen
 class Detached:
@@ -27,6 +52,11 @@ class Detached:
     netns: NetnsId
     interface: str | None = None
     container: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _base(
+            "detached", self.program, self.kind, self.netns, self.interface, self.container
+        )
 
 
 @attrs.frozen
@@ -37,3 +67,11 @@ class AttachFailed:
     interface: str | None
     error: AttachError
     container: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = _base(
+            "attach_failed", self.program, self.kind, self.netns, self.interface, self.container
+        )
+        out["error"] = str(self.error)
+        out["errno"] = self.error.errno
+        return out

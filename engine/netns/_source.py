@@ -54,10 +54,21 @@ class NetnsAdded:
     path: str
     name: str | None
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "type": "netns_added",
+            "netns": self.netns_id.inode,
+            "path": self.path,
+            "name": self.name,
+        }
+
 
 @attrs.frozen
 class NetnsRemoved:
     netns_id: NetnsId
+
+    def to_json(self) -> dict[str, object]:
+        return {"type": "netns_removed", "netns": self.netns_id.inode}
 
 
 NetnsEvent = NetnsAdded | NetnsRemoved

@@ -1,0 +1,283 @@
+"""Per-netns programs: one task per traced netns that attaches them all and detaches on exit.
+
+``PerNetns.reconcile(desired)`` is called whenever the picture of the world changes: netns
+that should no longer be traced have their task cancelled (which detaches everything in
+reverse order), new ones get a task started with ``nursery.start`` — the task hands back its
+own cancel scope, its stop handle. Attachments inside a task are async context managers, so
+each has one owner that always releases it, whatever goes wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from engine.attach import (
+    Attached,
+    AttachFailed,
+    Detached,
+    Direction,
+    HostPeer,
+    attach_classifier,
+    attach_socket_filter,
+    find_host_peers,
+    run_iter_in_netns,
+)
+from engine.containers import Container
+from engine.errors import AttachError
+from engine.loader import LoadedGadget, LoadedProgram
+from engine.netns import NetnsHandle, NetnsId
+from engine.records import Event, Record
+from engine.sections import Kind
+from engine.world import NetnsTarget
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Record], object]
+
+# How long a new netns may take to receive its veth before classifiers give up on it.
+PEER_WAIT = 3.0
+
+
+@attrs.define
+class NetnsState:
+    target: NetnsTarget
+    scope: trio.CancelScope
+    seen_at: float
+    attached_at: float | None = None
+    host_ifindexes: tuple[int, ...] = ()
+
+
+@attrs.define
+class PerNetns:
+    loaded: list[LoadedGadget]
+    emit: Emit
+    nursery: trio.Nursery
+    iter_interval: float = 10.0
+    running: dict[int, NetnsState] = attrs.Factory(dict)
+    latencies: list[float] = attrs.Factory(list)  # seconds from netns seen to all attached
+    by_host_ifindex: dict[int, NetnsTarget] = attrs.Factory(dict)
+    _iter_now: dict[int, trio.Event] = attrs.Factory(dict)
+
+    def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
+        return [(g, p) for g in self.loaded for p in g.programs.values() if p.spec.per_netns]
+
+    async def reconcile(self, desired: dict[int, NetnsTarget]) -> int:
+        """Start and stop netns tasks so that they match ``desired``; return how many changed."""
+        if not self.programs():
+            return 0
+        changes = 0
+        for inode in list(self.running):
+            if inode not in desired:
+                self.running.pop(inode).scope.cancel()
+                changes += 1
+        for inode, target in desired.items():
+            state = self.running.get(inode)
+            if state is not None:
+                state.target = target
+                continue
+            seen = time.monotonic()
+            scope = await self.nursery.start(self._netns_task, target, seen)
+            self.running[inode] = NetnsState(target, scope, seen)
+            changes += 1
+        return changes
+
+    async def run_iterators(self) -> None:
+        """Ask every netns task to run its iterators now."""
+        for event in self._iter_now.values():
+            event.set()
+        await trio.lowlevel.checkpoint()
+
+    def container_for_ifindex(self, ifindex: int) -> Container | None:
+        target = self.by_host_ifindex.get(ifindex)
+        return target.containers[0] if target and target.containers else None
+
+    async def _netns_task(
+        self,
+        target: NetnsTarget,
+        seen: float,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await self._attach_all(target, seen)
+
+    def _container_name(self, target: NetnsTarget) -> str | None:
+        return target.containers[0].name if target.containers else None
+
+    async def _attach_all(self, target: NetnsTarget, seen: float) -> None:
+        netns = NetnsId(target.inode, 0)
+        try:
+            handle = await trio.to_thread.run_sync(NetnsHandle.open, target.path)
+        except OSError as exc:
+            for _, program in self.programs():
+                self._failed(
+                    program,
+                    target,
+                    None,
+                    AttachError(
+                        program.spec.function,
+                        f"netns is gone: {exc.strerror}",
+                        netns=target.label,
+                        errno=exc.errno,
+                    ),
+                )
+            return
+        iterators: list[tuple[LoadedGadget, LoadedProgram]] = []
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(handle.aclose)
+            if handle.id.inode != target.inode:
+                self._failed_all(target, "the netns path now leads to another netns")
+                return
+            netns = handle.id
+            for gadget, program in self.programs():
+                kind = program.spec.kind
+                try:
+                    if kind is Kind.SOCKET:
+                        await stack.enter_async_context(
+                            attach_socket_filter(program.fd, program.spec.function, handle)
+                        )
+                        self._attached(stack, program, "socket", netns, None, target)
+                    elif kind is Kind.CLASSIFIER:
+                        await self._attach_tc(stack, program, handle, netns, target)
+                    elif kind is Kind.ITER:
+                        iterators.append((gadget, program))
+                except AttachError as exc:
+                    self._failed(program, target, exc.interface, exc)
+            state = self.running.get(target.inode)
+            if state is not None:
+                state.attached_at = time.monotonic()
+            self.latencies.append(time.monotonic() - seen)
+            if iterators:
+                await self._iterate(iterators, handle, target)
+            else:
+                await trio.sleep_forever()
+
+    async def _attach_tc(
+        self,
+        stack: contextlib.AsyncExitStack,
+        program: LoadedProgram,
+        handle: NetnsHandle,
+        netns: NetnsId,
+        target: NetnsTarget,
+    ) -> None:
+        direction = Direction(program.spec.section.parts[0])
+        peers = await self._wait_for_peers(handle, program, target)
+        for peer in peers:
+            try:
+                await stack.enter_async_context(
+                    attach_classifier(
+                        program.fd, program.spec.function, peer, direction, netns=target.label
+                    )
+                )
+            except AttachError as exc:
+                self._failed(program, target, peer.host_ifname, exc)
+                continue
+            self.by_host_ifindex[peer.host_ifindex] = target
+            stack.callback(self.by_host_ifindex.pop, peer.host_ifindex, None)
+            self._attached(
+                stack, program, f"classifier/{direction.value}", netns, peer.host_ifname, target
+            )
+
+    async def _wait_for_peers(
+        self, handle: NetnsHandle, program: LoadedProgram, target: NetnsTarget
+    ) -> list[HostPeer]:
+        """The host-side veth peers, waiting briefly for the runtime to move them in.
+
+        A netns is often seen (its file appears) before the runtime has moved the container's
+        end of the veth pair into it: look again for a short while before giving up.
+        """
+        delay = 0.005
+        deadline = trio.current_time() + PEER_WAIT
+        while True:
+            try:
+                return await find_host_peers(handle, program.spec.function)
+            except AttachError as exc:
+                if not exc.problem.startswith("no veth") or trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _attached(  # noqa: PLR0917 - a record's fields, passed straight through
+        self,
+        stack: contextlib.AsyncExitStack,
+        program: LoadedProgram,
+        kind: str,
+        netns: NetnsId,
+        interface: str | None,
+        target: NetnsTarget,
+    ) -> None:
+        name = self._container_name(target)
+        self.emit(Attached(program.spec.function, kind, netns, interface, name))
+        stack.callback(self.emit, Detached(program.spec.function, kind, netns, interface, name))
+
+    def _failed(
+        self,
+        program: LoadedProgram,
+        target: NetnsTarget,
+        interface: str | None,
+        error: AttachError,
+    ) -> None:
+        kind = program.spec.kind.value
+        self.emit(
+            AttachFailed(
+                program.spec.function,
+                kind,
+                NetnsId(target.inode, 0),
+                interface,
+                error,
+                self._container_name(target),
+            )
+        )
+
+    def _failed_all(self, target: NetnsTarget, problem: str) -> None:
+        for _, program in self.programs():
+            self._failed(
+                program,
+                target,
+                None,
+                AttachError(program.spec.function, problem, netns=target.label),
+            )
+
+    async def _iterate(
+        self,
+        iterators: list[tuple[LoadedGadget, LoadedProgram]],
+        handle: NetnsHandle,
+        target: NetnsTarget,
+    ) -> None:
+        wake = trio.Event()
+        self._iter_now[target.inode] = wake
+        try:
+            while True:
+                for gadget, program in iterators:
+                    await self._run_iterator(gadget, program, handle, target)
+                with trio.move_on_after(self.iter_interval):
+                    await wake.wait()
+                wake = trio.Event()
+                self._iter_now[target.inode] = wake
+        finally:
+            self._iter_now.pop(target.inode, None)
+
+    async def _run_iterator(
+        self, gadget: LoadedGadget, program: LoadedProgram, handle: NetnsHandle, target: NetnsTarget
+    ) -> None:
+        from engine.iterators import decode_iter_output, iter_source
+
+        try:
+            raw = await run_iter_in_netns(program.fd, handle, program=program.spec.function)
+        except AttachError as exc:
+            self._failed(program, target, None, exc)
+            return
+        container: dict[str, Any] | None = (
+            target.containers[0].to_json() if target.containers else None
+        )
+        source = iter_source(gadget, program)
+        for data in decode_iter_output(gadget, program, raw):
+            self.emit(Event(gadget.gadget.name, source, program.spec.function, data, container))

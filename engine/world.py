@@ -1,0 +1,111 @@
+"""What the engine believes exists: containers, network namespaces, and what is selected.
+
+Pure bookkeeping (no I/O): the engine feeds it source records and asks it which netns
+should carry per-netns programs and which container a record came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from engine.containers import Container
+from engine.selection import Selection
+
+
+@attrs.frozen
+class NetnsTarget:
+    """A netns that should carry the per-netns programs, and the containers in it."""
+
+    inode: int
+    path: str
+    containers: tuple[Container, ...]
+
+    @property
+    def label(self) -> str:
+        names = ",".join(c.name for c in self.containers)
+        return f"netns:[{self.inode}]" + (f" ({names})" if names else "")
+
+
+@attrs.define
+class World:
+    selection: Selection
+    containers: dict[str, Container] = attrs.Factory(dict)
+    netns_paths: dict[int, str] = attrs.Factory(dict)  # netns inode → a path that reaches it
+    host_netns: int | None = None
+    host_mntns: int | None = None
+
+    def add_container(self, container: Container) -> None:
+        self.containers[container.id] = container
+
+    def remove_container(self, container_id: str) -> Container | None:
+        return self.containers.pop(container_id, None)
+
+    def add_netns(self, inode: int, path: str) -> None:
+        self.netns_paths[inode] = path
+
+    def remove_netns(self, inode: int) -> None:
+        self.netns_paths.pop(inode, None)
+
+    def selected(self) -> list[Container]:
+        return [c for c in self.containers.values() if self.selection.matches(c)]
+
+    def selected_mntns(self) -> set[int]:
+        """Mount namespace ids whose processes the in-kernel filter lets through."""
+        ids = {c.mntns_inode for c in self.selected() if c.mntns_inode is not None}
+        if self.selection.includes_host and self.host_mntns is not None:
+            ids.add(self.host_mntns)
+        return ids
+
+    def desired_netns(self) -> dict[int, NetnsTarget]:
+        """The netns that should carry per-netns programs, by inode.
+
+        With no selection every netns known (but the host's) is traced as soon as it is
+        seen, before the runtime says whose it is; with a selection, only the netns of
+        selected containers. Containers on the host network never make the host's netns a
+        target (their traffic is the host's).
+        """
+        by_inode: dict[int, list[Container]] = {}
+        for c in self.containers.values():
+            if c.netns_inode is not None and c.netns_inode != self.host_netns:
+                by_inode.setdefault(c.netns_inode, []).append(c)
+        out: dict[int, NetnsTarget] = {}
+        if self.selection.selects_everything:
+            for inode, path in self.netns_paths.items():
+                if inode != self.host_netns:
+                    out[inode] = NetnsTarget(inode, path, tuple(by_inode.get(inode, ())))
+        for inode, members in by_inode.items():
+            chosen = [c for c in members if self.selection.matches(c)]
+            if not chosen:
+                continue
+            reach: str | None = self.netns_paths.get(inode) or next(
+                (c.netns_path for c in chosen if c.netns_path), None
+            )
+            if reach is not None:
+                out[inode] = NetnsTarget(inode, reach, tuple(members))
+        return out
+
+    def container_for(self, data: Mapping[str, Any]) -> Container | None:
+        """The container a gadget record came from, from the fields it carries.
+
+        Looked at in order: ``mntns_id``/``mntns``, ``netns_id``/``netns``, ``cgroup_id``,
+        ``pid`` (through /proc is not done here: see ``by_pid``).
+        """
+        for keys, attribute in (
+            (("mntns_id", "mntns"), "mntns_inode"),
+            (("netns_id", "netns"), "netns_inode"),
+            (("cgroup_id",), "cgroup_id"),
+        ):
+            for key in keys:
+                value = data.get(key)
+                if isinstance(value, int) and value:
+                    return self._find(attribute, value)
+        return None
+
+    def _find(self, attribute: str, value: int) -> Container | None:
+        found: Iterable[Container] = (
+            c for c in self.containers.values() if getattr(c, attribute) == value
+        )
+        return next(iter(found), None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,14 +25,19 @@ import trio
 
 from engine import libbcc
 from engine.attach_static import static_attacher
+from engine.containers import ContainerAdded, ContainerEvent, ContainerRemoved
 from engine.decode import RecordDecoder, build_decoder, fields_from_bcc
+from engine.docker_source import DockerSource
 from engine.gadget import Gadget
 from engine.hooks import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
 from engine.loader import LoadedGadget, check_supported, load_gadget
+from engine.netns import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
+from engine.per_netns import PerNetns
 from engine.pump import BufferMap, BufferPump, buffer_maps
 from engine.records import Event, Lost, ProgramAttached, ProgramSkipped, Record
 from engine.sections import Kind
 from engine.selection import Selection
+from engine.world import World
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +151,13 @@ class Engine(HookMethods):
     _hooks: Hooks
     _nursery: trio.Nursery
     selection: Selection
+    world: World
+    per_netns: PerNetns
     _selection_watchers: list[Callable[[Selection], None]] = attrs.Factory(list)
+
+    async def run_iterators(self) -> None:
+        """Run every per-netns iterator now (they also run on an interval)."""
+        await self.per_netns.run_iterators()
 
     async def events(self) -> AsyncIterator[Record]:
         """Every record, in order: gadget events and the engine's own records."""
@@ -155,6 +167,15 @@ class Engine(HookMethods):
     def pending(self) -> int:
         """How many records wait in the engine's buffer for a consumer."""
         return self._receive.statistics().current_buffer_used
+
+    def leftover(self) -> list[Record]:
+        """Records still buffered once the engine has stopped (the last detach records)."""
+        out: list[Record] = []
+        while True:
+            try:
+                out.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return out
 
     def stop(self) -> None:
         """Stop the engine; the ``async with`` block's records end."""
@@ -176,20 +197,40 @@ async def open_engine(
     host: bool = False,
     strict: bool = False,
     hook_buffer: int = DEFAULT_HOOK_BUFFER,
+    containers: bool = True,
+    iter_interval: float = 10.0,
+    reconcile_interval: float = 30.0,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
     ``select``/``exclude``/``host`` choose the traced containers (see ``Selection.parse``).
     ``strict=True`` makes a failing hook stop the engine with ``HookError`` (for tests);
-    ``hook_buffer`` bounds each hook's queue of records.
+    ``hook_buffer`` bounds each hook's queue of records. ``containers=False`` runs without
+    the Docker and netns sources (static probes only). Per-netns iterators run when a netns
+    is attached and then every ``iter_interval`` seconds; the picture of containers and
+    netns is reconciled every ``reconcile_interval`` seconds against missed events.
     """
     selection = Selection.parse(select, exclude, host)
     parsed = [g if isinstance(g, Gadget) else Gadget.from_file(g) for g in gadgets]
     with unwrap_single_exception():
+        options = _Options(containers, iter_interval, reconcile_interval)
         async with _running(
-            parsed, buffer, supported, selection=selection, strict=strict, hook_buffer=hook_buffer
+            parsed,
+            buffer,
+            supported,
+            selection=selection,
+            strict=strict,
+            hook_buffer=hook_buffer,
+            options=options,
         ) as engine:
             yield engine
+
+
+@attrs.frozen
+class _Options:
+    containers: bool
+    iter_interval: float
+    reconcile_interval: float
 
 
 @contextlib.contextmanager
@@ -212,7 +253,13 @@ async def _running(
     selection: Selection,
     strict: bool,
     hook_buffer: int,
+    options: _Options,
 ) -> AsyncIterator[Engine]:
+    world = World(
+        selection,
+        host_netns=_inode("/proc/self/ns/net"),
+        host_mntns=_inode("/proc/self/ns/mnt"),
+    )
     send, receive = trio.open_memory_channel[Record](buffer)
     stats = Stats()
     outlet = _Outlet(send, stats)
@@ -230,7 +277,8 @@ async def _running(
                 outlet.put(
                     ProgramSkipped(gadget.name, s.spec.function, s.spec.kind.value, s.reason)
                 )
-            await _start_pump(loaded, outlet, stack, nursery)
+            _sync_filter(loaded, world)
+            await _start_pump(loaded, outlet, stack, nursery, world)
             for program in loaded.programs.values():
                 attacher = static_attacher(program.spec.kind)
                 if attacher is None or program.spec.per_netns:
@@ -244,12 +292,27 @@ async def _running(
                         program.spec.target,
                     )
                 )
-        engine = Engine(loaded_all, stats, receive, nursery.cancel_scope, hooks, nursery, selection)
+        per_netns = PerNetns(loaded_all, outlet.put, nursery, options.iter_interval)
+        if options.containers:
+            tracker = _Tracker(world, per_netns, loaded_all, outlet, options)
+            await nursery.start(tracker.run)
+        engine = Engine(
+            loaded_all,
+            stats,
+            receive,
+            nursery.cancel_scope,
+            hooks,
+            nursery,
+            selection,
+            world,
+            per_netns,
+        )
         try:
             yield engine
         finally:
             nursery.cancel_scope.cancel()
-            send.close()
+    # Closed only now: detaching (above) still reports what it did, for ``leftover()``.
+    send.close()
 
 
 async def _start_pump(
@@ -257,6 +320,7 @@ async def _start_pump(
     outlet: _Outlet,
     stack: contextlib.AsyncExitStack,
     nursery: trio.Nursery,
+    world: World,
 ) -> None:
     gadget = loaded.gadget
     maps = buffer_maps(libbcc.lib(), loaded.bpf.module)
@@ -269,7 +333,19 @@ async def _start_pump(
         decode = decoders[name].decode
         program = programs[name]
         outlet.stats.for_map(gadget.name, name).received += len(batch)
-        records: list[Record] = [Event(gadget.name, name, program, decode(raw)) for raw in batch]
+        records: list[Record] = []
+        for raw in batch:
+            data = decode(raw)
+            container = world.container_for(data)
+            records.append(
+                Event(
+                    gadget.name,
+                    name,
+                    program,
+                    data,
+                    None if container is None else container.to_json(),
+                )
+            )
         outlet.deliver(gadget.name, name, records)
 
     def on_lost(name: str, count: int) -> None:
@@ -284,3 +360,116 @@ async def _start_pump(
 
 def describe(loaded: LoadedGadget) -> dict[str, Any]:
     return {"gadget": loaded.gadget.name, "programs": sorted(loaded.programs)}
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _sync_filter(loaded: LoadedGadget, world: World) -> None:
+    """Make the gadget's in-kernel selection maps say what the world says."""
+    import ctypes as ct
+
+    try:
+        flag = loaded.bpf.get_table("engine_filter")
+        ids = loaded.bpf.get_table("engine_mntns")
+    except KeyError:
+        return
+    flag[ct.c_int(0)] = ct.c_uint(0 if world.selection.selects_everything else 1)
+    wanted = world.selected_mntns()
+    present = {int(k.value) for k in ids}
+    for gone in present - wanted:
+        with contextlib.suppress(KeyError):
+            del ids[ct.c_ulonglong(gone)]
+    for new in wanted - present:
+        ids[ct.c_ulonglong(new)] = ct.c_ubyte(1)
+
+
+@attrs.define
+class _Tracker:
+    """Feeds the world from the Docker and netns sources and acts on every change."""
+
+    world: World
+    per_netns: PerNetns
+    loaded: list[LoadedGadget]
+    outlet: _Outlet
+    options: _Options
+    corrections: int = 0
+    _lock: trio.Lock = attrs.Factory(trio.Lock)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from engine.attach import owner_alive, remove_orphan_filters
+
+        if any(p.spec.kind is Kind.CLASSIFIER for g in self.loaded for p in g.programs.values()):
+            removed = await remove_orphan_filters(owner_alive)
+            if removed:
+                log.warning("removed %d tc filters left by engines that are gone", removed)
+        docker_send, docker_receive = trio.open_memory_channel[ContainerEvent](256)
+        netns_send, netns_receive = trio.open_memory_channel[NetnsEvent](256)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(NetnsSource().run, netns_send)
+            await nursery.start(DockerSource().run, docker_send)
+            # What the sources listed at start is in the channels: take it in before saying
+            # the engine is ready, so that the first attachments are under way.
+            await self._drain(docker_receive, netns_receive)
+            task_status.started()
+            nursery.start_soon(self._follow_docker, docker_receive)
+            nursery.start_soon(self._follow_netns, netns_receive)
+            nursery.start_soon(self._reconcile_periodically)
+
+    async def _drain(
+        self,
+        docker: trio.MemoryReceiveChannel[ContainerEvent],
+        netns: trio.MemoryReceiveChannel[NetnsEvent],
+    ) -> None:
+        for channel, apply in ((netns, self._apply_netns), (docker, self._apply_docker)):
+            while True:
+                try:
+                    record = channel.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                apply(record)
+        await self._changed()
+
+    async def _follow_docker(self, channel: trio.MemoryReceiveChannel[ContainerEvent]) -> None:
+        async for record in channel:
+            self._apply_docker(record)
+            await self._changed()
+
+    async def _follow_netns(self, channel: trio.MemoryReceiveChannel[NetnsEvent]) -> None:
+        async for record in channel:
+            self._apply_netns(record)
+            await self._changed()
+
+    def _apply_docker(self, record: Any) -> None:
+        if isinstance(record, ContainerAdded):
+            self.world.add_container(record.container)
+        elif isinstance(record, ContainerRemoved):
+            self.world.remove_container(record.container.id)
+        elif hasattr(record, "container"):
+            self.world.add_container(record.container)
+        self.outlet.put(record)
+
+    def _apply_netns(self, record: Any) -> None:
+        if isinstance(record, NetnsAdded):
+            self.world.add_netns(record.netns_id.inode, record.path)
+        elif isinstance(record, NetnsRemoved):
+            self.world.remove_netns(record.netns_id.inode)
+        self.outlet.put(record)
+
+    async def _changed(self) -> int:
+        async with self._lock:
+            for loaded in self.loaded:
+                _sync_filter(loaded, self.world)
+            return await self.per_netns.reconcile(self.world.desired_netns())
+
+    async def _reconcile_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.options.reconcile_interval)
+            corrected = await self._changed()
+            if corrected:
+                self.corrections += corrected
+                log.warning("reconciliation corrected %d netns attachments", corrected)

@@ -1,0 +1,29 @@
+// One perf-buffer record per getppid() call of the benchmark's hammer process.
+#include <linux/sched.h>
+
+struct call_event {
+    u32 pid;
+    u32 tid;
+    u64 ts;
+    char comm[TASK_COMM_LEN];
+};
+
+BPF_ARRAY(target, u32, 1);  // the hammer's pid, set by the benchmark
+BPF_PERF_OUTPUT(events);
+
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int on_getppid(void *ctx)
+{
+    u32 zero = 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 *want = target.lookup(&zero);
+    if (!want || *want != id >> 32)
+        return 0;
+    struct call_event e = {};
+    e.pid = id >> 32;
+    e.tid = id;
+    e.ts = bpf_ktime_get_ns();
+    bpf_get_current_comm(&e.comm, sizeof(e.comm));
+    events.perf_submit(ctx, &e, sizeof(e));
+    return 0;
+}

@@ -1,0 +1,41 @@
+"""The benchmarks' smoke run (tiny sizes) works and writes sane results, so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_smoke_run_writes_sane_results(root: None, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=180,
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == 1
+    assert results["smoke"] is True
+    assert set(results["machine"]) == {"cpu", "nproc", "kernel", "python"}
+    figures = {f["name"]: f for f in results["figures"]}
+    for f in figures.values():
+        assert set(f) >= {"name", "value", "unit", "baseline", "ratio", "target", "met"}
+        assert f["value"] >= 0
+    for kind in ("ringbuf", "perf"):
+        flat = figures[f"throughput {kind}: delivered/s, flat out"]
+        assert flat["value"] > 0
+        assert flat["baseline"] > 0
+        runs = results["details"][f"throughput_{kind}"]["engine_flat_out"]
+        assert all(r["delivered"] > 0 and r["calls"] >= r["delivered"] for r in runs)
+    assert any(name.startswith("start-up ") for name in figures)
+    table = (out / "results.md").read_text()
+    assert "| figure | value |" in table

@@ -1,8 +1,9 @@
 """The command line: ``engine run``, ``engine check``, ``engine features``.
 
 Exit codes: 0 success (also a run stopped by Ctrl-C, SIGTERM or --duration), 2 bad input
-(gadget, section names, selection, compile or verifier errors), 1 anything else the engine
-reports. User mistakes are one clear message, never a traceback.
+(gadget, section names, selection, hook file, metrics address, compile or verifier errors),
+1 anything else the engine reports, 130 interrupted before the engine could stop cleanly.
+User mistakes are one clear message, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
+import attrs
 import trio
 
 from engine.engine import Engine, open_engine
@@ -31,11 +36,18 @@ from engine.errors import (
     VerifierError,
 )
 from engine.gadget import Gadget
+from engine.hookfile import HookFile, HookFileError
+from engine.metrics import Metrics, MetricsError, parse_address, serve_metrics
+from engine.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
+
+REFRESH_SECONDS = 0.5
 
 BAD_INPUT = (
     CompileError,
     GadgetError,
     GadgetParseError,
+    HookFileError,
+    MetricsError,
     SectionError,
     SelectionError,
     TargetNotFoundError,
@@ -44,6 +56,25 @@ BAD_INPUT = (
 )
 
 log = logging.getLogger("engine")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not IP:PORT (for example 127.0.0.1:9464)"
+        ) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,13 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="load gadgets, attach them and stream their records")
     run.add_argument("gadgets", nargs="+", metavar="GADGET.c")
     run.add_argument(
-        "--duration", type=float, metavar="SECONDS", help="stop after this many seconds"
+        "--duration",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="stop after this many seconds (counted from when the programs are attached)",
     )
     run.add_argument(
         "--output",
-        choices=["json"],
-        default="json",
-        help="json: one JSON object per line (the default)",
+        choices=["json", "table"],
+        default=None,
+        help="json: one JSON object per line (the default when stdout is not a terminal);"
+        " table: a live view per container (the default on a terminal)",
+    )
+    run.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="trace the containers matching EXPR (name, id prefix, image=..., label:k=v);"
+        " repeatable",
+    )
+    run.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="never trace the containers matching EXPR; repeatable",
+    )
+    run.add_argument(
+        "--host", action="store_true", help="also trace the host (implied without --select)"
+    )
+    run.add_argument(
+        "--hook",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="load hooks from a Python file (on_event, on_container_added,"
+        " on_container_removed, setup(engine)); repeatable",
+    )
+    run.add_argument(
+        "--metrics",
+        type=_metrics_address,
+        metavar="ADDR",
+        help="serve Prometheus metrics on ADDR, an IP address and port (127.0.0.1:9464)",
     )
 
     check = sub.add_parser("check", help="print the plan of a gadget without loading anything")
@@ -107,41 +174,156 @@ def cmd_features(args: argparse.Namespace, out: TextIO) -> int:
     return features_main(as_json=args.json)
 
 
-async def _stop_on_signals(engine: Engine, stopped: list[str]) -> None:
+@attrs.define
+class _Run:
+    """What one ``engine run`` saw, for the summary line."""
+
+    started: float = attrs.Factory(time.monotonic)
+    stopped: str | None = None
+    records: int = 0
+    engine: Engine | None = None
+
+    def summary(self) -> str:
+        why = self.stopped or "end"
+        text = f"engine: stopped ({why}) after {time.monotonic() - self.started:.1f}s: "
+        text += f"{self.records} records"
+        if self.engine is not None:
+            stats = self.engine.stats
+            failed = sum(h.failed for h in self.engine.hook_stats.values())
+            text += f", {stats.delivered} events delivered, {stats.lost} lost"
+            if failed:
+                text += f", {failed} hook failures"
+        return text
+
+
+async def _stop_on_signals(scope: trio.CancelScope, run: _Run) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            stopped.append(signal.Signals(signum).name)
-            engine.stop()
+            run.stopped = signal.Signals(signum).name
+            scope.cancel()
             return
 
 
-async def _run(args: argparse.Namespace, out: TextIO) -> int:
-    started = time.monotonic()
-    stopped: list[str] = []
-    count = 0
-    async with open_engine(*args.gadgets) as engine, trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signals, engine, stopped)
+def _progress(message: str) -> None:
+    print(f"engine: {message}", file=sys.stderr, flush=True)
+
+
+def _ready_message(engine: Engine, seconds: float) -> str:
+    static = [p for g in engine.gadgets for p in g.programs.values() if not p.spec.per_netns]
+    per_netns = sum(len(g.programs) for g in engine.gadgets) - len(static)
+    text = f"attached {len(static)} program{'' if len(static) == 1 else 's'} in {seconds:.1f} s"
+    if per_netns:
+        text += f"; {per_netns} more attach in each selected container's netns"
+    return text
+
+
+async def _run(args: argparse.Namespace, out: TextIO, hook_files: Sequence[HookFile]) -> _Run:
+    run = _Run()
+    with trio.CancelScope() as everything:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, everything, run)
+            await _serve(args, out, hook_files, run, nursery)
+            nursery.cancel_scope.cancel()
+    return run
+
+
+async def _serve(
+    args: argparse.Namespace,
+    out: TextIO,
+    hook_files: Sequence[HookFile],
+    run: _Run,
+    nursery: trio.Nursery,
+) -> None:
+    metrics = None
+    if args.metrics is not None:
+        metrics = Metrics()
+        host, port = await nursery.start(serve_metrics, metrics, *args.metrics)
+        _progress(f"metrics on http://{_url_host(host)}:{port}/metrics")
+    names = ", ".join(Path(g).name for g in args.gadgets)
+    _progress(f"compiling {names}\u2026")
+    compiling = time.monotonic()
+    async with open_engine(
+        *args.gadgets, select=args.select, exclude=args.exclude, host=args.host
+    ) as engine:
+        run.engine = engine
+        if metrics is not None:
+            metrics.engine = engine
+        _progress(_ready_message(engine, time.monotonic() - compiling))
+        for hook_file in hook_files:
+            await hook_file.install(engine)
         if args.duration is not None:
-            nursery.start_soon(_stop_after, engine, args.duration)
-        async for record in engine.events():
-            out.write(json.dumps(record.to_json(), default=str) + "\n")
-            count += 1
-            if engine.pending() == 0:
-                out.flush()
-        nursery.cancel_scope.cancel()
+            nursery.start_soon(_stop_after, engine, args.duration, run)
+        if args.output == "table":
+            await _show_table(engine, out, run, metrics, names)
+        else:
+            await _write_json(engine, out, run, metrics)
+
+
+async def _write_json(engine: Engine, out: TextIO, run: _Run, metrics: Metrics | None) -> None:
+    async for record in engine.events():
+        data = record.to_json()
+        run.records += 1
+        if metrics is not None:
+            metrics.observe(data)
+        out.write(json.dumps(data, default=str) + "\n")
+        if engine.pending() == 0:
+            out.flush()
     out.flush()
-    why = stopped[0] if stopped else ("duration" if args.duration is not None else "end")
-    print(
-        f"engine: stopped ({why}) after {time.monotonic() - started:.1f}s: "
-        f"{count} records, {engine.stats.delivered} events delivered, {engine.stats.lost} lost",
-        file=sys.stderr,
-    )
-    return 0
 
 
-async def _stop_after(engine: Engine, seconds: float) -> None:
+async def _show_table(
+    engine: Engine, out: TextIO, run: _Run, metrics: Metrics | None, title: str
+) -> None:
+    table = LiveTable(title)
+    out.write(HIDE_CURSOR)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_redraw, table, out)
+            async for record in engine.events():
+                data = record.to_json()
+                run.records += 1
+                table.observe(data)
+                if metrics is not None:
+                    metrics.observe(data)
+            nursery.cancel_scope.cancel()
+    finally:
+        # The last view stays on screen above the summary line.
+        width, height = shutil.get_terminal_size()
+        table.draw(out, width, height)
+        out.write(SHOW_CURSOR)
+        out.flush()
+
+
+async def _redraw(table: LiveTable, out: TextIO) -> None:
+    while True:
+        width, height = shutil.get_terminal_size()
+        table.draw(out, width, height)
+        await trio.sleep(REFRESH_SECONDS)
+
+
+async def _stop_after(engine: Engine, seconds: float, run: _Run) -> None:
     await trio.sleep(seconds)
+    run.stopped = "duration"
     engine.stop()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside nested single-member exception groups, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _silence_stdout() -> None:
+    # The reader went away (``| head``): later writes and the interpreter's final flush
+    # would fail again, so stdout goes to /dev/null from here on.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,15 +339,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args, out)
         if args.command == "features":
             return cmd_features(args, out)
-        return trio.run(_run, args, out)
-    except BAD_INPUT as exc:
-        print(f"engine: {exc}", file=sys.stderr)
-        return 2
-    except EngineError as exc:
-        print(f"engine: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
+        return cmd_run(args, out)
+    except BaseException as raised:
+        exc = _leaf(raised)
+        if isinstance(exc, BAD_INPUT):
+            print(f"engine: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, EngineError):
+            print(f"engine: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, BrokenPipeError):
+            _silence_stdout()
+            return 0
+        if isinstance(exc, KeyboardInterrupt):
+            print("engine: interrupted", file=sys.stderr)
+            return 130
+        raise
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    hook_files = [HookFile.load(path) for path in args.hook]
+    if args.output is None:
+        args.output = "table" if out.isatty() else "json"
+    run = trio.run(_run, args, out, hook_files)
+    print(run.summary(), file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

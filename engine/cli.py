@@ -38,6 +38,7 @@ from engine.errors import (
 from engine.gadget import Gadget
 from engine.hookfile import HookFile, HookFileError
 from engine.metrics import Metrics, MetricsError, parse_address, serve_metrics
+from engine.selection import ACCEPTED_FORMS, Selection
 from engine.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
 
 REFRESH_SECONDS = 0.5
@@ -104,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="EXPR",
-        help="trace the containers matching EXPR (name, id prefix, image=..., label:k=v);"
-        " repeatable",
+        help=f"trace the containers matching EXPR ({ACCEPTED_FORMS}); repeatable",
     )
     run.add_argument(
         "--exclude",
@@ -358,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    Selection.parse(args.select, args.exclude, args.host)  # bad input before compiling
     hook_files = [HookFile.load(path) for path in args.hook]
     if args.output is None:
         args.output = "table" if out.isatty() else "json"

@@ -1,0 +1,221 @@
+"""The command line without the kernel: parser, `check`, hook files, exit codes, the live view
+and the metrics text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.cli import build_parser, main
+from engine.hookfile import HookFile, HookFileError
+from engine.metrics import Metrics, parse_address
+from engine.table import HOST, LiveTable
+
+ROOT = Path(__file__).resolve().parents[2]
+EXECSNOOP = str(ROOT / "examples" / "execsnoop.c")
+
+
+def test_run_parser_defaults_and_repeatable_flags() -> None:
+    args = build_parser().parse_args(
+        [
+            "run",
+            "a.c",
+            "b.c",
+            "--select",
+            "name=web*",
+            "--select",
+            "image=nginx",
+            "--exclude",
+            "label=skip",
+            "--host",
+            "--hook",
+            "h.py",
+            "--metrics",
+            "127.0.0.1:9464",
+            "--duration",
+            "2.5",
+        ]
+    )
+    assert args.gadgets == ["a.c", "b.c"]
+    assert args.select == ["name=web*", "image=nginx"]
+    assert args.exclude == ["label=skip"]
+    assert args.host is True
+    assert args.hook == ["h.py"]
+    assert args.metrics == ("127.0.0.1", 9464)
+    assert args.duration == 2.5
+    assert args.output is None  # chosen from stdout: table on a terminal, else json
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "a.c", "--duration", "0"],
+        ["run", "a.c", "--duration", "soon"],
+        ["run", "a.c", "--metrics", "localhost:9464"],
+        ["run", "a.c", "--metrics", "127.0.0.1"],
+        ["run", "a.c", "--metrics", "127.0.0.1:99999"],
+        ["run", "a.c", "--output", "yaml"],
+        ["run"],
+    ],
+)
+def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_parse_address_accepts_ipv6() -> None:
+    assert parse_address("[::1]:0") == ("::1", 0)
+
+
+def test_check_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", EXECSNOOP]) == 0
+    out = capsys.readouterr().out
+    assert f"{EXECSNOOP}:21: trace_execve: tracepoint syscalls/sys_enter_execve" in out
+
+
+def test_check_missing_gadget_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path / "nope.c")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.c" in err
+    assert "Traceback" not in err
+
+
+def test_run_with_bad_selection_exit_2_before_compiling(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", EXECSNOOP, "--select", "colour=red"]) == 2
+    err = capsys.readouterr().err
+    assert "bad selection 'colour=red'" in err
+    assert "compiling" not in err
+
+
+def _hook_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "hooks.py"
+    path.write_text(text)
+    return str(path)
+
+
+BAD_HOOK_FILES = [
+    ("async def on_event(event):\n    return (\n", 2, "syntax error"),
+    ("import os\nimport no_such_module_here\n", 2, "ModuleNotFoundError"),
+    ("x = 1\n\ndef on_event(event):\n    pass\n", 3, "must be an async function"),
+    ("def helper():\n    pass\n", 1, "defines no hooks"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), BAD_HOOK_FILES)
+def test_bad_hook_file_names_file_and_line(
+    tmp_path: Path, text: str, line: int, problem: str
+) -> None:
+    path = _hook_file(tmp_path, text)
+    with pytest.raises(HookFileError) as exc:
+        HookFile.load(path)
+    assert exc.value.line == line
+    assert f"{path}:{line}" in str(exc.value)
+    assert problem in str(exc.value)
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), BAD_HOOK_FILES)
+def test_run_with_bad_hook_file_exit_2(
+    tmp_path: Path, text: str, line: int, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _hook_file(tmp_path, text)
+    assert main(["run", EXECSNOOP, "--hook", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert f"{path}:{line}" in err
+    assert problem in err
+
+
+def test_missing_hook_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", EXECSNOOP, "--hook", str(tmp_path / "gone.py")]) == 2
+    assert "gone.py: cannot read" in capsys.readouterr().err
+
+
+def test_hook_file_with_hooks_and_setup(tmp_path: Path) -> None:
+    path = _hook_file(
+        tmp_path,
+        "async def on_event(event):\n    pass\n\n"
+        "async def on_container_removed(container):\n    pass\n\n"
+        "def setup(engine):\n    pass\n",
+    )
+    loaded = HookFile.load(path)
+    assert sorted(loaded.hooks) == ["on_container_removed", "on_event"]
+    assert loaded.setup is not None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _event(container: dict[str, object] | None, pid: int) -> dict[str, object]:
+    return {
+        "type": "event",
+        "gadget": "execsnoop",
+        "source": "events",
+        "data": {"pid": pid, "comm": "sh"},
+        "container": container,
+    }
+
+
+def test_live_table_counts_per_container_and_shows_latest_events() -> None:
+    clock = FakeClock()
+    table = LiveTable("execsnoop.c", clock=clock)
+    web = {"id": "ab" * 32, "short_id": "abababababab", "name": "web"}
+    table.observe({"type": "container_added", "container": web})
+    for pid in range(3):
+        table.observe(_event(web, pid))
+    table.observe(_event(None, 99))
+    table.observe({"type": "lost", "gadget": "g", "source": "events", "count": 7, "where": "x"})
+    clock.now += 2
+    lines = table.render(80, 40)
+    text = "\n".join(lines)
+    assert lines[0].startswith("engine: execsnoop.c")
+    assert "events 4" in lines[0]
+    assert "lost 7" in lines[0]
+    assert "containers 1" in lines[0]
+    web_row = next(line for line in lines if line.startswith("web "))
+    assert web_row.split()[:3] == ["web", "3", "2.0s"]
+    assert next(line for line in lines if line.startswith(HOST)).split()[1] == "1"
+    assert "execsnoop/events     pid=2 comm=sh" in text
+    assert "container_added web" in text
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_live_table_fits_a_small_terminal() -> None:
+    table = LiveTable("g.c", clock=FakeClock())
+    for pid in range(100):
+        table.observe(_event(None, pid))
+    lines = table.render(30, 10)
+    assert len(lines) <= 10
+    assert all(len(line) <= 30 for line in lines)
+
+
+def test_metrics_text() -> None:
+    clock = FakeClock()
+    metrics = Metrics(clock=clock)
+    container = {"id": "c1", "name": "web"}
+    metrics.observe({"type": "container_added", "container": container})
+    clock.now += 0.2
+    metrics.observe({"type": "attached", "netns": 4026532000, "container": "web"})
+    metrics.observe({"type": "attached", "netns": 4026532000, "container": "web"})
+    text = metrics.render()
+    assert "engine_containers 1\n" in text
+    assert "engine_attached_netns 1\n" in text
+    assert 'engine_attach_latency_seconds_bucket{le="0.25"} 1\n' in text
+    assert 'engine_attach_latency_seconds_bucket{le="0.1"} 0\n' in text
+    assert "engine_attach_latency_seconds_count 1\n" in text
+    assert 'engine_records_total{type="attached"} 2\n' in text
+    metrics.observe({"type": "detached", "netns": 4026532000, "container": "web"})
+    metrics.observe({"type": "detached", "netns": 4026532000, "container": "web"})
+    metrics.observe({"type": "container_removed", "container": container})
+    text = metrics.render()
+    assert "engine_attached_netns 0\n" in text
+    assert "engine_containers 0\n" in text

@@ -3,6 +3,7 @@ and the metrics text."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,7 @@ class FakeClock:
         return self.now
 
 
-def _event(container: dict[str, object] | None, pid: int) -> dict[str, object]:
+def _event(container: Mapping[str, object] | None, pid: int) -> dict[str, object]:
     return {
         "type": "event",
         "gadget": "execsnoop",

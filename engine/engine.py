@@ -178,7 +178,11 @@ class Engine(HookMethods):
                 return out
 
     def stop(self) -> None:
-        """Stop the engine; the ``async with`` block's records end."""
+        """Stop the engine's work: detach per-netns programs, stop reading buffers.
+
+        The records still buffered (and the detach records) remain readable: ``events()``
+        yields them and then ends. Static probes detach when the ``async with`` block exits.
+        """
         self._cancel.cancel()
 
 
@@ -267,6 +271,10 @@ async def _running(
     outlet.tap = hooks.dispatch
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         hooks.bind(nursery)
+        # The engine's own work runs in a nursery of its own, so that stop() ends it (and
+        # the per-netns detaches report themselves) without cancelling the user's block;
+        # when it has ended, the record channel is closed and ``events()`` ends.
+        work: trio.Nursery = await nursery.start(_work_nursery, send)
         loaded_all: list[LoadedGadget] = []
         for gadget in parsed:
             skipped = check_supported(gadget, supported)
@@ -278,7 +286,7 @@ async def _running(
                     ProgramSkipped(gadget.name, s.spec.function, s.spec.kind.value, s.reason)
                 )
             _sync_filter(loaded, world)
-            await _start_pump(loaded, outlet, stack, nursery, world)
+            await _start_pump(loaded, outlet, stack, work, world)
             for program in loaded.programs.values():
                 attacher = static_attacher(program.spec.kind)
                 if attacher is None or program.spec.per_netns:
@@ -292,15 +300,15 @@ async def _running(
                         program.spec.target,
                     )
                 )
-        per_netns = PerNetns(loaded_all, outlet.put, nursery, options.iter_interval)
+        per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval)
         if options.containers:
             tracker = _Tracker(world, per_netns, loaded_all, outlet, options)
-            await nursery.start(tracker.run)
+            await work.start(tracker.run)
         engine = Engine(
             loaded_all,
             stats,
             receive,
-            nursery.cancel_scope,
+            work.cancel_scope,
             hooks,
             nursery,
             selection,
@@ -310,9 +318,21 @@ async def _running(
         try:
             yield engine
         finally:
+            work.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
-    # Closed only now: detaching (above) still reports what it did, for ``leftover()``.
-    send.close()
+
+
+async def _work_nursery(
+    send: trio.MemorySendChannel[Record],
+    *,
+    task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        async with trio.open_nursery() as work:
+            task_status.started(work)
+            await trio.sleep_forever()
+    finally:
+        send.close()
 
 
 async def _start_pump(

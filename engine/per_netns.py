@@ -29,13 +29,12 @@ from engine.attach import (
     find_host_peers,
     run_iter_in_netns,
 )
-from engine.containers import Container
 from engine.errors import AttachError
 from engine.loader import LoadedGadget, LoadedProgram
 from engine.netns import NetnsHandle, NetnsId
 from engine.records import Event, Record
 from engine.sections import Kind
-from engine.world import NetnsTarget
+from engine.world import NetnsTarget, World
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +58,10 @@ class PerNetns:
     loaded: list[LoadedGadget]
     emit: Emit
     nursery: trio.Nursery
+    world: World
     iter_interval: float = 10.0
     running: dict[int, NetnsState] = attrs.Factory(dict)
     latencies: list[float] = attrs.Factory(list)  # seconds from netns seen to all attached
-    by_host_ifindex: dict[int, NetnsTarget] = attrs.Factory(dict)
     _iter_now: dict[int, trio.Event] = attrs.Factory(dict)
 
     def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
@@ -93,10 +92,6 @@ class PerNetns:
         for event in self._iter_now.values():
             event.set()
         await trio.lowlevel.checkpoint()
-
-    def container_for_ifindex(self, ifindex: int) -> Container | None:
-        target = self.by_host_ifindex.get(ifindex)
-        return target.containers[0] if target and target.containers else None
 
     async def _netns_task(
         self,
@@ -180,8 +175,8 @@ class PerNetns:
             except AttachError as exc:
                 self._failed(program, target, peer.host_ifname, exc)
                 continue
-            self.by_host_ifindex[peer.host_ifindex] = target
-            stack.callback(self.by_host_ifindex.pop, peer.host_ifindex, None)
+            self.world.host_ifindexes[peer.host_ifindex] = target.inode
+            stack.callback(self.world.host_ifindexes.pop, peer.host_ifindex, None)
             self._attached(
                 stack, program, f"classifier/{direction.value}", netns, peer.host_ifname, target
             )

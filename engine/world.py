@@ -36,6 +36,7 @@ class World:
     netns_paths: dict[int, str] = attrs.Factory(dict)  # netns inode → a path that reaches it
     host_netns: int | None = None
     host_mntns: int | None = None
+    host_ifindexes: dict[int, int] = attrs.Factory(dict)  # host-side veth → its netns inode
 
     def add_container(self, container: Container) -> None:
         self.containers[container.id] = container
@@ -93,6 +94,10 @@ class World:
         Looked at in order: ``mntns_id``/``mntns``, ``netns_id``/``netns``, ``cgroup_id``,
         ``pid`` (through /proc is not done here: see ``by_pid``).
         """
+        # Per-netns programs (TC) say where a packet was by the host-side interface.
+        ifindex = data.get("ifindex")
+        if isinstance(ifindex, int) and ifindex in self.host_ifindexes:
+            return self._find("netns_inode", self.host_ifindexes[ifindex])
         for keys, attribute in (
             (("mntns_id", "mntns"), "mntns_inode"),
             (("netns_id", "netns"), "netns_inode"),

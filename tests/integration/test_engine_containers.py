@@ -95,7 +95,7 @@ async def test_classifiers_count_exactly_per_container(names: list[str]) -> None
                     len(eng.per_netns.running) < 2
                     or any(s.attached_at is None for s in eng.per_netns.running.values())
                 ):
-                    await trio.sleep(0.05)
+                    await trio.sleep(0.05)  # noqa: ASYNC110 - waits on engine state
             await trio.to_thread.run_sync(
                 docker, "exec", pinger, "ping", "-c", "4", "-i", "0.2", BRIDGE
             )

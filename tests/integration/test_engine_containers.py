@@ -91,11 +91,11 @@ async def test_classifiers_count_exactly_per_container(names: list[str]) -> None
             await trio.to_thread.run_sync(start, names, quiet, "sleep", "300")
             await trio.to_thread.run_sync(start, names, pinger, "sleep", "300")
             with trio.fail_after(30):
-                while sum(1 for r in eng.world.containers.values() if r.name == pinger) == 0 or (
+                while sum(1 for r in eng.world.containers.values() if r.name == pinger) == 0 or (  # noqa: ASYNC110
                     len(eng.per_netns.running) < 2
                     or any(s.attached_at is None for s in eng.per_netns.running.values())
                 ):
-                    await trio.sleep(0.05)  # noqa: ASYNC110 - waits on engine state
+                    await trio.sleep(0.05)
             await trio.to_thread.run_sync(
                 docker, "exec", pinger, "ping", "-c", "4", "-i", "0.2", BRIDGE
             )

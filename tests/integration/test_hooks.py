@@ -65,6 +65,7 @@ async def test_hook_that_raises_gives_hook_failed_and_engine_keeps_running(
     flood_gadget: str,
 ) -> None:
     handled: list[int] = []
+    five = trio.Event()
     with trio.fail_after(60):
         async with open_engine(flood_gadget) as eng:
 
@@ -73,6 +74,8 @@ async def test_hook_that_raises_gives_hook_failed_and_engine_keeps_running(
                 if event.data["n"] == 0:
                     raise ValueError("the first call is odd")
                 handled.append(event.data["n"])
+                if len(handled) == 5:
+                    five.set()
 
             await _calls(1)
             records = eng.events()
@@ -90,8 +93,7 @@ async def test_hook_that_raises_gives_hook_failed_and_engine_keeps_running(
                 "record_type": "event",
             }
             await _calls(5)
-            while len(handled) < 5:
-                await trio.sleep(0.01)
+            await five.wait()
             assert handled == [1, 2, 3, 4, 5]
             assert eng.hook_stats["picky"].failed == 1
             assert eng.hook_stats["picky"].handled == 5

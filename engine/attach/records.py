@@ -12,6 +12,7 @@ from engine.netns import NetnsId
 
 def _base(
     kind_of_record: str,
+    *,
     program: str,
     kind: str,
     netns: NetnsId,
@@ -28,6 +29,16 @@ def _base(
     }
 
 
+def _fields(record: Attached | Detached | AttachFailed) -> dict[str, Any]:
+    return {
+        "program": record.program,
+        "kind": record.kind,
+        "netns": record.netns,
+        "interface": record.interface,
+        "container": record.container,
+    }
+
+
 @attrs.frozen
 class Attached:
     """`program` (a gadget function) of `kind` ("socket", "classifier/ingress", "iter/tcp"...)
@@ -40,9 +51,7 @@ class Attached:
     container: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _base(
-            "attached", self.program, self.kind, self.netns, self.interface, self.container
-        )
+        return _base("attached", **_fields(self))
 
 
 @attrs.frozen
@@ -54,9 +63,7 @@ class Detached:
     container: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _base(
-            "detached", self.program, self.kind, self.netns, self.interface, self.container
-        )
+        return _base("detached", **_fields(self))
 
 
 @attrs.frozen
@@ -69,9 +76,7 @@ class AttachFailed:
     container: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = _base(
-            "attach_failed", self.program, self.kind, self.netns, self.interface, self.container
-        )
+        out = _base("attach_failed", **_fields(self))
         out["error"] = str(self.error)
         out["errno"] = self.error.errno
         return out

@@ -37,6 +37,7 @@ from engine.pump import BufferMap, BufferPump, buffer_maps
 from engine.records import Event, Lost, ProgramAttached, ProgramSkipped, Record
 from engine.sections import Kind
 from engine.selection import Selection
+from engine.source_text import function_body
 from engine.world import World
 
 log = logging.getLogger(__name__)
@@ -84,21 +85,10 @@ def map_writers(gadget: Gadget, map_name: str) -> str | None:
     users = []
     pattern = re.compile(rf"\b{re.escape(map_name)}\s*\.")
     for spec in gadget.programs:
-        body = _body_of(gadget.source, spec.function)
+        body = function_body(gadget.source, spec.function)
         if body is not None and pattern.search(body):
             users.append(spec.function)
     return users[0] if len(users) == 1 else None
-
-
-def _body_of(source: str, function: str) -> str | None:
-    match = re.search(rf"\b{re.escape(function)}\s*\([^;{{]*\)\s*\{{", source)
-    if match is None:
-        return None
-    depth, i = 1, match.end()
-    while i < len(source) and depth:
-        depth += {"{": 1, "}": -1}.get(source[i], 0)
-        i += 1
-    return source[match.end() : i]
 
 
 @attrs.define

@@ -1,0 +1,16 @@
+"""Finding a function's body in gadget source, to see which maps it writes to."""
+
+from __future__ import annotations
+
+import re
+
+
+def function_body(source: str, function: str) -> str | None:
+    match = re.search(rf"\b{re.escape(function)}\s*\([^;{{]*\)\s*\{{", source)
+    if match is None:
+        return None
+    depth, i = 1, match.end()
+    while i < len(source) and depth:
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        i += 1
+    return source[match.end() : i]

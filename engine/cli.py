@@ -288,16 +288,14 @@ async def _show_table(
             nursery.cancel_scope.cancel()
     finally:
         # The last view stays on screen above the summary line.
-        width, height = shutil.get_terminal_size()
-        table.draw(out, width, height)
+        table.draw(out, *_terminal_size(out))
         out.write(SHOW_CURSOR)
         out.flush()
 
 
 async def _redraw(table: LiveTable, out: TextIO) -> None:
     while True:
-        width, height = shutil.get_terminal_size()
-        table.draw(out, width, height)
+        table.draw(out, *_terminal_size(out))
         await trio.sleep(REFRESH_SECONDS)
 
 
@@ -305,6 +303,15 @@ async def _stop_after(engine: Engine, seconds: float, run: _Run) -> None:
     await trio.sleep(seconds)
     run.stopped = "duration"
     engine.stop()
+
+
+def _terminal_size(out: TextIO) -> tuple[int, int]:
+    # The terminal's own size first: COLUMNS/LINES in the environment are often stale.
+    try:
+        size = os.get_terminal_size(out.fileno())
+    except (OSError, ValueError):
+        size = shutil.get_terminal_size()
+    return size.columns, size.lines
 
 
 def _url_host(host: str) -> str:

@@ -197,9 +197,15 @@ class _Run:
 
 
 async def _stop_on_signals(scope: trio.CancelScope, run: _Run) -> None:
+    """The first signal stops the engine gracefully (its last records are still written);
+    during start-up, or on a second signal, everything is cancelled at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            run.stopped = signal.Signals(signum).name
+            if run.stopped is None and run.engine is not None:
+                run.stopped = signal.Signals(signum).name
+                run.engine.stop()
+                continue
+            run.stopped = run.stopped or signal.Signals(signum).name
             scope.cancel()
             return
 

@@ -291,8 +291,8 @@ async def _running(
                     )
                 )
         per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval)
+        tracker = _Tracker(world, per_netns, loaded_all, outlet, options)
         if options.containers:
-            tracker = _Tracker(world, per_netns, loaded_all, outlet, options)
             await work.start(tracker.run)
         engine = Engine(
             loaded_all,
@@ -305,6 +305,13 @@ async def _running(
             world,
             per_netns,
         )
+
+        def selection_changed(selection: Selection) -> None:
+            # The in-kernel filter and the per-netns attachments follow at once.
+            world.selection = selection
+            work.start_soon(tracker.changed)
+
+        engine._selection_watchers.append(selection_changed)
         try:
             yield engine
         finally:
@@ -442,17 +449,17 @@ class _Tracker:
                 except trio.WouldBlock:
                     break
                 apply(record)
-        await self._changed()
+        await self.changed()
 
     async def _follow_docker(self, channel: trio.MemoryReceiveChannel[ContainerEvent]) -> None:
         async for record in channel:
             self._apply_docker(record)
-            await self._changed()
+            await self.changed()
 
     async def _follow_netns(self, channel: trio.MemoryReceiveChannel[NetnsEvent]) -> None:
         async for record in channel:
             self._apply_netns(record)
-            await self._changed()
+            await self.changed()
 
     def _apply_docker(self, record: Any) -> None:
         if isinstance(record, ContainerAdded):
@@ -470,7 +477,7 @@ class _Tracker:
             self.world.remove_netns(record.netns_id.inode)
         self.outlet.put(record)
 
-    async def _changed(self) -> int:
+    async def changed(self) -> int:
         async with self._lock:
             for loaded in self.loaded:
                 _sync_filter(loaded, self.world)
@@ -479,7 +486,7 @@ class _Tracker:
     async def _reconcile_periodically(self) -> None:
         while True:
             await trio.sleep(self.options.reconcile_interval)
-            corrected = await self._changed()
+            corrected = await self.changed()
             if corrected:
                 self.corrections += corrected
                 log.warning("reconciliation corrected %d netns attachments", corrected)

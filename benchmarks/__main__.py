@@ -8,11 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import containers, idle, startup, throughput
+from benchmarks import churn, containers, idle, startup, throughput
 from benchmarks.hammer import build_hammer
 from benchmarks.results import Report
 
-BENCHMARKS = ("throughput", "idle", "startup")
+BENCHMARKS = ("throughput", "idle", "startup", "churn", "leaks")
+# Containers started per churn rate (per second): enough for a p99 at each, within minutes.
+CHURN = {1.0: 30, 5.0: 50, 20.0: 100}
+CYCLES = 500
 
 
 def run(smoke: bool, only: list[str], out: Path) -> Report:
@@ -26,15 +29,12 @@ def run(smoke: bool, only: list[str], out: Path) -> Report:
                 figures, details = throughput.measure(kind, hammer, sizes)
                 report.figures += figures
                 report.details[f"throughput_{kind}"] = details
-    if "idle" in chosen:
-        why = containers.docker_ready()
-        if why is None:
-            count, seconds = (2, 2.0) if smoke else (50, 10.0)
-            figures, details = idle.measure(count, seconds)
-            report.figures += figures
-            report.details["idle"] = details
-        else:
-            report.skipped["idle"] = why
+    docker_missing = containers.docker_ready()
+    for name in ("idle", "churn", "leaks"):
+        if name in chosen and docker_missing is not None:
+            report.skipped[name] = docker_missing
+    if docker_missing is None:
+        _with_containers(report, chosen, smoke)
     if "startup" in chosen:
         figures, details, skipped = startup.measure(1 if smoke else 3)
         report.figures += figures
@@ -42,6 +42,24 @@ def run(smoke: bool, only: list[str], out: Path) -> Report:
         report.skipped.update(skipped)
     report.write(out)
     return report
+
+
+def _with_containers(report: Report, chosen: list[str], smoke: bool) -> None:
+    if "idle" in chosen:
+        count, seconds = (2, 2.0) if smoke else (50, 10.0)
+        figures, details = idle.measure(count, seconds)
+        report.figures += figures
+        report.details["idle"] = details
+    if "churn" in chosen:
+        rates = {5.0: 3} if smoke else CHURN
+        for rate, count in rates.items():
+            figures, details = churn.measure_churn([rate], count)
+            report.figures += figures
+            report.details.setdefault("churn", {}).update(details)
+    if "leaks" in chosen:
+        figures, details = churn.measure_leaks(2 if smoke else CYCLES)
+        report.figures += figures
+        report.details["leaks"] = details
 
 
 def main() -> int:

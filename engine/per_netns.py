@@ -107,6 +107,10 @@ class PerNetns:
     def _container_name(self, target: NetnsTarget) -> str | None:
         return target.containers[0].name if target.containers else None
 
+    def _gadget_name(self, program: LoadedProgram) -> str:
+        # Records name the gadget: several gadgets may have functions of the same name.
+        return next(g.gadget.name for g in self.loaded if program in g.programs.values())
+
     async def _attach_all(self, target: NetnsTarget, seen: float) -> None:
         netns = NetnsId(target.inode, 0)
         try:
@@ -209,9 +213,11 @@ class PerNetns:
         interface: str | None,
         target: NetnsTarget,
     ) -> None:
-        name = self._container_name(target)
-        self.emit(Attached(program.spec.function, kind, netns, interface, name))
-        stack.callback(self.emit, Detached(program.spec.function, kind, netns, interface, name))
+        name, gadget = self._container_name(target), self._gadget_name(program)
+        self.emit(Attached(program.spec.function, kind, netns, interface, name, gadget))
+        stack.callback(
+            self.emit, Detached(program.spec.function, kind, netns, interface, name, gadget)
+        )
 
     def _failed(
         self,
@@ -229,6 +235,7 @@ class PerNetns:
                 interface,
                 error,
                 self._container_name(target),
+                self._gadget_name(program),
             )
         )
 

@@ -18,9 +18,11 @@ def _base(
     netns: NetnsId,
     interface: str | None,
     container: str | None,
+    gadget: str | None,
 ) -> dict[str, Any]:
     return {
         "type": kind_of_record,
+        "gadget": gadget,
         "program": program,
         "kind": kind,
         "netns": netns.inode,
@@ -36,19 +38,22 @@ def _fields(record: Attached | Detached | AttachFailed) -> dict[str, Any]:
         "netns": record.netns,
         "interface": record.interface,
         "container": record.container,
+        "gadget": record.gadget,
     }
 
 
 @attrs.frozen
 class Attached:
-    """`program` (a gadget function) of `kind` ("socket", "classifier/ingress", "iter/tcp"...)
-    now runs for `netns`; `interface` is the host-side interface for a classifier."""
+    """`program` (a function of `gadget`) of `kind` ("socket", "classifier/ingress",
+    "iter/tcp"...) now runs for `netns`; `interface` is the host-side interface for a
+    classifier."""
 
     program: str
     kind: str
     netns: NetnsId
     interface: str | None = None
     container: str | None = None
+    gadget: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _base("attached", **_fields(self))
@@ -61,6 +66,7 @@ class Detached:
     netns: NetnsId
     interface: str | None = None
     container: str | None = None
+    gadget: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _base("detached", **_fields(self))
@@ -74,6 +80,7 @@ class AttachFailed:
     interface: str | None
     error: AttachError
     container: str | None = None
+    gadget: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = _base("attach_failed", **_fields(self))

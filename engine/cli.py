@@ -1,8 +1,10 @@
 """The command line: ``engine run``, ``engine check``, ``engine features``.
 
 Exit codes: 0 success (also a run stopped by Ctrl-C, SIGTERM or --duration), 2 bad input
-(gadget, section names, selection, hook file, metrics address, compile or verifier errors),
-1 anything else the engine reports, 130 interrupted before the engine could stop cleanly.
+(gadget, section names, selection, hook file, metrics address, compile or verifier errors,
+a gadget or hook file that a user other than root could change), 1 anything else the engine
+reports (missing capabilities among them: checked before compiling), 130 interrupted before
+the engine could stop cleanly.
 User mistakes are one clear message, never a traceback.
 """
 
@@ -38,6 +40,7 @@ from engine.errors import (
 from engine.gadget import Gadget
 from engine.hookfile import HookFile, HookFileError
 from engine.metrics import Metrics, MetricsError, parse_address, serve_metrics
+from engine.security import UntrustedFileError, check_all_trusted, require_capabilities
 from engine.selection import ACCEPTED_FORMS, Selection
 from engine.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
 
@@ -53,6 +56,7 @@ BAD_INPUT = (
     SelectionError,
     TargetNotFoundError,
     UnsupportedProgramError,
+    UntrustedFileError,
     VerifierError,
 )
 
@@ -130,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_metrics_address,
         metavar="ADDR",
         help="serve Prometheus metrics on ADDR, an IP address and port (127.0.0.1:9464)",
+    )
+    run.add_argument(
+        "--allow-untrusted-files",
+        action="store_true",
+        help="run gadget and hook files even when a user other than root could change them",
     )
 
     check = sub.add_parser("check", help="print the plan of a gadget without loading anything")
@@ -249,7 +258,11 @@ async def _serve(
     _progress(f"compiling {names}\u2026")
     compiling = time.monotonic()
     async with open_engine(
-        *args.gadgets, select=args.select, exclude=args.exclude, host=args.host
+        *args.gadgets,
+        select=args.select,
+        exclude=args.exclude,
+        host=args.host,
+        trust_files=args.allow_untrusted_files,
     ) as engine:
         run.engine = engine
         if metrics is not None:
@@ -372,7 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     Selection.parse(args.select, args.exclude, args.host)  # bad input before compiling
+    if not args.allow_untrusted_files:
+        check_all_trusted([*args.gadgets, *args.hook])  # before a hook file's code runs
     hook_files = [HookFile.load(path) for path in args.hook]
+    require_capabilities()
     if args.output is None:
         args.output = "table" if out.isatty() else "json"
     run = trio.run(_run, args, out, hook_files)

@@ -36,8 +36,10 @@ from engine.per_netns import PerNetns
 from engine.pump import BufferMap, BufferPump, buffer_maps
 from engine.records import Event, Lost, ProgramAttached, ProgramSkipped, Record
 from engine.sections import Kind
+from engine.security import check_all_trusted, require_capabilities
 from engine.selection import Selection
 from engine.source_text import function_body
+from engine.tc_returns import tc_return_warnings
 from engine.world import World
 
 log = logging.getLogger(__name__)
@@ -194,6 +196,7 @@ async def open_engine(
     containers: bool = True,
     iter_interval: float = 10.0,
     reconcile_interval: float = 30.0,
+    trust_files: bool = False,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -203,9 +206,18 @@ async def open_engine(
     the Docker and netns sources (static probes only). Per-netns iterators run when a netns
     is attached and then every ``iter_interval`` seconds; the picture of containers and
     netns is reconciled every ``reconcile_interval`` seconds against missed events.
+    Gadget files that anyone but root (or this user) could change are refused with
+    ``UntrustedFileError`` unless ``trust_files=True``; missing capabilities raise
+    ``MissingCapabilitiesError`` before anything is compiled (see ``engine.security``).
     """
     selection = Selection.parse(select, exclude, host)
+    if not trust_files:
+        check_all_trusted(g for g in gadgets if not isinstance(g, Gadget))
     parsed = [g if isinstance(g, Gadget) else Gadget.from_file(g) for g in gadgets]
+    for gadget in parsed:
+        for warning in tc_return_warnings(gadget):
+            log.warning("%s", warning)
+    require_capabilities()
     with unwrap_single_exception():
         options = _Options(containers, iter_interval, reconcile_interval)
         async with _running(

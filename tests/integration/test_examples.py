@@ -1,0 +1,194 @@
+"""Every example as its top comment says to run it: `engine run examples/NAME.c --hook
+examples/NAME_hook.py`, in a subprocess, against real containers. Traffic goes only between
+test containers and to the docker bridge; the assertions are on the JSON records (names,
+addresses, ports, counts) and on what the hook script printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
+BRIDGE = "172.17.0.1"  # the docker bridge: test traffic goes nowhere else
+
+Record = dict[str, Any]
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def ip_of(name: str) -> str:
+    return docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)
+
+
+@attrs.define
+class Containers:
+    """Test containers named engine-test-<tag>-<role>; all removed after the test."""
+
+    tag: str = attrs.Factory(lambda: uuid.uuid4().hex[:6])
+    made: list[str] = attrs.Factory(list)
+
+    def name(self, role: str) -> str:
+        return f"engine-test-{self.tag}-{role}"
+
+    def start(self, role: str, *command: str) -> str:
+        name = self.name(role)
+        self.made.append(name)
+        docker("run", "-d", "--name", name, IMAGE, *command)
+        return name
+
+    async def exec(self, name: str, *command: str, check: bool = True) -> str:
+        def run() -> str:
+            done = subprocess.run(
+                ["docker", "exec", name, *command], capture_output=True, text=True, check=check
+            )
+            return done.stdout + done.stderr
+
+        return await trio.to_thread.run_sync(run)
+
+
+@pytest.fixture
+def containers(docker_daemon: None) -> Iterator[Containers]:
+    made = Containers()
+    yield made
+    if made.made:
+        subprocess.run(["docker", "rm", "-f", *made.made], capture_output=True, check=False)
+
+
+@attrs.define
+class EngineRun:
+    """A running `engine run ... --output json`: its JSON records and its stderr lines."""
+
+    process: trio.Process
+    records: list[Record] = attrs.Factory(list)
+    stderr: list[str] = attrs.Factory(list)
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    async def collect(self, stream: trio.abc.ReceiveStream, into: Callable[[str], None]) -> None:
+        buffer = b""
+        async for chunk in stream:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                into(line.decode(errors="replace"))
+            self._changed.set()
+            self._changed = trio.Event()
+        if buffer:
+            into(buffer.decode(errors="replace"))
+        self._changed.set()
+
+    async def wait_for(self, found: Callable[[EngineRun], Any]) -> Any:
+        """The first true value of ``found(self)``, re-checked as output arrives."""
+        while not (value := found(self)):
+            if self.process.returncode is not None:
+                raise AssertionError(f"engine exited early: {self.stderr}")
+            await self._changed.wait()
+        return value
+
+    async def stop(self) -> None:
+        """Ctrl-C, as a person would stop it; the hooks' final lines are then printed."""
+        self.process.send_signal(signal.SIGINT)
+        await self.process.wait()
+        await trio.sleep(0)  # let the readers take the last output
+        assert self.process.returncode == 0, self.stderr
+
+    def events(self, source: str | None = None) -> list[Record]:
+        return [
+            r
+            for r in self.records
+            if r["type"] == "event" and (source is None or r["source"] == source)
+        ]
+
+    def lines(self, pattern: str) -> list[str]:
+        return [line for line in self.stderr if re.search(pattern, line)]
+
+
+@asynccontextmanager
+async def engine_run(
+    gadget: str, hook: str, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[EngineRun]:
+    command = [sys.executable, "-m", "engine", "run", str(EXAMPLES / gadget)]
+    command += ["--hook", str(EXAMPLES / hook), "--output", "json", *args]
+    async with trio.open_nursery() as nursery:
+        process = await trio.lowlevel.open_process(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        run = EngineRun(process)
+        assert process.stdout is not None and process.stderr is not None
+        nursery.start_soon(run.collect, process.stdout, lambda s: run.records.append(json.loads(s)))
+        nursery.start_soon(run.collect, process.stderr, run.stderr.append)
+        try:
+            yield run
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+def attached(program: str, container: str | None = None) -> Callable[[EngineRun], bool]:
+    """``program`` is attached (in ``container``'s netns when given)."""
+
+    def found(run: EngineRun) -> bool:
+        return any(
+            r["type"] == "attached"
+            and r["program"] == program
+            and (container is None or r["container"] == container)
+            for r in run.records
+        )
+
+    return found
+
+
+async def test_execsnoop_counts_execs_per_container(containers: Containers) -> None:
+    busy = containers.start("busy", "sleep", "300")
+    quiet = containers.start("quiet", "sleep", "300")
+    with trio.fail_after(30):
+        async with engine_run(
+            "execsnoop.c",
+            "execsnoop_hook.py",
+            "--select",
+            f"name={containers.name('*')}",
+            env={"EXECSNOOP_INTERVAL": "0.5"},
+        ) as run:
+            await run.wait_for(attached("trace_execve"))
+            for _ in range(3):
+                await containers.exec(busy, "/bin/true")
+            await containers.exec(quiet, "/bin/true")
+            await run.wait_for(lambda r: r.lines(rf"\b{busy}=\d+"))
+            await run.stop()
+    true_execs = [e for e in run.events("events") if e["data"]["filename"] == "/bin/true"]
+    assert sorted(e["container"]["name"] for e in true_execs) == [busy] * 3 + [quiet]
+    # The last line is the final summary: the hook counted exactly the events the engine wrote.
+    per_name: dict[str, int] = {}
+    for e in run.events("events"):
+        per_name[e["container"]["name"]] = per_name.get(e["container"]["name"], 0) + 1
+    final = run.lines(r"^execsnoop: ")[-1]
+    assert final == "execsnoop: " + " ".join(
+        f"{name}={n}" for name, n in sorted(per_name.items(), key=lambda kv: -kv[1])
+    )
+    assert per_name[busy] >= 3 and "(host)" not in final

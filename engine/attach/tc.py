@@ -42,6 +42,8 @@ ETH_P_ALL = 0x0003
 PRIO_FIRST = 0xC000
 PRIO_LAST = 0xC3FF
 FILTER_HANDLE = 1
+# Collisions with concurrent adders before giving up (each one means someone else got a prio).
+ADD_ATTEMPTS = 64
 NAME_PREFIX = "engine_"
 
 
@@ -168,13 +170,26 @@ def _ensure_clsact(ipr: Any, ifindex: int) -> None:
             raise
 
 
+def _used_prios(ipr: Any, ifindex: int, parent: int) -> set[int]:
+    return {f["info"] >> 16 for f in ipr.get_filters(ifindex, parent=parent)}
+
+
 def _add_filter(prog_fd: int, peer: HostPeer, parent: int, name: str) -> TcFilter:
+    """Add our filter at the lowest free priority of our range.
+
+    Other engines (and other tools) add filters on the same hook at the same time: between
+    listing and adding, the chosen priority may be taken. The kernel then answers EEXIST (a
+    ``bpf`` filter with handle 1 is there: "add" never replaces) or EINVAL (a filter of another
+    kind or protocol holds that priority); either way, list again and take the next free one.
+    Bounded, so a hook that keeps changing under us is an error, not a loop.
+    """
     with IPRoute() as ipr:
         _ensure_clsact(ipr, peer.host_ifindex)
-        used = {f["info"] >> 16 for f in ipr.get_filters(peer.host_ifindex, parent=parent)}
-        for prio in range(PRIO_FIRST, PRIO_LAST + 1):
-            if prio in used:
-                continue
+        for _ in range(ADD_ATTEMPTS):
+            used = _used_prios(ipr, peer.host_ifindex, parent)
+            prio = next((p for p in range(PRIO_FIRST, PRIO_LAST + 1) if p not in used), None)
+            if prio is None:
+                raise NetlinkError(errno.ENOSPC, "no free tc priority in our range")
             try:
                 ipr.tc(
                     "add-filter",
@@ -189,11 +204,15 @@ def _add_filter(prog_fd: int, peer: HostPeer, parent: int, name: str) -> TcFilte
                     direct_action=True,
                 )
             except NetlinkError as exc:
-                if exc.code == errno.EEXIST:  # taken since we listed: try the next one
+                taken = exc.code == errno.EEXIST or (
+                    exc.code == errno.EINVAL and prio in _used_prios(ipr, peer.host_ifindex, parent)
+                )
+                if taken:
+                    logger.debug("tc priority %#x on %s taken meanwhile", prio, peer.host_ifname)
                     continue
                 raise
             return TcFilter(peer.host_ifindex, peer.host_ifname, parent, prio, name)
-    raise NetlinkError(errno.ENOSPC, "no free tc priority in our range")
+    raise NetlinkError(errno.EBUSY, f"tc priorities kept being taken ({ADD_ATTEMPTS} tries)")
 
 
 def _delete_filter(ipr: Any, ifindex: int, parent: int, prio: int, handle: int) -> bool:
@@ -248,6 +267,22 @@ async def attach_classifier(
         logger.debug("classifier %s detached: %s", program, tc_filter)
 
 
+def _bpf_name(f: Any) -> str | None:
+    options = f.get_attr("TCA_OPTIONS")
+    name = options.get_attr("TCA_BPF_NAME") if options is not None else None
+    return name if f.get_attr("TCA_KIND") == "bpf" and name else None
+
+
+def _holds(ipr: Any, ifindex: int, parent: int, prio: int, name: str) -> bool:
+    """Whether `name` is still the filter at `prio`: another engine's cleanup may have removed
+    the orphan since we listed, and a live engine may have taken the freed priority."""
+    try:
+        filters = ipr.get_filters(ifindex, parent=parent)
+    except NetlinkError:
+        return False
+    return any(f["info"] >> 16 == prio and _bpf_name(f) == name for f in filters)
+
+
 def _remove_orphans(owner_alive: Callable[[str], bool]) -> int:
     removed = 0
     with IPRoute() as ipr:
@@ -260,12 +295,14 @@ def _remove_orphans(owner_alive: Callable[[str], bool]) -> int:
                         continue  # link gone, or no clsact on it
                     raise
                 for f in filters:
-                    options = f.get_attr("TCA_OPTIONS")
-                    name = options.get_attr("TCA_BPF_NAME") if options is not None else None
-                    owner = owner_of(name) if f.get_attr("TCA_KIND") == "bpf" and name else None
-                    if owner is None or owner_alive(owner):
+                    name = _bpf_name(f)
+                    owner = owner_of(name) if name else None
+                    if name is None or owner is None or owner_alive(owner):
                         continue
-                    if _delete_filter(ipr, link["index"], parent, f["info"] >> 16, f["handle"]):
+                    prio = f["info"] >> 16
+                    if _holds(ipr, link["index"], parent, prio, name) and _delete_filter(
+                        ipr, link["index"], parent, prio, f["handle"]
+                    ):
                         logger.info(
                             "removed orphan filter %s on %s", name, link.get_attr("IFLA_IFNAME")
                         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -42,6 +42,16 @@ Emit = Callable[[Record], object]
 
 # How long a new netns may take to receive its veth before classifiers give up on it.
 PEER_WAIT = 3.0
+
+# Test seam, None in production: awaited with a step's name ("open", "attach", "add_filter",
+# "attached") and the target before that step of an attach, so that tests/faults can kill a
+# container or delete its netns at exactly that point.
+attach_step: Callable[[str, NetnsTarget], Awaitable[None]] | None = None
+
+
+async def _step(name: str, target: NetnsTarget) -> None:
+    if attach_step is not None:
+        await attach_step(name, target)
 
 
 @attrs.define
@@ -113,6 +123,7 @@ class PerNetns:
 
     async def _attach_all(self, target: NetnsTarget, seen: float) -> None:
         netns = NetnsId(target.inode, 0)
+        await _step("open", target)
         try:
             handle = await trio.to_thread.run_sync(NetnsHandle.open, target.path)
         except OSError as exc:
@@ -138,6 +149,7 @@ class PerNetns:
             netns = handle.id
             for gadget, program in self.programs():
                 kind = program.spec.kind
+                await _step("attach", target)
                 try:
                     if kind is Kind.SOCKET:
                         await stack.enter_async_context(
@@ -150,6 +162,7 @@ class PerNetns:
                         iterators.append((gadget, program))
                 except AttachError as exc:
                     self._failed(program, target, exc.interface, exc)
+            await _step("attached", target)
             state = self.running.get(target.inode)
             if state is not None:
                 state.attached_at = time.monotonic()
@@ -170,6 +183,7 @@ class PerNetns:
         direction = Direction(program.spec.section.parts[0])
         peers = await self._wait_for_peers(handle, program, target)
         for peer in peers:
+            await _step("add_filter", target)
             try:
                 await stack.enter_async_context(
                     attach_classifier(

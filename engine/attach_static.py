@@ -1,5 +1,9 @@
 """Attaching static programs: once when the engine starts, detached when it stops.
 
+The attachers of kprobes/uprobes/USDT (engine.attach.probes) and of trampolines
+(engine.attach.tracing) live in their own modules; tracepoints are here, with the table
+that maps every static kind to its attacher.
+
 Each attacher is an async context manager that always detaches, also when cancelled. bcc's
 ``BPF`` object is not thread-safe, so calls on it run in a worker thread under the gadget's
 lock; detaching runs shielded from cancellation.
@@ -10,16 +14,16 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import trio
 
+from engine.attach.probes import attach_kprobe, attach_uprobe, attach_usdt, target_not_found
+from engine.attach.tracing import attach_trampoline
 from engine.errors import AttachError, TargetNotFoundError
 from engine.loader import LoadedGadget, LoadedProgram
 from engine.sections import Kind
-
-TRACEFS = Path("/sys/kernel/tracing")
+from engine.targets import TargetMissing, check_target
 
 _LOCKS: dict[int, threading.Lock] = {}
 
@@ -46,16 +50,17 @@ def _attach_failed(program: LoadedProgram, exc: Exception) -> AttachError:
     return AttachError(program.spec.function, f"{program.spec.section.text}: {exc}")
 
 
+def _check(loaded: LoadedGadget, program: LoadedProgram) -> None:
+    try:
+        check_target(program.spec)
+    except TargetMissing as exc:
+        raise target_not_found(loaded, program, exc) from exc
+
+
 @asynccontextmanager
 async def attach_tracepoint(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
+    _check(loaded, program)
     category, name = program.spec.section.parts
-    if not (TRACEFS / "events" / category / name / "id").exists():
-        raise TargetNotFoundError(
-            loaded.gadget.path,
-            program.spec.line,
-            program.spec.function,
-            f"no tracepoint {category}/{name} in {TRACEFS / 'events'}",
-        )
     tp = f"{category}:{name}"
     try:
         await call_bcc(loaded, loaded.bpf.attach_tracepoint, tp=tp, fn_name=program.spec.function)
@@ -71,6 +76,7 @@ async def attach_tracepoint(loaded: LoadedGadget, program: LoadedProgram) -> Asy
 async def attach_raw_tracepoint(
     loaded: LoadedGadget, program: LoadedProgram
 ) -> AsyncIterator[None]:
+    _check(loaded, program)
     (name,) = program.spec.section.parts
     try:
         await call_bcc(
@@ -94,6 +100,14 @@ StaticAttacher = Callable[[LoadedGadget, LoadedProgram], AbstractAsyncContextMan
 STATIC_ATTACHERS: dict[Kind, StaticAttacher] = {
     Kind.TRACEPOINT: attach_tracepoint,
     Kind.RAW_TRACEPOINT: attach_raw_tracepoint,
+    Kind.KPROBE: attach_kprobe,
+    Kind.KRETPROBE: attach_kprobe,
+    Kind.UPROBE: attach_uprobe,
+    Kind.URETPROBE: attach_uprobe,
+    Kind.USDT: attach_usdt,
+    Kind.FENTRY: attach_trampoline,
+    Kind.FEXIT: attach_trampoline,
+    Kind.LSM: attach_trampoline,
 }
 
 

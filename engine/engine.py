@@ -23,13 +23,16 @@ from typing import Any
 import attrs
 import trio
 
-from engine import libbcc
+from engine import libbcc, skb_netns
 from engine.attach_static import static_attacher
 from engine.containers import ContainerAdded, ContainerEvent, ContainerRemoved
 from engine.decode import RecordDecoder, build_decoder, fields_from_bcc
 from engine.docker_source import DockerSource
+from engine.features import probe_features
 from engine.gadget import Gadget
 from engine.hooks import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
+from engine.host_iterators import HostIteratorRunner, host_iterators
+from engine.iterators import iterator_only_maps
 from engine.loader import LoadedGadget, check_supported, load_gadget
 from engine.netns import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
 from engine.per_netns import PerNetns
@@ -49,8 +52,15 @@ DEFAULT_BUFFER = 8192
 Supported = Callable[[Kind], tuple[bool, str]]
 
 
-def _everything_supported(_kind: Kind) -> tuple[bool, str]:
-    return True, ""
+async def probed_support() -> Supported:
+    """What this kernel runs, probed with tiny real loads (engine.features)."""
+    features = await trio.to_thread.run_sync(probe_features)
+
+    def supported(kind: Kind) -> tuple[bool, str]:
+        support = features.supports(kind)
+        return support.available, support.reason
+
+    return supported
 
 
 @attrs.define
@@ -146,9 +156,12 @@ class Engine(HookMethods):
     world: World
     per_netns: PerNetns
     _selection_watchers: list[Callable[[Selection], None]] = attrs.Factory(list)
+    _host_iterators: HostIteratorRunner | None = None
 
     async def run_iterators(self) -> None:
-        """Run every per-netns iterator now (they also run on an interval)."""
+        """Run every iterator now, host and per-netns (they also run on an interval)."""
+        if self._host_iterators is not None:
+            await self._host_iterators.run_once()
         await self.per_netns.run_iterators()
 
     async def events(self) -> AsyncIterator[Record]:
@@ -187,7 +200,7 @@ def _decoders(loaded: LoadedGadget, maps: Sequence[BufferMap]) -> dict[str, Reco
 async def open_engine(
     *gadgets: str | Path | Gadget,
     buffer: int = DEFAULT_BUFFER,
-    supported: Supported = _everything_supported,
+    supported: Supported | None = None,
     select: Sequence[str] = (),
     exclude: Sequence[str] = (),
     host: bool = False,
@@ -218,6 +231,8 @@ async def open_engine(
         for warning in tc_return_warnings(gadget):
             log.warning("%s", warning)
     require_capabilities()
+    if supported is None:
+        supported = await probed_support()
     with unwrap_single_exception():
         options = _Options(containers, iter_interval, reconcile_interval)
         async with _running(
@@ -280,7 +295,8 @@ async def _running(
         loaded_all: list[LoadedGadget] = []
         for gadget in parsed:
             skipped = check_supported(gadget, supported)
-            loaded = await load_gadget(gadget, skipped=skipped)
+            extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
+            loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra)
             stack.callback(loaded.close)
             loaded_all.append(loaded)
             for s in skipped:
@@ -302,6 +318,12 @@ async def _running(
                         program.spec.target,
                     )
                 )
+        host_iters = await stack.enter_async_context(host_iterators(loaded_all))
+        runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)
+        for it in host_iters:
+            spec = it.program.spec
+            outlet.put(ProgramAttached(it.loaded.gadget.name, spec.function, "iter", spec.target))
+        await work.start(runner.run)
         per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval)
         tracker = _Tracker(world, per_netns, loaded_all, outlet, options)
         if options.containers:
@@ -316,6 +338,7 @@ async def _running(
             selection,
             world,
             per_netns,
+            host_iterators=runner,
         )
 
         def selection_changed(selection: Selection) -> None:
@@ -352,7 +375,8 @@ async def _start_pump(
     world: World,
 ) -> None:
     gadget = loaded.gadget
-    maps = buffer_maps(libbcc.lib(), loaded.bpf.module)
+    typing_only = iterator_only_maps(gadget)
+    maps = [m for m in buffer_maps(libbcc.lib(), loaded.bpf.module) if m.name not in typing_only]
     if not maps:
         return
     decoders = _decoders(loaded, maps)

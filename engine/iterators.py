@@ -7,6 +7,9 @@ in its body, ``if (0) tasks.perf_submit(ctx, &rec, sizeof(rec));`` next to
 by the compiler, but bcc has seen the struct: the iterator's output is decoded as
 consecutive records of it, with ``source`` the map's name. Without such a line, the output
 is text and each line becomes ``{"line": ...}``.
+
+The prelude's ``ITER_OUTPUT(tasks, ctx, &rec)`` writes both lines in one; a map used only that
+way (by iterators) gets no perf reader.
 """
 
 from __future__ import annotations
@@ -16,17 +19,33 @@ from typing import Any
 
 from engine import libbcc
 from engine.decode import build_decoder, fields_from_bcc
+from engine.gadget import Gadget
 from engine.loader import LoadedGadget, LoadedProgram
+from engine.sections import Kind
 from engine.source_text import function_body
 
-_SUBMIT = re.compile(r"\b(\w+)\s*\.\s*perf_submit\s*\(")
+_MAP_USE = re.compile(r"\b(\w+)\s*\.\s*\w+\s*\(|\bITER_OUTPUT\s*\(\s*(\w+)\s*,")
+_SUBMIT = re.compile(r"\b(\w+)\s*\.\s*perf_submit\s*\(|\bITER_OUTPUT\s*\(\s*(\w+)\s*,")
 
 
 def iter_source(loaded: LoadedGadget, program: LoadedProgram) -> str:
     """The map that names the iterator's record type, or the function for text output."""
     body = function_body(loaded.gadget.source, program.spec.function) or ""
     match = _SUBMIT.search(body)
-    return match.group(1) if match else program.spec.function
+    if match is None:
+        return program.spec.function
+    return match.group(1) or match.group(2)
+
+
+def iterator_only_maps(gadget: Gadget) -> frozenset[str]:
+    """Maps that only iterator programs name: they type iterator output, no reader needed."""
+    used: dict[str, set[bool]] = {}
+    for spec in gadget.programs:
+        body = function_body(gadget.source, spec.function) or ""
+        for match in _MAP_USE.finditer(body):
+            name = match.group(1) or match.group(2)
+            used.setdefault(name, set()).add(spec.kind is Kind.ITER)
+    return frozenset(name for name, by_iter in used.items() if by_iter == {True})
 
 
 def decode_iter_output(

@@ -26,7 +26,31 @@ def lib() -> Any:
     bcc_lib.bcc_iter_attach.argtypes = [ct.c_int, ct.c_void_p, ct.c_int]
     bcc_lib.bcc_iter_create.restype = ct.c_int
     bcc_lib.bcc_iter_create.argtypes = [ct.c_int]
+    bcc_lib.bpf_close_perf_event_fd.restype = ct.c_int
+    bcc_lib.bpf_close_perf_event_fd.argtypes = [ct.c_int]  # bcc misspells "argtypes"
     return bcc_lib
+
+
+@functools.cache
+def uprobe_attach() -> Any:
+    """libbcc's ``bpf_attach_uprobe`` with its seventh argument, ``ref_ctr_offset``.
+
+    bcc's Python module declares the function with six arguments (no USDT semaphore). A
+    private handle on the library gets its own function object, so declaring all seven here
+    leaves bcc's declaration alone.
+    """
+    fn = ct.CDLL("libbcc.so.0", use_errno=True).bpf_attach_uprobe
+    fn.restype = ct.c_int
+    fn.argtypes = [
+        ct.c_int,  # program fd
+        ct.c_int,  # 0: entry, 1: return
+        ct.c_char_p,  # event name (used only when no perf PMU exists)
+        ct.c_char_p,  # binary path
+        ct.c_uint64,  # file offset
+        ct.c_int,  # pid, -1 for all
+        ct.c_uint32,  # file offset of the USDT semaphore, 0 for none
+    ]
+    return fn
 
 
 def ringbuf_callback_type() -> Any:

@@ -23,10 +23,18 @@ import attrs
 import trio
 
 from engine import libbcc
-from engine.errors import CompileError, GadgetParseError, UnsupportedProgramError, VerifierError
+from engine.errors import (
+    CompileError,
+    GadgetParseError,
+    TargetNotFoundError,
+    UnsupportedProgramError,
+    VerifierError,
+)
 from engine.gadget import Gadget, ProgramSpec
 from engine.kernel_headers import find_kernel_headers, warn_if_mismatched
 from engine.sections import Kind
+from engine.targets import TargetMissing, check_target, find_usdt
+from engine.usdt import argument_readers
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,13 @@ static __always_inline bool engine_selected(void)
     u64 id = engine_mntns_id();
     return engine_mntns.lookup(&id) != 0;
 }
+
+/* An iterator writes typed records: the dead perf_submit makes bcc record the struct's fields
+ * for decoding (engine/iterators.py); the records themselves go to the iterator's output. */
+#define ITER_OUTPUT(map, ctx, rec) do { \\
+    if (0) map.perf_submit(ctx, rec, sizeof(*(rec))); \\
+    bpf_seq_write((ctx)->meta->seq, rec, sizeof(*(rec))); \\
+} while (0)
 """
 
 # bcc attaches functions with these name prefixes by itself when a module is created.
@@ -183,6 +198,26 @@ def check_reserved_names(gadget: Gadget) -> None:
         raise GadgetParseError(problems)
 
 
+def check_targets(gadget: Gadget, skipped: Sequence[SkippedProgram] = ()) -> list[str]:
+    """Fail before compiling when an attach point is missing; return the USDT readers' C code.
+
+    fentry/fexit/lsm programs are loaded against their BTF target, so a missing function would
+    otherwise surface as an obscure load failure.
+    """
+    skip = {s.spec.function for s in skipped}
+    readers = []
+    for spec in gadget.programs:
+        if spec.function in skip:
+            continue
+        try:
+            check_target(spec)
+            if spec.kind is Kind.USDT:
+                readers.append(argument_readers(spec.function, find_usdt(*spec.section.parts)))
+        except TargetMissing as exc:
+            raise TargetNotFoundError(gadget.path, spec.line, spec.function, str(exc)) from exc
+    return readers
+
+
 def check_supported(
     gadget: Gadget, supported: Callable[[Kind], tuple[bool, str]]
 ) -> tuple[SkippedProgram, ...]:
@@ -274,7 +309,8 @@ def load_sync(
     headers = find_kernel_headers()
     warn_if_mismatched(headers)
     check_reserved_names(gadget)
-    text = full_source(gadget, extra_source)
+    readers = check_targets(gadget, skipped)
+    text = full_source(gadget, [*readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:
             bpf = bcc.BPF(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))

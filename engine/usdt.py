@@ -93,7 +93,7 @@ def argument_readers(function: str, target: UsdtTarget) -> str:
             "position-independent file: the engine cannot tell them apart"
         )
     count = max(len(args) for args in per_location)
-    out = []
+    out = ["#include <uapi/linux/ptrace.h>\n"]
     for n in range(1, count + 1):
         body = []
         if same:

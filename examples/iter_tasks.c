@@ -8,6 +8,10 @@
  *         char comm[16];   // its name, NUL-padded (task->comm)
  *     };
  *
+ * The dead perf_submit to `tasks` (a BPF_PERF_OUTPUT the engine opens no reader for) makes
+ * bcc record the struct's fields, so the engine decodes each record into an event with
+ * source "tasks" (docs/programs.md; the engine's prelude has ITER_OUTPUT for both lines).
+ *
  * `struct bpf_iter__task` and `struct task_struct__btf` get their layouts from the running
  * kernel's BTF (engine/btf.py, docs/btf.md), not from the kernel headers bcc compiles with.
  */
@@ -17,6 +21,8 @@ struct task_record {
     __u32 tgid;
     char comm[16];
 };
+
+BPF_PERF_OUTPUT(tasks);
 
 SEC("iter/task")
 int list_tasks(struct bpf_iter__task *ctx)
@@ -30,6 +36,8 @@ int list_tasks(struct bpf_iter__task *ctx)
     rec.pid = task->pid;
     rec.tgid = task->tgid;
     bpf_probe_read_kernel_str(rec.comm, sizeof(rec.comm), task->comm);
+    if (0)
+        tasks.perf_submit(ctx, &rec, sizeof(rec));
     bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
     return 0;
 }

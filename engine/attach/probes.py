@@ -1,0 +1,154 @@
+"""kprobe, kretprobe, uprobe, uretprobe and USDT programs: perf-event probes through libbcc.
+
+libbcc's ``bpf_attach_kprobe``/``bpf_attach_uprobe`` open a perf event on the kernel's kprobe
+or uprobe PMU (falling back to a tracefs probe event on kernels without one) and attach the
+program to it; closing the event's fd removes the probe. USDT probes are uprobes at each of
+the probe's locations, opened with the semaphore's file offset so that the kernel itself
+counts the semaphore up in every process mapping the file, running now or started later.
+
+Each attacher is an async context manager that always detaches, shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import trio
+
+from engine import libbcc
+from engine.errors import AttachError, TargetNotFoundError
+from engine.loader import LoadedGadget, LoadedProgram
+from engine.sections import Kind
+from engine.targets import TargetMissing, check_target, find_uprobe, find_usdt
+
+TRACEFS = Path("/sys/kernel/tracing")
+_ENTRY, _RETURN = 0, 1
+
+
+def target_not_found(
+    loaded: LoadedGadget, program: LoadedProgram, exc: TargetMissing
+) -> TargetNotFoundError:
+    spec = program.spec
+    return TargetNotFoundError(loaded.gadget.path, spec.line, spec.function, str(exc))
+
+
+def _event_name(program: LoadedProgram, index: int = 0) -> str:
+    # Only used when libbcc falls back to tracefs probe events: unique per process and program.
+    return f"engine_{os.getpid()}_{program.spec.function}_{index}"
+
+
+def _checked(fd: int, program: LoadedProgram, what: str) -> int:
+    if fd < 0:
+        err = ct.get_errno() or -fd
+        raise AttachError(
+            program.spec.function,
+            f"{program.spec.section.text}: cannot attach the {what}: {os.strerror(err)}",
+            errno=err,
+        )
+    return fd
+
+
+def _close_probe(fd: int, event: str, events_file: str, detach: Callable[[bytes], int]) -> None:
+    libbcc.lib().bpf_close_perf_event_fd(fd)
+    # A tracefs probe event exists only when libbcc fell back to one; removing an event that
+    # does not exist makes libbcc print errors, so look first.
+    try:
+        listed = (TRACEFS / events_file).read_text()
+    except OSError:
+        return
+    if f":{event} " in listed or listed.endswith(f":{event}\n") or f"/{event} " in listed:
+        detach(event.encode())
+
+
+@contextlib.asynccontextmanager
+async def _perf_probe(
+    attach: Callable[[], int], program: LoadedProgram, what: str, event: str, events_file: str
+) -> AsyncIterator[None]:
+    # Not abandoned on cancellation: the fd always comes back and is always closed.
+    fd = _checked(await trio.to_thread.run_sync(attach), program, what)
+    detach = (
+        libbcc.lib().bpf_detach_kprobe
+        if events_file == "kprobe_events"
+        else libbcc.lib().bpf_detach_uprobe
+    )
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_close_probe, fd, event, events_file, detach)
+
+
+def _check(loaded: LoadedGadget, program: LoadedProgram) -> None:
+    try:
+        check_target(program.spec)
+    except TargetMissing as exc:
+        raise target_not_found(loaded, program, exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def attach_kprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
+    """A kprobe or kretprobe on a kernel function (checked in /proc/kallsyms first)."""
+    _check(loaded, program)
+    (function,) = program.spec.section.parts
+    mode = _RETURN if program.spec.kind is Kind.KRETPROBE else _ENTRY
+    event = _event_name(program)
+
+    def attach() -> int:
+        fn = libbcc.lib().bpf_attach_kprobe
+        return int(fn(program.fd, mode, event.encode(), function.encode(), 0, 0))
+
+    async with _perf_probe(attach, program, program.spec.kind.value, event, "kprobe_events"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def attach_uprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
+    """A uprobe or uretprobe on a function symbol of an executable or library."""
+    try:
+        target = find_uprobe(*program.spec.section.parts)
+    except TargetMissing as exc:
+        raise target_not_found(loaded, program, exc) from exc
+    mode = _RETURN if program.spec.kind is Kind.URETPROBE else _ENTRY
+    event = _event_name(program)
+
+    def attach() -> int:
+        fn = libbcc.uprobe_attach()
+        return int(fn(program.fd, mode, event.encode(), bytes(target.path), target.offset, -1, 0))
+
+    async with _perf_probe(attach, program, program.spec.kind.value, event, "uprobe_events"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def attach_usdt(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
+    """A USDT probe: a uprobe at each of its locations, with its semaphore counted up."""
+    try:
+        target = find_usdt(*program.spec.section.parts)
+    except TargetMissing as exc:
+        raise target_not_found(loaded, program, exc) from exc
+    async with contextlib.AsyncExitStack() as stack:
+        for index, location in enumerate(target.locations):
+            event = _event_name(program, index)
+
+            def attach(offset: int = location.offset, event: str = event) -> int:
+                fn = libbcc.uprobe_attach()
+                return int(
+                    fn(
+                        program.fd,
+                        _ENTRY,
+                        event.encode(),
+                        bytes(target.path),
+                        offset,
+                        -1,
+                        target.semaphore_offset,
+                    )
+                )
+
+            await stack.enter_async_context(
+                _perf_probe(attach, program, "USDT probe", event, "uprobe_events")
+            )
+        yield

@@ -1,0 +1,108 @@
+"""Iterators that run on the host (iter/task): at start, on an interval, and on demand.
+
+Each gets one BPF link for the life of the engine; a run creates a read fd from the link,
+reads it to its end in a worker thread and turns what was written into events (typed records
+or text lines, see engine.iterators). Per-netns iterators (iter/tcp, iter/udp) are run by
+engine.per_netns instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import attrs
+import trio
+
+from engine import libbcc
+from engine.attach.iterator import IterLink
+from engine.errors import AttachError
+from engine.iterators import decode_iter_output, iter_source
+from engine.loader import LoadedGadget, LoadedProgram
+from engine.records import Event, Record
+from engine.sections import Kind
+
+DEFAULT_INTERVAL = 10.0
+
+Deliver = Callable[[str, str, list[Record]], None]  # gadget, source, records
+
+
+def read_iterator(link_fd: int) -> bytes:
+    """Everything one run of the iterator writes (blocking: run it in a worker thread)."""
+    fd = int(libbcc.lib().bcc_iter_create(link_fd))
+    if fd < 0:
+        err = ct.get_errno() or -fd
+        raise OSError(err, os.strerror(err))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+@attrs.frozen
+class HostIterator:
+    loaded: LoadedGadget
+    program: LoadedProgram
+    link: IterLink
+
+
+@attrs.define
+class HostIteratorRunner:
+    """Runs the host iterators: ``run`` is the long-running task, ``run_once`` on demand."""
+
+    iterators: Sequence[HostIterator]
+    deliver: Deliver
+    interval: float = DEFAULT_INTERVAL
+    _lock: trio.Lock = attrs.Factory(trio.Lock)
+
+    async def run_once(self) -> None:
+        """Run each iterator to its end and deliver its events; returns when all are done."""
+        # One run at a time, so that two runs' events never interleave.
+        async with self._lock:
+            for it in self.iterators:
+                await self._run(it)
+
+    async def _run(self, it: HostIterator) -> None:
+        spec = it.program.spec
+        try:
+            # Not abandoned on cancellation: the thread closes its read fd itself.
+            raw = await trio.to_thread.run_sync(read_iterator, it.link.fd)
+        except OSError as exc:
+            raise AttachError(
+                spec.function, f"cannot run the iterator: {exc.strerror}", errno=exc.errno
+            ) from exc
+        source = iter_source(it.loaded, it.program)
+        gadget = it.loaded.gadget.name
+        records: list[Record] = [
+            Event(gadget, source, spec.function, data)
+            for data in decode_iter_output(it.loaded, it.program, raw)
+        ]
+        self.deliver(gadget, source, records)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run once, report started, then run every ``interval`` seconds until cancelled."""
+        await self.run_once()
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            await self.run_once()
+
+
+@contextlib.asynccontextmanager
+async def host_iterators(loaded: Sequence[LoadedGadget]) -> AsyncIterator[list[HostIterator]]:
+    """A link for every iterator program that runs on the host; all closed on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        out = []
+        for gadget in loaded:
+            for program in gadget.programs.values():
+                if program.spec.kind is not Kind.ITER or program.spec.per_netns:
+                    continue
+                link = IterLink.attach(program.fd, program.spec.function)
+                stack.push_async_callback(link.aclose)
+                out.append(HostIterator(gadget, program, link))
+        yield out

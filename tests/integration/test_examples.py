@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -35,6 +36,11 @@ def docker(*args: str) -> str:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def http_get(ip: str, port: int = 8080) -> str:
+    """A shell command fetching / over TCP with nc (busybox's wget crashes in this image)."""
+    return f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} {port} >/dev/null"
 
 
 def ip_of(name: str) -> str:
@@ -109,7 +115,7 @@ class EngineRun:
         """Ctrl-C, as a person would stop it; the hooks' final lines are then printed."""
         self.process.send_signal(signal.SIGINT)
         await self.process.wait()
-        await trio.sleep(0)  # let the readers take the last output
+        await trio.lowlevel.checkpoint()  # let the readers take the last output
         assert self.process.returncode == 0, self.stderr
 
     def events(self, source: str | None = None) -> list[Record]:
@@ -192,3 +198,98 @@ async def test_execsnoop_counts_execs_per_container(containers: Containers) -> N
         f"{name}={n}" for name, n in sorted(per_name.items(), key=lambda kv: -kv[1])
     )
     assert per_name[busy] >= 3 and "(host)" not in final
+
+
+async def test_tcpconnect_reports_connections_of_the_selected_container(
+    containers: Containers,
+) -> None:
+    server = containers.start("server", "httpd", "-f", "-p", "8080")
+    client = containers.start("client", "sleep", "300")
+    server_ip, client_ip = ip_of(server), ip_of(client)
+    with trio.fail_after(30):
+        async with engine_run(
+            "tcpconnect.c", "tcpconnect_hook.py", "--select", f"name={client}"
+        ) as run:
+            await run.wait_for(attached("tcp_state"))
+            for _ in range(2):
+                await containers.exec(client, "sh", "-c", http_get(server_ip))
+            # Nothing listens on the bridge's port 1: refused.
+            await containers.exec(client, "nc", "-w", "1", BRIDGE, "1", check=False)
+            # The server is not selected: its connection is dropped in the kernel.
+            await containers.exec(server, "sh", "-c", http_get(server_ip))
+            await run.wait_for(lambda r: len(r.events("connections")) >= 3)
+            await run.stop()
+    events = [e for e in run.events("connections")]
+    assert {e["container"]["name"] for e in events} == {client}, events
+    established = [e["data"] for e in events if e["data"]["result"] == "established"]
+    assert len(established) == 2, events
+    for data in established:
+        assert (data["comm"], data["family"], data["saddr"], data["daddr"], data["dport"]) == (
+            "nc",
+            2,
+            client_ip,
+            server_ip,
+            8080,
+        )
+        assert 1024 <= data["sport"] <= 65535 and 0 < data["latency_ns"] < 2_000_000_000
+    assert established[0]["sport"] != established[1]["sport"]
+    [failed] = [e["data"] for e in events if e["data"]["result"] == "failed"]
+    assert (failed["comm"], failed["daddr"], failed["dport"]) == ("nc", BRIDGE, 1)
+    final = run.lines(r"^tcpconnect: ")[-2:]
+    assert re.fullmatch(
+        rf"tcpconnect: {client} -> {re.escape(BRIDGE)}:1 established=0 failed=1 avg=\d+\.\d\dms",
+        final[0],
+    ), final
+    assert re.fullmatch(
+        rf"tcpconnect: {client} -> {re.escape(server_ip)}:8080 established=2 failed=0"
+        r" avg=\d+\.\d\dms",
+        final[1],
+    ), final
+
+
+async def test_first_connection_of_each_new_container(containers: Containers) -> None:
+    server = containers.start("server", "httpd", "-f", "-p", "8080")
+    server_ip = ip_of(server)
+    fetch = http_get(server_ip)
+    with trio.fail_after(40):
+        async with engine_run(
+            "tcpconnect.c", "tcpconnect_first_hook.py", "--select", f"name={containers.name('*')}"
+        ) as run:
+            await run.wait_for(attached("tcp_state"))
+            # Started while the engine runs; each connects a second later, twice.
+            web = containers.name("web")
+            refused = containers.name("refused")
+            await trio.to_thread.run_sync(
+                containers.start, "web", "sh", "-c", f"sleep 1; {fetch}; {fetch}; sleep 300"
+            )
+            await trio.to_thread.run_sync(
+                containers.start, "refused", "sh", "-c", f"sleep 1; nc -w 1 {BRIDGE} 1; sleep 300"
+            )
+            silent = await trio.to_thread.run_sync(containers.start, "silent", "sleep", "300")
+            await run.wait_for(lambda r: len(r.lines(r"^first-connect: ")) >= 2)
+            await trio.to_thread.run_sync(docker, "rm", "-f", silent)
+            await run.wait_for(lambda r: r.lines(rf"^first-connect: {silent} "))
+            await run.wait_for(
+                lambda r: [e for e in r.events() if e["container"]["name"] == web][1:]
+            )
+            await run.stop()
+    lines = run.lines(r"^first-connect: ")
+    assert len(lines) == 3, lines
+    [web_line] = [line for line in lines if line.startswith(f"first-connect: {web} ")]
+    assert re.fullmatch(
+        rf"first-connect: {web} \(engine-test:latest\) nc -> {re.escape(server_ip)}:8080"
+        r" established \d+\.\d\ds after start",
+        web_line,
+    )
+    [refused_line] = [line for line in lines if line.startswith(f"first-connect: {refused} ")]
+    assert f"nc -> {BRIDGE}:1 failed" in refused_line
+    [silent_line] = [line for line in lines if line.startswith(f"first-connect: {silent} ")]
+    assert re.fullmatch(
+        rf"first-connect: {silent} \(engine-test:latest\) stopped after \d+\.\d\ds"
+        " without connecting",
+        silent_line,
+    )
+    # The engine saw both of web's connections; the hook reported only the first.
+    assert len([e for e in run.events() if e["container"]["name"] == web]) == 2
+    # The server was running before the engine and made no connection: nothing about it.
+    assert not [line for line in lines if server in line]

@@ -31,6 +31,7 @@ from engine.errors import (
     EngineError,
     GadgetError,
     GadgetParseError,
+    GadgetsFailedError,
     SectionError,
     SelectionError,
     TargetNotFoundError,
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run gadget and hook files even when a user other than root could change them",
     )
+    run.add_argument(
+        "--all-or-nothing",
+        action="store_true",
+        help="stop at the first gadget that fails to compile, load or attach (by default it is"
+        " reported as a gadget_failed record and the other gadgets run)",
+    )
 
     check = sub.add_parser("check", help="print the plan of a gadget without loading anything")
     check.add_argument("gadgets", nargs="+", metavar="GADGET.c")
@@ -229,6 +236,8 @@ def _ready_message(engine: Engine, seconds: float) -> str:
     text = f"attached {len(static)} program{'' if len(static) == 1 else 's'} in {seconds:.1f} s"
     if per_netns:
         text += f"; {per_netns} more attach in each selected container's netns"
+    if engine.failed:
+        text += f"; failed: {', '.join(f.gadget for f in engine.failed)}"
     return text
 
 
@@ -263,6 +272,7 @@ async def _serve(
         exclude=args.exclude,
         host=args.host,
         trust_files=args.allow_untrusted_files,
+        all_or_nothing=args.all_or_nothing,
     ) as engine:
         run.engine = engine
         if metrics is not None:
@@ -368,7 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args, out)
     except BaseException as raised:
         exc = _leaf(raised)
-        if isinstance(exc, BAD_INPUT):
+        if isinstance(exc, BAD_INPUT) or (
+            isinstance(exc, GadgetsFailedError)
+            and all(isinstance(e, BAD_INPUT) for e in exc.errors)
+        ):
             print(f"engine: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, EngineError):

@@ -28,6 +28,7 @@ from engine.attach_static import static_attacher
 from engine.containers import ContainerAdded, ContainerEvent, ContainerRemoved
 from engine.decode import RecordDecoder, build_decoder, fields_from_bcc
 from engine.docker_source import DockerSource
+from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
 from engine.features import probe_features
 from engine.gadget import Gadget
 from engine.hooks import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
@@ -37,7 +38,7 @@ from engine.loader import LoadedGadget, check_supported, load_gadget
 from engine.netns import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
 from engine.per_netns import PerNetns
 from engine.pump import BufferMap, BufferPump, buffer_maps
-from engine.records import Event, Lost, ProgramAttached, ProgramSkipped, Record
+from engine.records import Event, GadgetFailed, Lost, ProgramAttached, ProgramSkipped, Record
 from engine.sections import Kind
 from engine.security import check_all_trusted, require_capabilities
 from engine.selection import Selection
@@ -157,6 +158,8 @@ class Engine(HookMethods):
     per_netns: PerNetns
     _selection_watchers: list[Callable[[Selection], None]] = attrs.Factory(list)
     _host_iterators: HostIteratorRunner | None = None
+    # The gadgets that could not run (the others do): see ``open_engine(all_or_nothing=...)``.
+    failed: list[GadgetFailed] = attrs.Factory(list)
 
     async def run_iterators(self) -> None:
         """Run every iterator now, host and per-netns (they also run on an interval)."""
@@ -210,6 +213,7 @@ async def open_engine(
     iter_interval: float = 10.0,
     reconcile_interval: float = 30.0,
     trust_files: bool = False,
+    all_or_nothing: bool = False,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -222,19 +226,34 @@ async def open_engine(
     Gadget files that anyone but root (or this user) could change are refused with
     ``UntrustedFileError`` unless ``trust_files=True``; missing capabilities raise
     ``MissingCapabilitiesError`` before anything is compiled (see ``engine.security``).
+    A gadget that cannot be parsed, compiled, loaded or attached is reported (a
+    ``GadgetFailed`` record, a log line) and the others run without it; when every gadget
+    fails, its error is raised (``GadgetsFailedError`` for several). ``all_or_nothing=True``
+    raises the first failure instead, and nothing runs.
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
         check_all_trusted(g for g in gadgets if not isinstance(g, Gadget))
-    parsed = [g if isinstance(g, Gadget) else Gadget.from_file(g) for g in gadgets]
+    parsed: list[Gadget | _Failure] = []
+    for g in gadgets:
+        if isinstance(g, Gadget):
+            parsed.append(g)
+            continue
+        try:
+            parsed.append(Gadget.from_file(g))
+        except (GadgetError, GadgetParseError) as exc:
+            if all_or_nothing:
+                raise
+            parsed.append(_Failure(Path(g).stem, str(g), exc))
     for gadget in parsed:
-        for warning in tc_return_warnings(gadget):
-            log.warning("%s", warning)
+        if isinstance(gadget, Gadget):
+            for warning in tc_return_warnings(gadget):
+                log.warning("%s", warning)
     require_capabilities()
     if supported is None:
         supported = await probed_support()
     with unwrap_single_exception():
-        options = _Options(containers, iter_interval, reconcile_interval)
+        options = _Options(containers, iter_interval, reconcile_interval, all_or_nothing)
         async with _running(
             parsed,
             buffer,
@@ -252,6 +271,22 @@ class _Options:
     containers: bool
     iter_interval: float
     reconcile_interval: float
+    all_or_nothing: bool
+
+
+@attrs.frozen
+class _Failure:
+    """A gadget that could not run, and why."""
+
+    name: str
+    path: str
+    error: EngineError
+
+    def report(self, outlet: _Outlet) -> GadgetFailed:
+        log.error("gadget %s (%s) failed, the others go on: %s", self.name, self.path, self.error)
+        record = GadgetFailed.from_error(self.name, self.path, self.error)
+        outlet.put(record)
+        return record
 
 
 @contextlib.contextmanager
@@ -267,7 +302,7 @@ def unwrap_single_exception() -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def _running(
-    parsed: Sequence[Gadget],
+    parsed: Sequence[Gadget | _Failure],
     buffer: int,
     supported: Supported,
     *,
@@ -293,31 +328,21 @@ async def _running(
         # when it has ended, the record channel is closed and ``events()`` ends.
         work: trio.Nursery = await nursery.start(_work_nursery, send)
         loaded_all: list[LoadedGadget] = []
-        for gadget in parsed:
-            skipped = check_supported(gadget, supported)
-            extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
-            loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra)
-            stack.callback(loaded.close)
-            loaded_all.append(loaded)
-            for s in skipped:
-                outlet.put(
-                    ProgramSkipped(gadget.name, s.spec.function, s.spec.kind.value, s.reason)
-                )
-            _sync_filter(loaded, world)
-            await _start_pump(loaded, outlet, stack, work, world)
-            for program in loaded.programs.values():
-                attacher = static_attacher(program.spec.kind)
-                if attacher is None or program.spec.per_netns:
-                    continue
-                await stack.enter_async_context(attacher(loaded, program))
-                outlet.put(
-                    ProgramAttached(
-                        gadget.name,
-                        program.spec.function,
-                        program.spec.kind.value,
-                        program.spec.target,
-                    )
-                )
+        failures: list[_Failure] = []
+        for item in parsed:
+            if isinstance(item, _Failure):
+                failures.append(item)
+                continue
+            try:
+                loaded_all.append(await _start_gadget(item, supported, stack, work, outlet, world))
+            except EngineError as exc:
+                if options.all_or_nothing:
+                    raise
+                failures.append(_Failure(item.name, item.path, exc))
+        if failures and not loaded_all:
+            errors = [f.error for f in failures]
+            raise errors[0] if len(errors) == 1 else GadgetsFailedError(errors)
+        failed = [f.report(outlet) for f in failures]
         host_iters = await stack.enter_async_context(host_iterators(loaded_all))
         runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)
         for it in host_iters:
@@ -339,6 +364,7 @@ async def _running(
             world,
             per_netns,
             host_iterators=runner,
+            failed=failed,
         )
 
         def selection_changed(selection: Selection) -> None:
@@ -367,18 +393,60 @@ async def _work_nursery(
         send.close()
 
 
-async def _start_pump(
+async def _start_gadget(  # noqa: PLR0917 - the engine's parts this gadget plugs into
+    gadget: Gadget,
+    supported: Supported,
+    stack: contextlib.AsyncExitStack,
+    work: trio.Nursery,
+    outlet: _Outlet,
+    world: World,
+) -> LoadedGadget:
+    """Compile, load and attach one gadget, its buffers read in ``work``; what it holds is
+    released by ``stack``. On failure, whatever it had set up is released at once."""
+    skipped = check_supported(gadget, supported)
+    attached: list[Record] = []
+    async with contextlib.AsyncExitStack() as own:
+        extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
+        loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra)
+        own.callback(loaded.close)
+        _sync_filter(loaded, world)
+        # Readers exist before anything is attached (a perf buffer drops records written
+        # before its reader); they are watched once the whole gadget is up.
+        pump = _open_pump(loaded, outlet, own, world)
+        for program in loaded.programs.values():
+            attacher = static_attacher(program.spec.kind)
+            if attacher is None or program.spec.per_netns:
+                continue
+            await own.enter_async_context(attacher(loaded, program))
+            attached.append(
+                ProgramAttached(
+                    gadget.name,
+                    program.spec.function,
+                    program.spec.kind.value,
+                    program.spec.target,
+                )
+            )
+        if pump is not None:
+            await work.start(pump.run)
+        stack.push_async_exit(own.pop_all())
+    for s in skipped:
+        outlet.put(ProgramSkipped(gadget.name, s.spec.function, s.spec.kind.value, s.reason))
+    for record in attached:
+        outlet.put(record)
+    return loaded
+
+
+def _open_pump(
     loaded: LoadedGadget,
     outlet: _Outlet,
     stack: contextlib.AsyncExitStack,
-    nursery: trio.Nursery,
     world: World,
-) -> None:
+) -> BufferPump | None:
     gadget = loaded.gadget
     typing_only = iterator_only_maps(gadget)
     maps = [m for m in buffer_maps(libbcc.lib(), loaded.bpf.module) if m.name not in typing_only]
     if not maps:
-        return
+        return None
     decoders = _decoders(loaded, maps)
     programs = {m.name: map_writers(gadget, m.name) for m in maps}
 
@@ -408,7 +476,7 @@ async def _start_pump(
     pump = BufferPump(loaded.bpf, maps, on_batch, on_lost)
     stack.callback(pump.close)
     pump.open()
-    await nursery.start(pump.run)
+    return pump
 
 
 def describe(loaded: LoadedGadget) -> dict[str, Any]:

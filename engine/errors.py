@@ -119,3 +119,11 @@ class SelectionError(EngineError):
 
 class EnvironmentProblem(EngineError):
     """The machine lacks something the engine needs (privileges, mounts, headers)."""
+
+
+class GadgetsFailedError(EngineError):
+    """Every gadget of an engine failed; carries each gadget's error, in order."""
+
+    def __init__(self, errors: Sequence[EngineError]) -> None:
+        super().__init__(f"all {len(errors)} gadgets failed:\n" + "\n".join(str(e) for e in errors))
+        self.errors = tuple(errors)

@@ -95,3 +95,26 @@ class ProgramAttached:
             "interface": None,
             "container": None,
         }
+
+
+@attrs.frozen
+class GadgetFailed:
+    """A gadget could not be parsed, compiled, loaded or attached; the other gadgets go on."""
+
+    gadget: str
+    path: str
+    error: str
+    error_type: str
+
+    @classmethod
+    def from_error(cls, gadget: str, path: str, error: Exception) -> GadgetFailed:
+        return cls(gadget, path, str(error), type(error).__name__)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "gadget_failed",
+            "gadget": self.gadget,
+            "path": self.path,
+            "error": self.error,
+            "error_type": self.error_type,
+        }

@@ -6,12 +6,14 @@ import argparse
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import churn, containers, idle, startup, throughput
 from benchmarks.hammer import build_hammer
 from benchmarks.results import Report
 
+log = logging.getLogger(__name__)
 BENCHMARKS = ("throughput", "idle", "startup", "churn", "leaks")
 # Containers started per churn rate (per second): enough for a p99 at each, within minutes.
 CHURN = {1.0: 30, 5.0: 50, 20.0: 100}
@@ -19,47 +21,70 @@ CYCLES = 500
 
 
 def run(smoke: bool, only: list[str], out: Path) -> Report:
+    """Each chosen benchmark in turn; results are written after each, so a failure keeps them."""
     report = Report(smoke=smoke)
-    chosen = only or list(BENCHMARKS)
-    if "throughput" in chosen:
-        sizes = throughput.SMOKE if smoke else throughput.FULL
-        with tempfile.TemporaryDirectory(prefix="engine-bench-") as work:
-            hammer = build_hammer(Path(work))
-            for kind in ("ringbuf", "perf"):
-                figures, details = throughput.measure(kind, hammer, sizes)
-                report.figures += figures
-                report.details[f"throughput_{kind}"] = details
+    chosen = [b for b in BENCHMARKS if not only or b in only]
     docker_missing = containers.docker_ready()
-    for name in ("idle", "churn", "leaks"):
-        if name in chosen and docker_missing is not None:
+    for name in chosen:
+        if name in NEEDS_DOCKER and docker_missing is not None:
             report.skipped[name] = docker_missing
-    if docker_missing is None:
-        _with_containers(report, chosen, smoke)
-    if "startup" in chosen:
-        figures, details, skipped = startup.measure(1 if smoke else 3)
-        report.figures += figures
-        report.details["startup"] = details
-        report.skipped.update(skipped)
+            continue
+        try:
+            STEPS[name](report, smoke)
+        except Exception as exc:
+            log.exception("benchmark %s failed", name)
+            report.skipped[name] = f"failed: {exc!r}"
+        report.write(out)
     report.write(out)
     return report
 
 
-def _with_containers(report: Report, chosen: list[str], smoke: bool) -> None:
-    if "idle" in chosen:
-        count, seconds = (2, 2.0) if smoke else (50, 10.0)
-        figures, details = idle.measure(count, seconds)
-        report.figures += figures
-        report.details["idle"] = details
-    if "churn" in chosen:
-        rates = {5.0: 3} if smoke else CHURN
-        for rate, count in rates.items():
-            figures, details = churn.measure_churn([rate], count)
+def _throughput(report: Report, smoke: bool) -> None:
+    sizes = throughput.SMOKE if smoke else throughput.FULL
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as work:
+        hammer = build_hammer(Path(work))
+        for kind in ("ringbuf", "perf"):
+            figures, details = throughput.measure(kind, hammer, sizes)
             report.figures += figures
-            report.details.setdefault("churn", {}).update(details)
-    if "leaks" in chosen:
-        figures, details = churn.measure_leaks(2 if smoke else CYCLES)
+            report.details[f"throughput_{kind}"] = details
+
+
+def _idle(report: Report, smoke: bool) -> None:
+    count, seconds = (2, 2.0) if smoke else (50, 10.0)
+    figures, details = idle.measure(count, seconds)
+    report.figures += figures
+    report.details["idle"] = details
+
+
+def _startup(report: Report, smoke: bool) -> None:
+    figures, details, skipped = startup.measure(1 if smoke else 3)
+    report.figures += figures
+    report.details["startup"] = details
+    report.skipped.update(skipped)
+
+
+def _churn(report: Report, smoke: bool) -> None:
+    rates = {5.0: 3} if smoke else CHURN
+    for rate, count in rates.items():
+        figures, details = churn.measure_churn([rate], count)
         report.figures += figures
-        report.details["leaks"] = details
+        report.details.setdefault("churn", {}).update(details)
+
+
+def _leaks(report: Report, smoke: bool) -> None:
+    figures, details = churn.measure_leaks(2 if smoke else CYCLES)
+    report.figures += figures
+    report.details["leaks"] = details
+
+
+STEPS: dict[str, Callable[[Report, bool], None]] = {
+    "throughput": _throughput,
+    "idle": _idle,
+    "startup": _startup,
+    "churn": _churn,
+    "leaks": _leaks,
+}
+NEEDS_DOCKER = frozenset({"idle", "churn", "leaks"})
 
 
 def main() -> int:

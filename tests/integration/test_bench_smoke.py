@@ -26,6 +26,8 @@ def test_smoke_run_writes_sane_results(root: None, tmp_path: Path) -> None:
     assert results["schema"] == 1
     assert results["smoke"] is True
     assert set(results["machine"]) == {"cpu", "nproc", "kernel", "python"}
+    failed = {k: v for k, v in results["skipped"].items() if v.startswith("failed")}
+    assert not failed
     figures = {f["name"]: f for f in results["figures"]}
     for f in figures.values():
         assert set(f) >= {"name", "value", "unit", "baseline", "ratio", "target", "met"}

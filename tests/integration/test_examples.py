@@ -293,3 +293,43 @@ async def test_first_connection_of_each_new_container(containers: Containers) ->
     assert len([e for e in run.events() if e["container"]["name"] == web]) == 2
     # The server was running before the engine and made no connection: nothing about it.
     assert not [line for line in lines if server in line]
+
+
+async def test_dns_queries_named_by_their_containers(containers: Containers) -> None:
+    # Nothing answers on the server: its netns still sees the query arrive (then refuses it).
+    server = containers.start("server", "sleep", "300")
+    client = containers.start("client", "sleep", "300")
+    server_ip, client_ip = ip_of(server), ip_of(client)
+    with trio.fail_after(30):
+        async with engine_run(
+            "dns.c", "dns_hook.py", "--select", f"name={containers.name('*')}"
+        ) as run:
+            await run.wait_for(attached("dns_queries", client))
+            await run.wait_for(attached("dns_queries", server))
+            for name, qtype in (("www.engine-test.example", "a"), ("db.engine-test", "aaaa")):
+                await containers.exec(
+                    client, "timeout", "1", "nslookup", f"-type={qtype}", name, server_ip,
+                    check=False,
+                )  # fmt: skip
+            await run.wait_for(lambda r: len(r.lines("^dns: ")) >= 4)
+            await run.stop()
+    queries = [e["data"] | {"who": e["container"]["name"]} for e in run.events("queries")]
+    sent = [q for q in queries if q["outgoing"]]
+    received = [q for q in queries if not q["outgoing"]]
+    assert {(q["name"], q["qtype"]) for q in sent} == {
+        ("www.engine-test.example", 1),
+        ("db.engine-test", 28),
+    }, queries
+    for q in sent:
+        assert (q["who"], q["saddr"], q["daddr"], q["dport"]) == (client, client_ip, server_ip, 53)
+        assert q["sport"] > 1024
+    # Every query the client sent arrived in the server's netns, the same packet seen twice.
+    key = ("name", "qtype", "id", "sport", "saddr", "daddr")
+    assert sorted(tuple(q[k] for k in key) for q in received) == sorted(
+        tuple(q[k] for k in key) for q in sent
+    )
+    assert {q["who"] for q in received} == {server}
+    lines = run.lines("^dns: ")
+    assert f"dns: {client} asked {server_ip} for www.engine-test.example (A)" in lines
+    assert f"dns: {server} received from {client_ip} a query for db.engine-test (AAAA)" in lines
+    assert len(lines) == len(queries)

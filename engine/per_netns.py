@@ -122,12 +122,34 @@ class PerNetns:
         return next(g.gadget.name for g in self.loaded if program in g.programs.values())
 
     async def _attach_all(self, target: NetnsTarget, seen: float) -> None:
-        netns = NetnsId(target.inode, 0)
+        # Programs without a record yet: if the netns stops being traced before they are
+        # attached, each still gets its one `attach_failed`, so that every program ends with
+        # `attached` then `detached`, or with `attach_failed`.
+        pending = [program for _, program in self.programs()]
+        try:
+            await self._attach_and_run(target, seen, pending)
+        except trio.Cancelled:
+            for program in pending:
+                self._failed(
+                    program,
+                    target,
+                    None,
+                    AttachError(
+                        program.spec.function,
+                        "the netns stopped being traced during the attach",
+                        netns=target.label,
+                    ),
+                )
+            raise
+
+    async def _attach_and_run(
+        self, target: NetnsTarget, seen: float, pending: list[LoadedProgram]
+    ) -> None:
         await _step("open", target)
         try:
             handle = await trio.to_thread.run_sync(NetnsHandle.open, target.path)
         except OSError as exc:
-            for _, program in self.programs():
+            for program in pending:
                 self._failed(
                     program,
                     target,
@@ -139,12 +161,14 @@ class PerNetns:
                         errno=exc.errno,
                     ),
                 )
+            pending.clear()
             return
         iterators: list[tuple[LoadedGadget, LoadedProgram]] = []
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(handle.aclose)
             if handle.id.inode != target.inode:
                 self._failed_all(target, "the netns path now leads to another netns")
+                pending.clear()
                 return
             netns = handle.id
             for gadget, program in self.programs():
@@ -155,13 +179,14 @@ class PerNetns:
                         await stack.enter_async_context(
                             attach_socket_filter(program.fd, program.spec.function, handle)
                         )
-                        self._attached(stack, program, "socket", netns, None, target)
+                        self._attached(stack, program, "socket", netns, None, target, seen)
                     elif kind is Kind.CLASSIFIER:
-                        await self._attach_tc(stack, program, handle, netns, target)
+                        await self._attach_tc(stack, program, handle, netns, target, seen=seen)
                     elif kind is Kind.ITER:
                         iterators.append((gadget, program))
                 except AttachError as exc:
                     self._failed(program, target, exc.interface, exc)
+                pending.remove(program)
             await _step("attached", target)
             state = self.running.get(target.inode)
             if state is not None:
@@ -179,6 +204,8 @@ class PerNetns:
         handle: NetnsHandle,
         netns: NetnsId,
         target: NetnsTarget,
+        *,
+        seen: float,
     ) -> None:
         direction = Direction(program.spec.section.parts[0])
         peers = await self._wait_for_peers(handle, program, target)
@@ -195,9 +222,8 @@ class PerNetns:
                 continue
             self.world.host_ifindexes[peer.host_ifindex] = target.inode
             stack.callback(self.world.host_ifindexes.pop, peer.host_ifindex, None)
-            self._attached(
-                stack, program, f"classifier/{direction.value}", netns, peer.host_ifname, target
-            )
+            kind = f"classifier/{direction.value}"
+            self._attached(stack, program, kind, netns, peer.host_ifname, target, seen)
 
     async def _wait_for_peers(
         self, handle: NetnsHandle, program: LoadedProgram, target: NetnsTarget
@@ -226,9 +252,11 @@ class PerNetns:
         netns: NetnsId,
         interface: str | None,
         target: NetnsTarget,
+        seen: float,
     ) -> None:
         name, gadget = self._container_name(target), self._gadget_name(program)
-        self.emit(Attached(program.spec.function, kind, netns, interface, name, gadget))
+        latency = time.monotonic() - seen
+        self.emit(Attached(program.spec.function, kind, netns, interface, name, gadget, latency))
         stack.callback(
             self.emit, Detached(program.spec.function, kind, netns, interface, name, gadget)
         )

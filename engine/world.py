@@ -91,26 +91,38 @@ class World:
     def container_for(self, data: Mapping[str, Any]) -> Container | None:
         """The container a gadget record came from, from the fields it carries.
 
-        Looked at in order: ``mntns_id``/``mntns``, ``netns_id``/``netns``, ``cgroup_id``,
-        ``pid`` (through /proc is not done here: see ``by_pid``).
+        The first rule that applies wins (docs/events.md):
+
+        1. ``mntns_id`` or ``mntns``: the mount namespace of the task (static probes);
+        2. ``netns_id`` or ``netns``: a netns inode, as socket filters write it with
+           ``engine_skb_netns_id(skb)``; the host's netns names no container, since every
+           host-network container shares it with the host itself;
+        3. ``ifindex``: a host-side veth that a classifier is attached to;
+        4. ``cgroup_id``.
         """
-        # Per-netns programs (TC) say where a packet was by the host-side interface.
+        mntns = _first_id(data, ("mntns_id", "mntns"))
+        if mntns is not None:
+            return self._find("mntns_inode", mntns)
+        netns = _first_id(data, ("netns_id", "netns"))
+        if netns is not None and netns != self.host_netns:
+            return self._find("netns_inode", netns)
         ifindex = data.get("ifindex")
         if isinstance(ifindex, int) and ifindex in self.host_ifindexes:
             return self._find("netns_inode", self.host_ifindexes[ifindex])
-        for keys, attribute in (
-            (("mntns_id", "mntns"), "mntns_inode"),
-            (("netns_id", "netns"), "netns_inode"),
-            (("cgroup_id",), "cgroup_id"),
-        ):
-            for key in keys:
-                value = data.get(key)
-                if isinstance(value, int) and value:
-                    return self._find(attribute, value)
-        return None
+        cgroup = _first_id(data, ("cgroup_id",))
+        return None if cgroup is None else self._find("cgroup_id", cgroup)
 
     def _find(self, attribute: str, value: int) -> Container | None:
         found: Iterable[Container] = (
             c for c in self.containers.values() if getattr(c, attribute) == value
         )
         return next(iter(found), None)
+
+
+def _first_id(data: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+    """The first non-zero integer among ``keys`` (0 is how a gadget says "unknown")."""
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value:
+            return value
+    return None

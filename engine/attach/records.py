@@ -46,7 +46,8 @@ def _fields(record: Attached | Detached | AttachFailed) -> dict[str, Any]:
 class Attached:
     """`program` (a function of `gadget`) of `kind` ("socket", "classifier/ingress",
     "iter/tcp"...) now runs for `netns`; `interface` is the host-side interface for a
-    classifier."""
+    classifier. `latency`: seconds from when the engine saw the netns to this attachment
+    being in place."""
 
     program: str
     kind: str
@@ -54,9 +55,12 @@ class Attached:
     interface: str | None = None
     container: str | None = None
     gadget: str | None = None
+    latency: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return _base("attached", **_fields(self))
+        out = _base("attached", **_fields(self))
+        out["latency"] = self.latency
+        return out
 
 
 @attrs.frozen

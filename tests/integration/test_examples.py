@@ -333,3 +333,49 @@ async def test_dns_queries_named_by_their_containers(containers: Containers) -> 
     assert f"dns: {client} asked {server_ip} for www.engine-test.example (A)" in lines
     assert f"dns: {server} received from {client_ip} a query for db.engine-test (AAAA)" in lines
     assert len(lines) == len(queries)
+
+
+def table_rows(lines: list[str]) -> dict[str, tuple[int, ...]]:
+    """The last table tc_bytes_hook.py printed: container -> (in pkts, in bytes, out...)."""
+    last = max(i for i, line in enumerate(lines) if "CONTAINER" in line)
+    rows = [line.removeprefix("tc_bytes: ").split() for line in lines[last + 1 :]]
+    return {row[0]: tuple(int(n) for n in row[1:]) for row in rows}
+
+
+async def test_tc_bytes_table_per_container(containers: Containers) -> None:
+    pinger = containers.start("ping", "sleep", "300")
+    quiet = containers.start("quiet", "sleep", "300")
+    with trio.fail_after(30):
+        async with engine_run(
+            "tc_bytes.c",
+            "tc_bytes_hook.py",
+            "--select",
+            f"name={containers.name('*')}",
+            env={"TC_BYTES_INTERVAL": "0.5"},
+        ) as run:
+            for name in (pinger, quiet):
+                for program in ("into_container", "out_of_container"):
+                    await run.wait_for(attached(program, name))
+            await containers.exec(pinger, "ping", "-c", "4", "-i", "0.2", BRIDGE)
+            # A periodic table that has the pings in it, then Ctrl-C for the final one.
+            await run.wait_for(
+                lambda r: table_rows(r.lines("^tc_bytes: ")).get(pinger, (0, 0, 0, 0))[2] >= 4
+            )
+            await run.stop()
+    packets = run.events("packets")
+    icmp: dict[tuple[str, int], int] = {}
+    expected: dict[str, list[int]] = {}
+    for e in packets:
+        name, data = e["container"]["name"], e["data"]
+        row = expected.setdefault(name, [0, 0, 0, 0])
+        at = 0 if data["direction"] == 0 else 2
+        row[at] += 1
+        row[at + 1] += data["len"]
+        if data["protocol"] == 1:
+            icmp[name, data["direction"]] = icmp.get((name, data["direction"]), 0) + 1
+    # 4 echo requests out of the pinger and 4 replies into it; no ICMP for the quiet one.
+    assert icmp == {(pinger, 0): 4, (pinger, 1): 4}, icmp
+    # The kernel's map (the table) and the per-packet events agree exactly, per container.
+    final = table_rows(run.lines("^tc_bytes: "))
+    assert final == {name: tuple(row) for name, row in expected.items()}, (final, expected)
+    assert final[pinger][3] >= 4 * 98  # four 98-byte echo requests at least

@@ -8,8 +8,9 @@ by the compiler, but bcc has seen the struct: the iterator's output is decoded a
 consecutive records of it, with ``source`` the map's name. Without such a line, the output
 is text and each line becomes ``{"line": ...}``.
 
-The prelude's ``ITER_OUTPUT(tasks, ctx, &rec)`` writes both lines in one; a map used only that
-way (by iterators) gets no perf reader.
+``ITER_OUTPUT(tasks, ctx, &rec);`` writes both lines in one: bcc refuses map calls inside
+macros, so the loader expands it in the gadget's text before compiling (engine.iter_output),
+on the same line. A map used only by iterators gets no perf reader.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from engine.errors import (
     VerifierError,
 )
 from engine.gadget import Gadget, ProgramSpec
+from engine.iter_output import expand_iter_output
 from engine.kernel_headers import find_kernel_headers, warn_if_mismatched
 from engine.sections import Kind
 from engine.targets import TargetMissing, check_target, find_usdt
@@ -78,13 +79,6 @@ static __always_inline bool engine_selected(void)
     u64 id = engine_mntns_id();
     return engine_mntns.lookup(&id) != 0;
 }
-
-/* An iterator writes typed records: the dead perf_submit makes bcc record the struct's fields
- * for decoding (engine/iterators.py); the records themselves go to the iterator's output. */
-#define ITER_OUTPUT(map, ctx, rec) do { \\
-    if (0) map.perf_submit(ctx, rec, sizeof(*(rec))); \\
-    bpf_seq_write((ctx)->meta->seq, rec, sizeof(*(rec))); \\
-} while (0)
 """
 
 # bcc attaches functions with these name prefixes by itself when a module is created.
@@ -310,7 +304,8 @@ def load_sync(
     warn_if_mismatched(headers)
     check_reserved_names(gadget)
     readers = check_targets(gadget, skipped)
-    text = full_source(gadget, [*readers, *extra_source])
+    expanded = attrs.evolve(gadget, source=expand_iter_output(gadget.source))
+    text = full_source(expanded, [*readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:
             bpf = bcc.BPF(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))

@@ -7,8 +7,10 @@
 // A USDT program receives `struct pt_regs *ctx`; bpf_usdt_readarg(N, ctx, &v) reads argument
 // N (from 1), and v's size must match the argument's (`readelf -n` shows them: here
 // 8@%rbp 8@%r12 -4@%eax: file name pointer, function name pointer, int line number).
-// CPython 3.11 fires the probe when its evaluation loop starts a frame (calls from C, such as
-// map() or sorted(key=...), module code), not for Python-to-Python calls it inlines.
+// CPython 3.11 fires function__entry only on its tracing path, which it takes while a trace
+// or profile function is set (sys.settrace/sys.setprofile, as debuggers and profilers do);
+// its fast path skips the probe. python:gc__start and python:import__find__load__start fire
+// unconditionally.
 //
 // Record (ring buffer "calls"): pid, line, file, function.
 #include <uapi/linux/ptrace.h>

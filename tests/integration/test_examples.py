@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -379,3 +380,69 @@ async def test_tc_bytes_table_per_container(containers: Containers) -> None:
     final = table_rows(run.lines("^tc_bytes: "))
     assert final == {name: tuple(row) for name, row in expected.items()}, (final, expected)
     assert final[pinger][3] >= 4 * 98  # four 98-byte echo requests at least
+
+
+async def run_python_as(comm: str, code: str, tmp_path: Path) -> int:
+    """Run ``code`` in /usr/bin/python3.11 under the process name ``comm``; its pid."""
+    alias = tmp_path / comm
+    alias.symlink_to("/usr/bin/python3.11")
+    done = await trio.run_process(
+        [str(alias), "-c", f"import os; print(os.getpid())\n{code}"], capture_stdout=True
+    )
+    return int(done.stdout.split()[0])
+
+
+async def test_getaddrinfo_lookups_and_outcomes(root: None, tmp_path: Path) -> None:
+    comm = f"gai-{uuid.uuid4().hex[:6]}"
+    code = (
+        "import socket\n"
+        "socket.getaddrinfo('127.0.0.1', 80, flags=socket.AI_NUMERICHOST)\n"
+        "try:\n"
+        "    socket.getaddrinfo('not-a-number', 80, flags=socket.AI_NUMERICHOST)\n"
+        "except socket.gaierror:\n"
+        "    pass\n"
+    )  # numeric only: no lookup leaves the machine
+    with trio.fail_after(30):
+        async with engine_run("getaddrinfo_uprobe.c", "getaddrinfo_uprobe_hook.py") as run:
+            await run.wait_for(attached("lookup_start"))
+            await run.wait_for(attached("lookup_done"))
+            pid = await run_python_as(comm, code, tmp_path)
+            await run.wait_for(lambda r: len(r.lines(rf"\(pid {pid}\)")) >= 2)
+            await run.stop()
+    ours = [(e["data"]["host"], e["data"]["ret"]) for e in run.events() if e["data"]["pid"] == pid]
+    assert ours == [("127.0.0.1", 0), ("not-a-number", socket.EAI_NONAME)]
+    assert run.lines(rf"\(pid {pid}\)") == [
+        f"getaddrinfo: {comm} (pid {pid}) 127.0.0.1 -> ok",
+        f"getaddrinfo: {comm} (pid {pid}) not-a-number -> EAI_NONAME",
+    ]
+    assert f"{comm} looked up 2 names, 1 failed" in run.lines("looked up")[-1]
+
+
+async def test_python_usdt_counts_calls_per_process(root: None, tmp_path: Path) -> None:
+    comm = f"usdt-{uuid.uuid4().hex[:6]}"
+    # CPython 3.11 fires the probe only while profiling is on.
+    code = (
+        "import sys\n"
+        "def engine_key(x):\n"
+        "    return -x\n"
+        "sys.setprofile(lambda *args: None)\n"
+        "sorted(range(200), key=engine_key)\n"
+    )
+    with trio.fail_after(40):
+        async with engine_run(
+            "python_usdt.c", "python_usdt_hook.py", env={"PYTHON_USDT_INTERVAL": "0.5"}
+        ) as run:
+            await run.wait_for(attached("on_python_call"))
+            pid = await run_python_as(comm, code, tmp_path)
+            await run.wait_for(lambda r: r.lines(rf"^python_usdt: pid {pid}: engine_key=200 "))
+            await run.stop()
+    keys = [
+        e["data"]
+        for e in run.events("calls")
+        if e["data"]["pid"] == pid and e["data"]["function"] == "engine_key"
+    ]
+    assert len(keys) == 200 and {(k["file"], k["line"]) for k in keys} == {
+        ("<string>", 3)
+    }  # line 1 prints the pid
+    final = run.lines(rf"^python_usdt: pid {pid}: ")[-1]
+    assert final.startswith(f"python_usdt: pid {pid}: engine_key=200 (<string>)"), final

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -52,34 +53,30 @@ def _checked(fd: int, program: LoadedProgram, what: str) -> int:
     return fd
 
 
-def _close_probe(fd: int, event: str, events_file: str, detach: Callable[[bytes], int]) -> None:
-    libbcc.lib().bpf_close_perf_event_fd(fd)
-    # A tracefs probe event exists only when libbcc fell back to one; removing an event that
-    # does not exist makes libbcc print errors, so look first.
+def _close_probe(fd: int, event: str, user: bool) -> None:
+    lib = libbcc.lib()
+    lib.bpf_close_perf_event_fd(fd)
+    # A tracefs probe event exists only when libbcc fell back to one (no perf PMU); removing
+    # an event that does not exist makes libbcc print errors, so look first.
     try:
-        listed = (TRACEFS / events_file).read_text()
+        listed = (TRACEFS / ("uprobe_events" if user else "kprobe_events")).read_text()
     except OSError:
         return
-    if f":{event} " in listed or listed.endswith(f":{event}\n") or f"/{event} " in listed:
-        detach(event.encode())
+    if re.search(rf"/{re.escape(event)}\s", listed):
+        (lib.bpf_detach_uprobe if user else lib.bpf_detach_kprobe)(event.encode())
 
 
 @contextlib.asynccontextmanager
 async def _perf_probe(
-    attach: Callable[[], int], program: LoadedProgram, what: str, event: str, events_file: str
+    attach: Callable[[], int], program: LoadedProgram, what: str, event: str, *, user: bool
 ) -> AsyncIterator[None]:
     # Not abandoned on cancellation: the fd always comes back and is always closed.
     fd = _checked(await trio.to_thread.run_sync(attach), program, what)
-    detach = (
-        libbcc.lib().bpf_detach_kprobe
-        if events_file == "kprobe_events"
-        else libbcc.lib().bpf_detach_uprobe
-    )
     try:
         yield
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_close_probe, fd, event, events_file, detach)
+            await trio.to_thread.run_sync(_close_probe, fd, event, user)
 
 
 def _check(loaded: LoadedGadget, program: LoadedProgram) -> None:
@@ -101,7 +98,7 @@ async def attach_kprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIt
         fn = libbcc.lib().bpf_attach_kprobe
         return int(fn(program.fd, mode, event.encode(), function.encode(), 0, 0))
 
-    async with _perf_probe(attach, program, program.spec.kind.value, event, "kprobe_events"):
+    async with _perf_probe(attach, program, program.spec.kind.value, event, user=False):
         yield
 
 
@@ -119,7 +116,7 @@ async def attach_uprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIt
         fn = libbcc.uprobe_attach()
         return int(fn(program.fd, mode, event.encode(), bytes(target.path), target.offset, -1, 0))
 
-    async with _perf_probe(attach, program, program.spec.kind.value, event, "uprobe_events"):
+    async with _perf_probe(attach, program, program.spec.kind.value, event, user=True):
         yield
 
 
@@ -149,6 +146,6 @@ async def attach_usdt(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIter
                 )
 
             await stack.enter_async_context(
-                _perf_probe(attach, program, "USDT probe", event, "uprobe_events")
+                _perf_probe(attach, program, "USDT probe", event, user=True)
             )
         yield

@@ -78,8 +78,12 @@ class Containers:
 def containers(docker_daemon: None) -> Iterator[Containers]:
     made = Containers()
     yield made
-    if made.made:
-        subprocess.run(["docker", "rm", "-f", *made.made], capture_output=True, check=False)
+    for _ in range(3):  # a busy daemon sometimes fails a removal: try again, then complain
+        left = [n for n in made.made if docker("ps", "-aq", "--filter", f"name=^{n}$")]
+        if not left:
+            return
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+    assert not [n for n in made.made if docker("ps", "-aq", "--filter", f"name=^{n}$")]
 
 
 @attrs.define

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import EXAMPLES
+from conftest import EXAMPLES, unavailable
 
 from engine.attach.probes import attach_uprobe, attach_usdt
 from engine.engine import open_engine
@@ -127,6 +127,13 @@ def before_process(python311: None) -> Iterator[subprocess.Popen[str]]:
         proc.wait()
 
 
+@pytest.fixture
+def host_kernel(root: None) -> None:
+    """These expectations describe the 6.18 test machine, which refuses these kinds."""
+    if not os.uname().release.startswith("6.18."):
+        unavailable(f"expectations are for the 6.18 test kernel, this is {os.uname().release}")
+
+
 def _gadgets() -> list[Gadget]:
     return [Gadget.from_file(EXAMPLES / name) for name in HOST_EXAMPLES] + [
         Gadget.from_source(ITERATORS, "iterators.c")
@@ -152,7 +159,9 @@ def _proc_tasks(pid: int) -> dict[int, str]:
     return out
 
 
-async def test_host_kinds_see_real_events(before_process: subprocess.Popen[str]) -> None:
+async def test_host_kinds_see_real_events(
+    host_kernel: None, before_process: subprocess.Popen[str]
+) -> None:
     gadgets = _gadgets()
     before = Attached.now()
     perf_fds = _perf_event_fds()
@@ -246,7 +255,7 @@ async def test_iterators_run_at_start_and_on_demand(before_process: subprocess.P
     await assert_nothing_left(before, ours)
 
 
-async def test_unavailable_kinds_are_refused_before_compiling(root: None) -> None:
+async def test_unavailable_kinds_are_refused_before_compiling(host_kernel: None) -> None:
     refused = {
         "kprobe/do_sys_openat2": "kprobes are not built into this kernel (CONFIG_KPROBES)",
         "kretprobe/do_sys_openat2": "kprobes are not built into this kernel (CONFIG_KPROBES)",

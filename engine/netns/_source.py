@@ -18,6 +18,7 @@ the record's path when they need one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -81,6 +82,7 @@ class _Wake:
     nsid_added: int | None = None
     nsid_removed: int | None = None
     rescan: bool = False
+    path_gone: bool = False
 
 
 @attrs.define
@@ -164,6 +166,7 @@ class NetnsSource:
                         await wake.send(_Wake())
                     elif event.mask & (IN_DELETE | IN_MOVED_FROM):
                         self._pending_names.discard(os.path.join(event.directory, event.name))
+                        await wake.send(_Wake(path_gone=True))
 
     async def _follow_mounts(
         self, mounts: MountWatcher, wake: trio.MemorySendChannel[_Wake]
@@ -182,6 +185,9 @@ class NetnsSource:
             if gone is not None:
                 del self._known[gone]
                 await send.send(NetnsRemoved(gone))
+            return
+        if wake.path_gone:
+            await self._forget_unreachable(send)
             return
         if wake.nsid_added is not None and wake.nsid_added in self._by_nsid:
             return  # our own assignment, or already known
@@ -203,6 +209,22 @@ class NetnsSource:
             for entry in os.listdir("/proc"):
                 if entry.isdigit():
                     yield f"/proc/{entry}/ns/net"
+
+    async def _forget_unreachable(self, send: trio.MemorySendChannel[NetnsEvent]) -> None:
+        """Report as removed the netns that no file and no process reaches any more.
+
+        Such a netns lives on only through the fds and sockets of whoever traces it (our own
+        packet sockets keep it alive): it would never be destroyed, so RTM_DELNSID would never
+        come. A netns whose file is gone but that still has processes stays known.
+        """
+        reachable = set()
+        for path in self._candidates():
+            with contextlib.suppress(OSError):
+                reachable.add(NetnsId.of_path(path))
+        for ident in [i for i in self._known if i not in reachable]:
+            nsid = self._known.pop(ident)
+            self._by_nsid.pop(nsid, None)
+            await send.send(NetnsRemoved(ident))
 
     async def _scan(self, nsids: NsidClient, send: trio.MemorySendChannel[NetnsEvent]) -> None:
         started = time.perf_counter()

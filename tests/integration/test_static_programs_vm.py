@@ -56,6 +56,7 @@ async def test_kprobes_trampolines_and_lsm_see_real_events(root: None, tmp_path:
                     any(e["filename"] == str(path) for e in events(seen, "opens"))
                     and any(e["name"] == path.name for e in events(seen, "opened"))
                     and sum(r["filename"] == str(path) for r in events(seen, "results")) >= 2
+                    and sum(e["filename"] == str(path) for e in events(seen, "unlinks")) >= 2
                 )
 
             seen = await collect_until(engine, done, 60)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import attrs
 
-from engine.elf import ElfError, ElfFile
+from engine.elf import ET_EXEC, ElfError, ElfFile
 from engine.gadget import ProgramSpec
 from engine.sections import Kind
 
@@ -152,15 +152,13 @@ def find_usdt(file: str, provider: str, name: str) -> UsdtTarget:
         vaddr = note.pc + shift
         locations.append(UsdtLocation(elf.file_offset(vaddr), vaddr, note.args))
     semaphore = mine[0].semaphore
-    if semaphore and actual_base is not None and mine[0].base:
-        semaphore += actual_base - mine[0].base
     return UsdtTarget(
         path=path,
         provider=provider,
         name=name,
         locations=tuple(locations),
         semaphore_offset=elf.file_offset(semaphore) if semaphore else 0,
-        position_dependent=elf.type == 2,
+        position_dependent=elf.type == ET_EXEC,
     )
 
 

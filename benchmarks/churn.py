@@ -345,6 +345,8 @@ async def _cycles(count: int) -> dict[str, Any]:
             try:
                 await trio.to_thread.run_sync(containers.start, name, "sleep", "3600")
                 ok = await timeline.until(lambda: timeline.attached_at(name) is not None, 30)
+            except subprocess.CalledProcessError:
+                ok = False  # the daemon refused (restarted by someone?): an unclean cycle
             finally:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(containers.remove, [name])

@@ -116,20 +116,34 @@ class NamedNetns:
         made.create()
         return made
 
+    @property
+    def staging(self) -> str:
+        return f"/tmp/{self.name}.net"
+
     def create(self) -> None:
-        run("ip", "netns", "add", self.name)
+        """Built complete out of sight, then published in /run/netns in one bind mount, so
+        that whoever watches /run/netns never sees it half made."""
+        run("touch", self.staging)
+        run("unshare", f"--net={self.staging}", "true")
         run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.inner_if)
-        run("ip", "link", "set", self.inner_if, "netns", self.name)
+        # A netns given as a path (it holds a "/") is opened as such by iproute2.
+        run("ip", "link", "set", self.inner_if, "netns", self.staging)
+        run("nsenter", f"--net={self.staging}", "ip", "link", "set", self.inner_if, "up")
         run("ip", "link", "set", self.host_if, "up")
-        run("ip", "-n", self.name, "link", "set", self.inner_if, "up")
+        os.makedirs("/run/netns", exist_ok=True)
+        run("touch", f"/run/netns/{self.name}")
+        run("mount", "--bind", self.staging, f"/run/netns/{self.name}")
 
     @property
     def inode(self) -> int:
-        return os.stat(f"/run/netns/{self.name}").st_ino
+        # The staging mount outlives `ip netns del`, so the inode can still be read then.
+        return os.stat(self.staging).st_ino
 
     def remove(self) -> None:
         run("ip", "link", "del", self.host_if, check=False)
         run("ip", "netns", "del", self.name, check=False)
+        run("umount", self.staging, check=False)
+        run("rm", "-f", self.staging, check=False)
 
 
 def container_name(role: str) -> str:

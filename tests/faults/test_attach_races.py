@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -23,10 +24,10 @@ from tests.conftest import EXAMPLES, TEST_IMAGE
 from tests.faults.kernel_state import (
     NamedNetns,
     arun,
-    container_name,
     filters_of,
     open_fds,
     remove_containers,
+    tag,
 )
 
 pytestmark = pytest.mark.integration
@@ -37,18 +38,19 @@ PROGRAMS = {"into_container", "out_of_container", "count_all"}
 
 
 def stories(records: list[dict[str, Any]], inode: int) -> dict[str, list[str]]:
-    """Per program, the attach records about netns ``inode``, in order."""
+    """Per program, the attach records about netns ``inode``, in order.
+
+    Records name a netns by inode, and the kernel reuses inodes: a ``detached`` before any
+    ``attached`` belongs to an earlier netns that had this inode, and is left out.
+    """
     out: dict[str, list[str]] = {}
     for r in records:
         if r.get("type") in ("attached", "detached", "attach_failed") and r["netns"] == inode:
-            out.setdefault(r["program"], []).append(r["type"])
-    return out
-
-
-def assert_clear(story: dict[str, list[str]], where: str) -> None:
-    assert set(story) == PROGRAMS, (where, story)
-    for program, seen in story.items():
-        assert seen in (["attach_failed"], ["attached", "detached"]), (where, program, seen)
+            seen = out.setdefault(r["program"], [])
+            if r["type"] == "detached" and "attached" not in seen:
+                continue
+            seen.append(r["type"])
+    return {program: seen for program, seen in out.items() if seen}
 
 
 @pytest.fixture
@@ -75,33 +77,62 @@ async def _collect(eng: Any, records: list[dict[str, Any]]) -> None:
         records.append(record.to_json())
 
 
+@attrs.define
+class Case:
+    step: str
+    damage: str
+    netns: NamedNetns
+    first: int  # index of the first record that can be about this case
+    inode: int | None = None  # set when the damage is done
+    last: int | None = None  # records from here on are about a later netns with this inode
+
+    def story(self, records: list[dict[str, Any]]) -> dict[str, list[str]]:
+        if self.inode is None:
+            return {}
+        return stories(records[self.first : self.last], self.inode)
+
+    def settled(self, records: list[dict[str, Any]], *, stopped: bool) -> bool:
+        """Every program has ended its story, or the engine learned that the netns was gone
+        before it tried anything (the netns_removed record is then the whole story)."""
+        story = self.story(records)
+        if story == {}:
+            return self.removed(records)
+        return settled(story, stopped=stopped)
+
+    def removed(self, records: list[dict[str, Any]]) -> bool:
+        return self.inode is not None and any(
+            r["type"] == "netns_removed" and r["netns"] == self.inode
+            for r in records[self.first : self.last]
+        )
+
+    def __str__(self) -> str:
+        return f"{self.damage} removed before {self.step}"
+
+
+def settled(story: dict[str, list[str]], *, stopped: bool) -> bool:
+    """Every program has ended its story (or, while the engine runs, is attached)."""
+    ends = {("attach_failed",), ("attached", "detached")} | (set() if stopped else {("attached",)})
+    return set(story) == PROGRAMS and all(tuple(seen) in ends for seen in story.values())
+
+
 async def test_named_netns_damaged_at_every_step(gadgets: list[str], seam: Seam) -> None:
-    cases = [(step, damage) for step in STEPS for damage in ("netns", "veth")]
     # Planned by name before the netns exists, so that the engine cannot reach it first.
-    planned: dict[str, tuple[str, str, NamedNetns]] = {}
-    created: dict[str, trio.Event] = {}
-    damaged: dict[int, str] = {}  # netns inode -> what was done
+    # Cases run one after the other: a destroyed netns's inode may be given to the next one.
+    planned: dict[str, Case] = {}
     records: list[dict[str, Any]] = []
 
-    async def damage_at(step: str, target: NetnsTarget) -> None:
-        case = planned.get(os.path.basename(target.path))
-        if case is None or case[0] != step or target.inode in damaged:
-            return
-        _, damage, netns = case
-        damaged[target.inode] = f"{damage} removed before {step}"
-        # The engine sees the netns as soon as it exists: damage only what was fully made.
-        await created[netns.name].wait()
-        if damage == "netns":
-            await arun("ip", "netns", "del", netns.name)
-        else:
-            await arun("ip", "link", "del", netns.host_if)
+    stale: list[str] = []
 
-    def settled() -> bool:
-        return all(
-            len([v for v in stories(records, i).values() if v]) == len(PROGRAMS)
-            and not _unfinished(stories(records, i))
-            for i in damaged
-        )
+    async def damage_at(step: str, target: NetnsTarget) -> None:
+        # Seen through /run/netns, or through the staging mount once its veth moved in.
+        case = planned.get(os.path.basename(target.path).removesuffix(".net"))
+        if case is None or case.step != step or case.inode is not None:
+            return
+        case.inode = target.inode
+        if case.damage == "netns":
+            await arun("ip", "netns", "del", case.netns.name)
+        else:
+            await arun("ip", "link", "del", case.netns.host_if)
 
     seam(damage_at)
     fds = open_fds()
@@ -112,39 +143,64 @@ async def test_named_netns_damaged_at_every_step(gadgets: list[str], seam: Seam)
                 trio.open_nursery() as nursery,
             ):
                 nursery.start_soon(_collect, eng, records)
-                for step, damage in cases:
-                    netns = NamedNetns.named()
-                    planned[netns.name] = (step, damage, netns)
-                    created[netns.name] = trio.Event()
-                    await trio.to_thread.run_sync(netns.create)
-                    created[netns.name].set()
-                    with trio.fail_after(20):
-                        while len(damaged) < len(planned):  # noqa: ASYNC110
-                            await trio.sleep(0.05)
-                # Every attempt ends: a missing veth is waited for a few seconds.
-                with trio.fail_after(30):
-                    while not all(  # noqa: ASYNC110
-                        len([v for v in stories(records, i).values() if v]) == len(PROGRAMS)
-                        for i in damaged
-                    ):
-                        await trio.sleep(0.1)
+                for step in STEPS:
+                    for damage in ("netns", "veth"):
+                        case = await _run_case(
+                            eng, step, damage=damage, planned=planned, records=records, stale=stale
+                        )
+                        if damage == "netns":
+                            # One fault at a time: the next netns may get this one's inode.
+                            with trio.fail_after(10):
+                                while not case.removed(records):  # noqa: ASYNC110
+                                    await trio.sleep(0.05)
                 eng.stop()
     finally:
-        for _, _, netns in planned.values():
-            netns.remove()
-    assert settled()
-    for inode, what in damaged.items():
-        assert_clear(
-            stories(records, inode), what + repr([r for r in records if r.get("netns") == inode])
-        )
+        for case in planned.values():
+            case.netns.remove()
+    for case in planned.values():
+        if case.netns.name not in stale:
+            assert case.settled(records, stopped=True), (str(case), case.story(records))
     assert filters_of(os.getpid()) == []
     assert open_fds() == fds
+
+
+async def _run_case(
+    eng: Any,
+    step: str,
+    *,
+    damage: str,
+    planned: dict[str, Case],
+    records: list[dict[str, Any]],
+    stale: list[str],
+) -> Case:
+    """One netns made, damaged at ``step`` by the seam, and its story settled."""
+    while True:
+        case = Case(step, damage, NamedNetns.named(), len(records))
+        planned[case.netns.name] = case
+        await trio.to_thread.run_sync(case.netns.create)
+        inode = case.netns.inode
+        for earlier in planned.values():
+            if earlier is not case and earlier.last is None and earlier.inode == inode:
+                earlier.last = case.first
+        known_as = eng.world.netns_paths.get(inode)
+        if known_as is not None and case.netns.name not in known_as:
+            # A known bug of the netns source (docs/faults.md): a dead netns that only a
+            # process reached is not forgotten, so a new one given its inode goes unseen.
+            stale.append(case.netns.name)
+            continue
+        # A missing veth is waited for a few seconds before attach_failed.
+        with trio.move_on_after(20):
+            while not case.settled(records, stopped=False):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert case.settled(records, stopped=False), (str(case), case.story(records))
+        return case
 
 
 async def test_container_killed_at_every_step(
     gadgets: list[str], seam: Seam, docker_daemon: None
 ) -> None:
-    names = {step: container_name(f"kill-{step}") for step in STEPS}
+    prefix = f"engine-test-{tag()}-kill"
+    names = {step: f"{prefix}-{step}" for step in STEPS}
     by_netns: dict[int, str] = {}
     killed: set[str] = set()
     records: list[dict[str, Any]] = []
@@ -161,7 +217,9 @@ async def test_container_killed_at_every_step(
     try:
         with trio.fail_after(150):
             async with (
-                open_engine(*gadgets, iter_interval=3600) as eng,
+                # Selected by name, a netns is a target only once its container is known: then
+                # the seam can tell which container it belongs to.
+                open_engine(*gadgets, select=[f"name={prefix}-*"], iter_interval=3600) as eng,
                 trio.open_nursery() as nursery,
             ):
                 nursery.start_soon(_collect, eng, records)

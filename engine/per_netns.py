@@ -54,6 +54,14 @@ async def _step(name: str, target: NetnsTarget) -> None:
         await attach_step(name, target)
 
 
+@attrs.frozen
+class _IterRound:
+    """One requested run of a netns's iterators: ``wake`` asks, ``done`` answers."""
+
+    wake: trio.Event = attrs.Factory(trio.Event)
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
 @attrs.define
 class NetnsState:
     target: NetnsTarget
@@ -72,7 +80,7 @@ class PerNetns:
     iter_interval: float = 10.0
     running: dict[int, NetnsState] = attrs.Factory(dict)
     latencies: list[float] = attrs.Factory(list)  # seconds from netns seen to all attached
-    _iter_now: dict[int, trio.Event] = attrs.Factory(dict)
+    _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
 
     def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
         return [(g, p) for g in self.loaded for p in g.programs.values() if p.spec.per_netns]
@@ -98,10 +106,12 @@ class PerNetns:
         return changes
 
     async def run_iterators(self) -> None:
-        """Ask every netns task to run its iterators now."""
-        for event in self._iter_now.values():
-            event.set()
-        await trio.lowlevel.checkpoint()
+        """Run every netns's iterators now; return when each has written its records."""
+        rounds = list(self._iter_now.values())
+        for round_ in rounds:
+            round_.wake.set()
+        for round_ in rounds:
+            await round_.done.wait()
 
     async def _netns_task(
         self,
@@ -296,18 +306,21 @@ class PerNetns:
         handle: NetnsHandle,
         target: NetnsTarget,
     ) -> None:
-        wake = trio.Event()
-        self._iter_now[target.inode] = wake
+        round_ = _IterRound()
+        self._iter_now[target.inode] = round_  # a request during the first run waits for it
         try:
             while True:
                 for gadget, program in iterators:
                     await self._run_iterator(gadget, program, handle, target)
+                round_.done.set()
+                # A request made from now on is answered by the next run.
+                round_ = _IterRound()
+                self._iter_now[target.inode] = round_
                 with trio.move_on_after(self.iter_interval):
-                    await wake.wait()
-                wake = trio.Event()
-                self._iter_now[target.inode] = wake
+                    await round_.wake.wait()
         finally:
             self._iter_now.pop(target.inode, None)
+            round_.done.set()
 
     async def _run_iterator(
         self, gadget: LoadedGadget, program: LoadedProgram, handle: NetnsHandle, target: NetnsTarget

@@ -106,17 +106,28 @@ def map_writers(gadget: Gadget, map_name: str) -> str | None:
 
 @attrs.define
 class _Outlet:
-    """Puts records on the bounded channel; never blocks the kernel readers."""
+    """Puts records on the bounded channel; never blocks the kernel readers.
+
+    Buffer events never take the last ``reserve`` places of the channel: those are kept for
+    the engine's own records (containers, attachments, losses), so that a flood of events
+    cannot crowd them out while the consumer is behind.
+    """
 
     send: trio.MemorySendChannel[Record]
     stats: Stats
+    reserve: int = 0
     pending_lost: dict[tuple[str, str], int] = attrs.Factory(dict)
     # Sees every record, also those the channel refuses: hooks do not depend on the consumer.
     tap: Callable[[Record], None] | None = None
 
-    def put(self, record: Record) -> bool:
+    def put(self, record: Record, *, leave: int = 0) -> bool:
+        """Send ``record`` unless fewer than ``leave`` + 1 places are free."""
         if self.tap is not None:
             self.tap(record)
+        if leave:
+            used = self.send.statistics()
+            if used.current_buffer_used + leave >= used.max_buffer_size:
+                return False
         try:
             self.send.send_nowait(record)
         except trio.WouldBlock:
@@ -128,13 +139,15 @@ class _Outlet:
     def deliver(self, gadget: str, source: str, records: list[Record]) -> None:
         stats = self.stats.for_map(gadget, source)
         key = (gadget, source)
+        # Loss reports take half the reserve at most: the other half stays for lifecycle
+        # records. A report that does not fit waits, still counting, for the next batch.
         if self.pending_lost.get(key) and self.put(
-            Lost(gadget, source, self.pending_lost[key], "engine")
+            Lost(gadget, source, self.pending_lost[key], "engine"), leave=self.reserve // 2
         ):
             del self.pending_lost[key]
         dropped = 0
         for record in records:
-            if self.put(record):
+            if self.put(record, leave=self.reserve):
                 stats.delivered += 1
             else:
                 dropped += 1
@@ -318,7 +331,7 @@ async def _running(
     )
     send, receive = trio.open_memory_channel[Record](buffer)
     stats = Stats()
-    outlet = _Outlet(send, stats)
+    outlet = _Outlet(send, stats, reserve=buffer // 8)
     hooks = Hooks(outlet.put, strict=strict, buffer=hook_buffer)
     outlet.tap = hooks.dispatch
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:

@@ -164,10 +164,14 @@ ENGINE = [sys.executable, "-m", "engine"]
 
 @attrs.define
 class EngineProcess:
-    """`python -m engine run ...` with its JSON records and stderr lines collected."""
+    """`python -m engine run ...` with its JSON records and stderr lines collected.
+
+    Gadget events are only counted: a flood of them must not make the test the bottleneck.
+    """
 
     process: trio.Process
     records: list[dict[str, Any]] = attrs.Factory(list)
+    events: int = 0
     stderr: list[str] = attrs.Factory(list)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
@@ -181,7 +185,9 @@ class EngineProcess:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                if into_records:
+                if into_records and line.startswith(b'{"type": "event"'):
+                    self.events += 1
+                elif into_records:
                     self.records.append(json.loads(line))
                 else:
                     self.stderr.append(line.decode(errors="replace"))

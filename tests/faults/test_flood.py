@@ -5,62 +5,23 @@ are counted in `lost` records, and SIGINT still stops it within two seconds."""
 from __future__ import annotations
 
 import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.faults.kernel_state import NamedNetns, engine_process
+from tests.faults.kernel_state import FLOOD, NamedNetns, engine_process, hammer
 
 pytestmark = pytest.mark.integration
 
-COMM = "engflood"
-FLOOD = r"""
-struct call { u64 n; };
 
-BPF_RINGBUF_OUTPUT(calls, 4);
-
-SEC("tracepoint/syscalls/sys_enter_getppid")
-int on_getppid(void *ctx)
-{
-    char comm[16];
-    bpf_get_current_comm(&comm, sizeof(comm));
-    if (comm[0] != 'e' || comm[1] != 'n' || comm[2] != 'g' || comm[3] != 'f' ||
-        comm[4] != 'l' || comm[5] != 'o' || comm[6] != 'o' || comm[7] != 'd')
-        return 0;
-    struct call c = {.n = bpf_ktime_get_ns()};
-    calls.ringbuf_output(&c, sizeof(c), 0);
-    return 0;
-}
-"""
-# Names itself so that the gadget sees only it, then calls getppid() until killed.
-HAMMER = f"""
-import ctypes, os
-ctypes.CDLL(None).prctl(15, b"{COMM}", 0, 0, 0)
-while True:
-    os.getppid()
-"""
-
-
-@pytest.fixture
-async def hammer(root: None) -> AsyncIterator[None]:
-    process = await trio.lowlevel.open_process([sys.executable, "-c", HAMMER])
-    try:
-        yield
-    finally:
-        process.kill()
-        await process.wait()
-
-
-async def test_flood_keeps_the_engine_responsive(tmp_path: Path, hammer: None) -> None:
+async def test_flood_keeps_the_engine_responsive(root: None, tmp_path: Path) -> None:
     gadget = tmp_path / "flood.c"
     gadget.write_text(FLOOD)
     netns = NamedNetns.named()
     try:
         with trio.fail_after(90):
-            async with engine_process(str(gadget)) as engine:
+            async with hammer(), engine_process(str(gadget)) as engine:
                 await engine.wait_until(lambda e: e.events > 10_000)
                 await trio.to_thread.run_sync(netns.create)
                 with trio.fail_after(5):

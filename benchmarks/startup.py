@@ -48,12 +48,17 @@ async def _engine_start(gadget: Gadget) -> float:
         return time.perf_counter() - t0
 
 
-def measure(repeats: int) -> tuple[list[Figure], dict[str, Any], dict[str, str]]:
+def measure(
+    repeats: int, limit: int | None = None
+) -> tuple[list[Figure], dict[str, Any], dict[str, str]]:
+    """Up to ``limit`` examples that load here (the smoke run keeps to a few)."""
     features = probe_features()
     figures: list[Figure] = []
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for path in sorted(EXAMPLES.glob("*.c")):
+        if limit is not None and len(details) >= limit:
+            break
         gadget = Gadget.from_file(path)
         missing = [
             f"{s.kind.value}: {support.reason}"

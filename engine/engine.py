@@ -35,7 +35,7 @@ from engine.hooks import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
 from engine.host_iterators import HostIteratorRunner, host_iterators
 from engine.iterators import iterator_only_maps
 from engine.loader import LoadedGadget, check_supported, load_gadget
-from engine.netns import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
+from engine.netns import LinkWatcher, NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
 from engine.per_netns import PerNetns
 from engine.pump import BufferMap, BufferPump, buffer_maps
 from engine.records import Event, GadgetFailed, Lost, ProgramAttached, ProgramSkipped, Record
@@ -182,7 +182,20 @@ class Engine(HookMethods):
 
     async def events(self) -> AsyncIterator[Record]:
         """Every record, in order: gadget events and the engine's own records."""
-        async for record in self._receive:
+        # receive() is one pass through the scheduler per record, while the pump fills the
+        # channel a whole batch at a time: take what is buffered without yielding to the
+        # scheduler, and wait only when the channel is empty.
+        receive = self._receive
+        while True:
+            try:
+                record = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    record = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
             yield record
 
     def pending(self) -> int:
@@ -363,6 +376,9 @@ async def _running(
             outlet.put(ProgramAttached(it.loaded.gadget.name, spec.function, "iter", spec.target))
         await work.start(runner.run)
         per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval)
+        if any(p.spec.kind is Kind.CLASSIFIER for g in loaded_all for p in g.programs.values()):
+            per_netns.links = LinkWatcher()
+            await work.start(per_netns.links.run)
         tracker = _Tracker(world, per_netns, loaded_all, outlet, options)
         if options.containers:
             await work.start(tracker.run)
@@ -463,24 +479,27 @@ def _open_pump(
     decoders = _decoders(loaded, maps)
     programs = {m.name: map_writers(gadget, m.name) for m in maps}
 
+    gadget_name = gadget.name  # a property that parses the path: not once per record
+
     def on_batch(name: str, batch: list[bytes]) -> None:
         decode = decoders[name].decode
         program = programs[name]
-        outlet.stats.for_map(gadget.name, name).received += len(batch)
+        container_for, container_json = world.container_for, world.container_json
+        outlet.stats.for_map(gadget_name, name).received += len(batch)
         records: list[Record] = []
         for raw in batch:
             data = decode(raw)
-            container = world.container_for(data)
+            container = container_for(data)
             records.append(
                 Event(
-                    gadget.name,
+                    gadget_name,
                     name,
                     program,
                     data,
-                    None if container is None else container.to_json(),
+                    None if container is None else container_json(container),
                 )
             )
-        outlet.deliver(gadget.name, name, records)
+        outlet.deliver(gadget_name, name, records)
 
     def on_lost(name: str, count: int) -> None:
         outlet.stats.for_map(gadget.name, name).lost_kernel += count

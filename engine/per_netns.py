@@ -31,7 +31,7 @@ from engine.attach import (
 )
 from engine.errors import AttachError
 from engine.loader import LoadedGadget, LoadedProgram
-from engine.netns import NetnsHandle, NetnsId
+from engine.netns import LinkWatcher, NetnsHandle, NetnsId
 from engine.records import Event, Record
 from engine.sections import Kind
 from engine.world import NetnsTarget, World
@@ -78,6 +78,7 @@ class PerNetns:
     nursery: trio.Nursery
     world: World
     iter_interval: float = 10.0
+    links: LinkWatcher | None = None
     running: dict[int, NetnsState] = attrs.Factory(dict)
     latencies: list[float] = attrs.Factory(list)  # seconds from netns seen to all attached
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
@@ -241,18 +242,23 @@ class PerNetns:
         """The host-side veth peers, waiting briefly for the runtime to move them in.
 
         A netns is often seen (its file appears) before the runtime has moved the container's
-        end of the veth pair into it: look again for a short while before giving up.
+        end of the veth pair into it: look again at each interface change in the host (or
+        every 0.2 s without a link watcher) for a short while before giving up.
         """
-        delay = 0.005
         deadline = trio.current_time() + PEER_WAIT
         while True:
+            # Taken before looking, so that a change during the look is not missed.
+            change = self.links.changed if self.links is not None else None
             try:
                 return await find_host_peers(handle, program.spec.function)
             except AttachError as exc:
                 if not exc.problem.startswith("no veth") or trio.current_time() >= deadline:
                     raise
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            with trio.move_on_after(0.2):
+                if change is not None:
+                    await change.wait()
+                else:
+                    await trio.sleep_forever()
 
     def _attached(  # noqa: PLR0917 - a record's fields, passed straight through
         self,

@@ -6,7 +6,7 @@ should carry per-netns programs and which container a record came from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -38,11 +38,36 @@ class World:
     host_mntns: int | None = None
     host_ifindexes: dict[int, int] = attrs.Factory(dict)  # host-side veth → its netns inode
 
+    # Lookups by namespace or cgroup id, and each container's JSON, made once per change
+    # rather than once per event.
+    _index: dict[tuple[str, int], Container] = attrs.Factory(dict)
+    _json: dict[str, Mapping[str, Any]] = attrs.Factory(dict)
+
     def add_container(self, container: Container) -> None:
         self.containers[container.id] = container
+        self._reindex()
 
     def remove_container(self, container_id: str) -> Container | None:
-        return self.containers.pop(container_id, None)
+        removed = self.containers.pop(container_id, None)
+        self._reindex()
+        return removed
+
+    def _reindex(self) -> None:
+        self._index.clear()
+        self._json.clear()
+        # Insertion order: the first container of a shared netns names it, as before.
+        for c in reversed(list(self.containers.values())):
+            for attribute in ("mntns_inode", "netns_inode", "cgroup_id"):
+                value = getattr(c, attribute)
+                if value is not None:
+                    self._index[(attribute, value)] = c
+
+    def container_json(self, container: Container) -> Mapping[str, Any]:
+        """The container's JSON object, shared by every event that names it."""
+        cached = self._json.get(container.id)
+        if cached is None:
+            cached = self._json[container.id] = container.to_json()
+        return cached
 
     def add_netns(self, inode: int, path: str) -> None:
         self.netns_paths[inode] = path
@@ -113,10 +138,7 @@ class World:
         return None if cgroup is None else self._find("cgroup_id", cgroup)
 
     def _find(self, attribute: str, value: int) -> Container | None:
-        found: Iterable[Container] = (
-            c for c in self.containers.values() if getattr(c, attribute) == value
-        )
-        return next(iter(found), None)
+        return self._index.get((attribute, value))
 
 
 def _first_id(data: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:

@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s lint``, ``tests``, ``bench``, ``bench_smoke``.
+"""Sessions: ``nox -s lint``, ``tests``, ``bench``, ``bench_smoke``, ``soak``.
 
 They run in the project's own environment, .venv (made by scripts/setup from Debian's
 /usr/bin/python3 with --system-site-packages so that it sees python3-bpfcc): nox creates no
@@ -41,3 +41,18 @@ def bench(session: nox.Session) -> None:
 def bench_smoke(session: nox.Session) -> None:
     """Tiny sizes, under a minute: bench-results/smoke/."""
     session.run(PY, "-m", "benchmarks", "--smoke", "--out", "bench-results/smoke", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The soak of tests/faults at full size: 1,000 container cycles (about 10 minutes)."""
+    session.run(
+        PY,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/faults/test_soak.py",
+        *session.posargs,
+        env={"ENGINE_SOAK_CYCLES": "1000"},
+    )

@@ -77,6 +77,38 @@ def open_fds(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _socket_families(pid: int | str) -> dict[str, str]:
+    """Socket inode -> the /proc/net table it is listed in (packet, netlink, unix...)."""
+    families = {}
+    for table in ("packet", "netlink", "unix", "tcp", "tcp6", "udp", "udp6", "raw"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        column = {"packet": 8, "netlink": 9, "unix": 6}.get(table, 9)
+        for line in lines:
+            fields = line.split()
+            if len(fields) > column:
+                families[fields[column]] = table
+    return families
+
+
+def fd_targets(pid: int | str = "self") -> list[str]:
+    """What each open fd refers to, sorted; sockets by kind only (a connection that a pool
+    replaced is no leak)."""
+    targets = []
+    families = _socket_families(pid)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            target = f"socket ({families.get(target[8:-1], 'other')})"
+        targets.append(target)
+    return sorted(targets)
+
+
 def rss_kib(pid: int | str = "self") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -267,3 +299,19 @@ async def hammer() -> AsyncIterator[None]:
     finally:
         process.kill()
         await process.wait()
+
+
+def own_bpf_objects(pid: int | str = "self") -> dict[str, set[int]]:
+    """The BPF programs, maps and links that a process holds fds on, by kind: read from
+    fdinfo, so that other processes' objects (other tests, other tools) do not count."""
+    found: dict[str, set[int]] = {"prog_id": set(), "map_id": set(), "link_id": set()}
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue  # closed meanwhile
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in found:
+                found[key].add(int(value))
+    return found

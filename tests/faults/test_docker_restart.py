@@ -51,6 +51,8 @@ def restores_dockerd(docker_daemon: None) -> Iterator[None]:
 def names(restores_dockerd: None) -> Iterator[list[str]]:
     made: list[str] = []
     yield made
+    # Torn down before restores_dockerd: the daemon must answer to remove them.
+    run(str(ROOT / "scripts" / "start-docker"), check=False)
     remove_containers(made)
 
 

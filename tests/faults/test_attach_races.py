@@ -37,19 +37,26 @@ SOCKET = 'SEC("socket")\nint count_all(struct __sk_buff *skb)\n{\n    return 0;\
 PROGRAMS = {"into_container", "out_of_container", "count_all"}
 
 
-def stories(records: list[dict[str, Any]], inode: int) -> dict[str, list[str]]:
-    """Per program, the attach records about netns ``inode``, in order.
+def stories(
+    records: list[dict[str, Any]], inode: int | None = None, container: str | None = None
+) -> dict[str, list[str]]:
+    """Per program, the attach records about netns ``inode`` (or ``container``), in order.
 
     Records name a netns by inode, and the kernel reuses inodes: a ``detached`` before any
     ``attached`` belongs to an earlier netns that had this inode, and is left out.
     """
     out: dict[str, list[str]] = {}
     for r in records:
-        if r.get("type") in ("attached", "detached", "attach_failed") and r["netns"] == inode:
-            seen = out.setdefault(r["program"], [])
-            if r["type"] == "detached" and "attached" not in seen:
-                continue
-            seen.append(r["type"])
+        if r.get("type") not in ("attached", "detached", "attach_failed"):
+            continue
+        if (inode is not None and r["netns"] != inode) or (
+            container is not None and r["container"] != container
+        ):
+            continue
+        seen = out.setdefault(r["program"], [])
+        if r["type"] == "detached" and "attached" not in seen:
+            continue
+        seen.append(r["type"])
     return {program: seen for program, seen in out.items() if seen}
 
 
@@ -89,7 +96,7 @@ class Case:
     def story(self, records: list[dict[str, Any]]) -> dict[str, list[str]]:
         if self.inode is None:
             return {}
-        return stories(records[self.first : self.last], self.inode)
+        return stories(records[self.first : self.last], inode=self.inode)
 
     def settled(self, records: list[dict[str, Any]], *, stopped: bool) -> bool:
         """Every program has ended its story, or the engine learned that the netns was gone
@@ -201,7 +208,8 @@ async def test_container_killed_at_every_step(
 ) -> None:
     prefix = f"engine-test-{tag()}-kill"
     names = {step: f"{prefix}-{step}" for step in STEPS}
-    by_netns: dict[int, str] = {}
+    # By container: a killed container's netns inode may go to the next one at once.
+    steps_of: dict[str, str] = {}
     killed: set[str] = set()
     records: list[dict[str, Any]] = []
 
@@ -209,7 +217,7 @@ async def test_container_killed_at_every_step(
         for container in target.containers:
             if names.get(step) == container.name and container.name not in killed:
                 killed.add(container.name)
-                by_netns[target.inode] = step
+                steps_of[container.name] = step
                 await arun("docker", "kill", container.name)
 
     seam(kill_at)
@@ -227,15 +235,15 @@ async def test_container_killed_at_every_step(
                     await arun("docker", "run", "-d", "--name", names[step], *_IMAGE_SLEEP)
                 with trio.fail_after(60):
                     while len(killed) < len(STEPS) or any(  # noqa: ASYNC110
-                        _unfinished(stories(records, i)) for i in by_netns
+                        _unfinished(stories(records, container=c)) for c in steps_of
                     ):
                         await trio.sleep(0.1)
                 eng.stop()
     finally:
         remove_containers(list(names.values()))
-    assert len(by_netns) == len(STEPS)
-    for inode, step in by_netns.items():
-        story = stories(records, inode)
+    assert len(steps_of) == len(STEPS)
+    for name, step in steps_of.items():
+        story = stories(records, container=name)
         # The engine may learn of the death before it tries a program: then that program has
         # no record at all (the container_removed record tells the story); never half of one.
         for program, seen in story.items():

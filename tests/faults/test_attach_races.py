@@ -168,7 +168,7 @@ async def test_named_netns_damaged_at_every_step(gadgets: list[str], seam: Seam)
         if case.netns.name not in stale:
             assert case.settled(records, stopped=True), (str(case), case.story(records))
     assert filters_of(os.getpid()) == []
-    assert open_fds() == fds
+    assert open_fds() <= fds  # fewer: an earlier test's garbage was collected meanwhile
 
 
 async def _run_case(
@@ -249,7 +249,7 @@ async def test_container_killed_at_every_step(
         for program, seen in story.items():
             assert seen in (["attach_failed"], ["attached", "detached"]), (step, program, seen)
     assert filters_of(os.getpid()) == []
-    assert open_fds() == fds
+    assert open_fds() <= fds  # fewer: an earlier test's garbage was collected meanwhile
 
 
 def _unfinished(story: dict[str, list[str]]) -> bool:

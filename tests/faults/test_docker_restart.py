@@ -174,4 +174,4 @@ async def test_daemon_stop_kill_restart_while_containers_churn(names: list[str])
     detached = [tuple(r[k] for k in key) for r in records if r["type"] == "detached"]
     assert sorted(attached) == sorted(detached)
     assert filters_of(os.getpid()) == []
-    assert open_fds() == fds
+    assert open_fds() <= fds  # fewer: an earlier test's garbage was collected meanwhile

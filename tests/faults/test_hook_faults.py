@@ -47,7 +47,7 @@ async def test_failing_task_started_by_a_hook_ends_the_engine_cleanly(flood_gadg
 
             async for _record in eng.events():
                 pass
-    assert open_fds() == fds
+    assert open_fds() <= fds  # fewer: an earlier test's garbage was collected meanwhile
 
 
 async def test_hook_that_never_returns_does_not_hold_up_stop(flood_gadget: str) -> None:
@@ -95,4 +95,4 @@ async def test_consumer_that_never_reads(flood_gadget: str) -> None:
     assert seen > 0
     assert len(left) >= 64
     assert filters_of(os.getpid()) == []
-    assert open_fds() == fds
+    assert open_fds() <= fds  # fewer: an earlier test's garbage was collected meanwhile

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from engine import libbcc, skb_netns
+from engine.attach import Attached, AttachFailed, Detached
 from engine.attach_static import static_attacher
 from engine.containers import ContainerAdded, ContainerEvent, ContainerRemoved
 from engine.decode import RecordDecoder, build_decoder, fields_from_bcc
@@ -31,6 +32,7 @@ from engine.docker_source import DockerSource
 from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
 from engine.features import probe_features
 from engine.gadget import Gadget
+from engine.held import Held
 from engine.hooks import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
 from engine.host_iterators import HostIteratorRunner, host_iterators
 from engine.iterators import iterator_only_maps
@@ -44,7 +46,7 @@ from engine.security import check_all_trusted, require_capabilities
 from engine.selection import Selection
 from engine.source_text import function_body
 from engine.tc_returns import tc_return_warnings
-from engine.world import World
+from engine.world import DEFAULT_IDENTIFY_TIMEOUT, Identified, Verdict, World
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ class MapStats:
     delivered: int = 0
     lost_kernel: int = 0
     lost_engine: int = 0
+    lost_pending: int = 0  # held for a netns pending identification, over the bound
+    # Read from a netns traced speculatively that turned out not to be the user's (or was
+    # never identified): dropped, not lost, since they were never the user's records.
+    unselected: int = 0
 
     def to_json(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -90,7 +96,7 @@ class Stats:
 
     @property
     def lost(self) -> int:
-        return sum(m.lost_kernel + m.lost_engine for m in self.maps.values())
+        return sum(m.lost_kernel + m.lost_engine + m.lost_pending for m in self.maps.values())
 
 
 def map_writers(gadget: Gadget, map_name: str) -> str | None:
@@ -240,6 +246,7 @@ async def open_engine(
     reconcile_interval: float = 30.0,
     trust_files: bool = False,
     all_or_nothing: bool = False,
+    identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -249,6 +256,9 @@ async def open_engine(
     the Docker and netns sources (static probes only). Per-netns iterators run when a netns
     is attached and then every ``iter_interval`` seconds; the picture of containers and
     netns is reconciled every ``reconcile_interval`` seconds against missed events.
+    With a selection, a container runtime's new netns is traced at once, before the runtime
+    says whose it is, for up to ``identify_timeout`` seconds; its records are held until then
+    and released if its container is selected (docs/events.md, "Speculative attach").
     Gadget files that anyone but root (or this user) could change are refused with
     ``UntrustedFileError`` unless ``trust_files=True``; missing capabilities raise
     ``MissingCapabilitiesError`` before anything is compiled (see ``engine.security``).
@@ -279,7 +289,9 @@ async def open_engine(
     if supported is None:
         supported = await probed_support()
     with unwrap_single_exception():
-        options = _Options(containers, iter_interval, reconcile_interval, all_or_nothing)
+        options = _Options(
+            containers, iter_interval, reconcile_interval, all_or_nothing, identify_timeout
+        )
         async with _running(
             parsed,
             buffer,
@@ -298,6 +310,7 @@ class _Options:
     iter_interval: float
     reconcile_interval: float
     all_or_nothing: bool
+    identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT
 
 
 @attrs.frozen
@@ -341,7 +354,9 @@ async def _running(
         selection,
         host_netns=_inode("/proc/self/ns/net"),
         host_mntns=_inode("/proc/self/ns/mnt"),
+        identify_timeout=options.identify_timeout,
     )
+    held = Held()
     send, receive = trio.open_memory_channel[Record](buffer)
     stats = Stats()
     outlet = _Outlet(send, stats, reserve=buffer // 8)
@@ -360,7 +375,9 @@ async def _running(
                 failures.append(item)
                 continue
             try:
-                loaded_all.append(await _start_gadget(item, supported, stack, work, outlet, world))
+                loaded_all.append(
+                    await _start_gadget(item, supported, stack, work, outlet, (world, held))
+                )
             except EngineError as exc:
                 if options.all_or_nothing:
                     raise
@@ -375,11 +392,11 @@ async def _running(
             spec = it.program.spec
             outlet.put(ProgramAttached(it.loaded.gadget.name, spec.function, "iter", spec.target))
         await work.start(runner.run)
-        per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval)
+        per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval, held=held)
         if any(p.spec.kind is Kind.CLASSIFIER for g in loaded_all for p in g.programs.values()):
             per_netns.links = LinkWatcher()
             await work.start(per_netns.links.run)
-        tracker = _Tracker(world, per_netns, loaded_all, outlet, options)
+        tracker = _Tracker(world, per_netns, loaded_all, outlet, options, held)
         if options.containers:
             await work.start(tracker.run)
         engine = Engine(
@@ -428,10 +445,11 @@ async def _start_gadget(  # noqa: PLR0917 - the engine's parts this gadget plugs
     stack: contextlib.AsyncExitStack,
     work: trio.Nursery,
     outlet: _Outlet,
-    world: World,
+    picture: tuple[World, Held],
 ) -> LoadedGadget:
     """Compile, load and attach one gadget, its buffers read in ``work``; what it holds is
     released by ``stack``. On failure, whatever it had set up is released at once."""
+    world, held = picture
     skipped = check_supported(gadget, supported)
     attached: list[Record] = []
     async with contextlib.AsyncExitStack() as own:
@@ -441,7 +459,7 @@ async def _start_gadget(  # noqa: PLR0917 - the engine's parts this gadget plugs
         _sync_filter(loaded, world)
         # Readers exist before anything is attached (a perf buffer drops records written
         # before its reader); they are watched once the whole gadget is up.
-        pump = _open_pump(loaded, outlet, own, world)
+        pump = _open_pump(loaded, outlet, own, world, held)
         for program in loaded.programs.values():
             attacher = static_attacher(program.spec.kind)
             if attacher is None or program.spec.per_netns:
@@ -470,6 +488,7 @@ def _open_pump(
     outlet: _Outlet,
     stack: contextlib.AsyncExitStack,
     world: World,
+    held: Held,
 ) -> BufferPump | None:
     gadget = loaded.gadget
     typing_only = iterator_only_maps(gadget)
@@ -484,11 +503,23 @@ def _open_pump(
     def on_batch(name: str, batch: list[bytes]) -> None:
         decode = decoders[name].decode
         program = programs[name]
-        container_for, container_json = world.container_for, world.container_json
-        outlet.stats.for_map(gadget_name, name).received += len(batch)
+        container_for, container_json, screen = (
+            world.container_for,
+            world.container_json,
+            world.screen,
+        )
+        stats = outlet.stats.for_map(gadget_name, name)
+        stats.received += len(batch)
         records: list[Record] = []
         for raw in batch:
             data = decode(raw)
+            verdict, inode = screen(data)
+            if verdict is Verdict.HOLD:
+                held.hold_event(inode, Event(gadget_name, name, program, data))
+                continue
+            if verdict is Verdict.DROP:
+                stats.unselected += 1
+                continue
             container = container_for(data)
             records.append(
                 Event(
@@ -550,8 +581,10 @@ class _Tracker:
     loaded: list[LoadedGadget]
     outlet: _Outlet
     options: _Options
+    held: Held
     corrections: int = 0
     _lock: trio.Lock = attrs.Factory(trio.Lock)
+    _pending_added: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from engine.attach import owner_alive, remove_orphan_filters
@@ -572,6 +605,7 @@ class _Tracker:
             nursery.start_soon(self._follow_docker, docker_receive)
             nursery.start_soon(self._follow_netns, netns_receive)
             nursery.start_soon(self._reconcile_periodically)
+            nursery.start_soon(self._settle_on_timeouts)
 
     async def _drain(
         self,
@@ -608,16 +642,70 @@ class _Tracker:
 
     def _apply_netns(self, record: Any) -> None:
         if isinstance(record, NetnsAdded):
-            self.world.add_netns(record.netns_id.inode, record.path)
+            self.world.add_netns(record.netns_id.inode, record.path, trio.current_time())
+            if self.world.is_pending(record.netns_id.inode):
+                self._pending_added.set()
         elif isinstance(record, NetnsRemoved):
             self.world.remove_netns(record.netns_id.inode)
         self.outlet.put(record)
 
     async def changed(self) -> int:
         async with self._lock:
+            # Settled first: the held records (attach records included) reach consumers
+            # before the detach records of a netns that stops being traced.
+            for identified in self.world.settle(trio.current_time()):
+                self._release(identified)
             for loaded in self.loaded:
                 _sync_filter(loaded, self.world)
             return await self.per_netns.reconcile(self.world.desired_netns())
+
+    def _release(self, identified: Identified) -> None:
+        """Hand over what a netns held while pending: named if kept, else dropped."""
+        taken = self.held.take(identified.inode)
+        container = identified.container
+        name = None if container is None else container.name
+        json = None if container is None else self.world.container_json(container)
+        stats = self.outlet.stats
+        for record in taken.records:
+            if isinstance(record, Event):
+                if identified.keep:
+                    named = attrs.evolve(record, container=json)
+                    self.outlet.deliver(record.gadget, record.source, [named])
+                else:
+                    stats.for_map(record.gadget, record.source).unselected += 1
+            elif isinstance(record, (Attached, Detached, AttachFailed)):
+                # Real attachments of the engine: reported either way, with the container
+                # they turned out to be (a speculative attach of an unselected container
+                # ends in `attached` then `detached`).
+                self.outlet.put(record if name is None else attrs.evolve(record, container=name))
+            else:
+                self.outlet.put(record)
+        for (gadget, source), count in taken.overflow.items():
+            if identified.keep:
+                stats.for_map(gadget, source).lost_pending += count
+                self.outlet.put(Lost(gadget, source, count, "pending"))
+            else:
+                stats.for_map(gadget, source).unselected += count
+        if taken.records or taken.overflow:
+            log.debug(
+                "netns %d identified (%s): %d held records %s",
+                identified.inode,
+                name,
+                len(taken.records),
+                "released" if identified.keep else "dropped (not selected)",
+            )
+
+    async def _settle_on_timeouts(self) -> None:
+        """Settle each pending netns when its identify timeout expires: sleeps until the
+        earliest deadline, or until a netns becomes pending while none was."""
+        while True:
+            deadline = self.world.next_deadline()
+            if deadline is None:
+                await self._pending_added.wait()
+                self._pending_added = trio.Event()
+                continue
+            await trio.sleep_until(deadline)
+            await self.changed()
 
     async def _reconcile_periodically(self) -> None:
         while True:

@@ -135,7 +135,11 @@ class Metrics:
                 lines.append(f"engine_events_{field}_total{labels} {getattr(stats, field)}")
         family("engine_events_lost_total", "counter", "Records lost, by where they were lost.")
         for (gadget, name), stats in sorted(maps.items()):
-            for where, count in (("kernel", stats.lost_kernel), ("engine", stats.lost_engine)):
+            for where, count in (
+                ("kernel", stats.lost_kernel),
+                ("engine", stats.lost_engine),
+                ("pending", stats.lost_pending),
+            ):
                 labels = _labels({"gadget": gadget, "map": name, "where": where})
                 lines.append(f"engine_events_lost_total{labels} {count}")
         hooks = {} if self.engine is None else self.engine.hook_stats

@@ -5,6 +5,10 @@ that should no longer be traced have their task cancelled (which detaches everyt
 reverse order), new ones get a task started with ``nursery.start`` — the task hands back its
 own cancel scope, its stop handle. Attachments inside a task are async context managers, so
 each has one owner that always releases it, whatever goes wrong.
+
+A netns traced speculatively (pending identification, engine/world.py) is attached at once;
+its records (attach lifecycle and iterator events) wait in ``held`` until the runtime says
+whose it is, so that they name the container, or are dropped if it is not selected.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from engine.attach import (
     run_iter_in_netns,
 )
 from engine.errors import AttachError
+from engine.held import Held
 from engine.loader import LoadedGadget, LoadedProgram
 from engine.netns import LinkWatcher, NetnsHandle, NetnsId
 from engine.records import Event, Record
@@ -64,6 +69,8 @@ class _IterRound:
 
 @attrs.define
 class NetnsState:
+    """One traced netns; ``target`` follows the world (its containers, once identified)."""
+
     target: NetnsTarget
     scope: trio.CancelScope
     seen_at: float
@@ -79,6 +86,7 @@ class PerNetns:
     world: World
     iter_interval: float = 10.0
     links: LinkWatcher | None = None
+    held: Held | None = None  # where records of netns pending identification wait
     running: dict[int, NetnsState] = attrs.Factory(dict)
     latencies: list[float] = attrs.Factory(list)  # seconds from netns seen to all attached
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
@@ -100,9 +108,10 @@ class PerNetns:
             if state is not None:
                 state.target = target
                 continue
-            seen = time.monotonic()
-            scope = await self.nursery.start(self._netns_task, target, seen)
-            self.running[inode] = NetnsState(target, scope, seen)
+            # The task reads the live state: names in its records follow identification.
+            state = NetnsState(target, trio.CancelScope(), time.monotonic())
+            self.running[inode] = state
+            await self.nursery.start(self._netns_task, state)
             changes += 1
         return changes
 
@@ -116,46 +125,51 @@ class PerNetns:
 
     async def _netns_task(
         self,
-        target: NetnsTarget,
-        seen: float,
+        state: NetnsState,
         *,
-        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            await self._attach_all(target, seen)
+        with state.scope:
+            task_status.started()
+            await self._attach_all(state)
 
     def _container_name(self, target: NetnsTarget) -> str | None:
         return target.containers[0].name if target.containers else None
+
+    def _emit_for(self, inode: int, record: Record) -> None:
+        """Emit now, or hold while the netns is pending identification (keeps the order)."""
+        if self.held is not None and self.world.is_pending(inode):
+            self.held.hold(inode, record)
+        else:
+            self.emit(record)
 
     def _gadget_name(self, program: LoadedProgram) -> str:
         # Records name the gadget: several gadgets may have functions of the same name.
         return next(g.gadget.name for g in self.loaded if program in g.programs.values())
 
-    async def _attach_all(self, target: NetnsTarget, seen: float) -> None:
+    async def _attach_all(self, state: NetnsState) -> None:
         # Programs without a record yet: if the netns stops being traced before they are
         # attached, each still gets its one `attach_failed`, so that every program ends with
         # `attached` then `detached`, or with `attach_failed`.
         pending = [program for _, program in self.programs()]
         try:
-            await self._attach_and_run(target, seen, pending)
+            await self._attach_and_run(state, pending)
         except trio.Cancelled:
             for program in pending:
                 self._failed(
                     program,
-                    target,
+                    state.target,
                     None,
                     AttachError(
                         program.spec.function,
                         "the netns stopped being traced during the attach",
-                        netns=target.label,
+                        netns=state.target.label,
                     ),
                 )
             raise
 
-    async def _attach_and_run(
-        self, target: NetnsTarget, seen: float, pending: list[LoadedProgram]
-    ) -> None:
+    async def _attach_and_run(self, state: NetnsState, pending: list[LoadedProgram]) -> None:
+        target, seen = state.target, state.seen_at
         await _step("open", target)
         try:
             handle = await trio.to_thread.run_sync(NetnsHandle.open, target.path)
@@ -184,27 +198,25 @@ class PerNetns:
             netns = handle.id
             for gadget, program in self.programs():
                 kind = program.spec.kind
-                await _step("attach", target)
+                await _step("attach", state.target)
                 try:
                     if kind is Kind.SOCKET:
                         await stack.enter_async_context(
                             attach_socket_filter(program.fd, program.spec.function, handle)
                         )
-                        self._attached(stack, program, "socket", netns, None, target, seen)
+                        self._attached(stack, program, "socket", netns, None, state)
                     elif kind is Kind.CLASSIFIER:
-                        await self._attach_tc(stack, program, handle, netns, target, seen=seen)
+                        await self._attach_tc(stack, program, handle, netns, state)
                     elif kind is Kind.ITER:
                         iterators.append((gadget, program))
                 except AttachError as exc:
-                    self._failed(program, target, exc.interface, exc)
+                    self._failed(program, state.target, exc.interface, exc)
                 pending.remove(program)
-            await _step("attached", target)
-            state = self.running.get(target.inode)
-            if state is not None:
-                state.attached_at = time.monotonic()
+            await _step("attached", state.target)
+            state.attached_at = time.monotonic()
             self.latencies.append(time.monotonic() - seen)
             if iterators:
-                await self._iterate(iterators, handle, target)
+                await self._iterate(iterators, handle, state)
             else:
                 await trio.sleep_forever()
 
@@ -214,27 +226,31 @@ class PerNetns:
         program: LoadedProgram,
         handle: NetnsHandle,
         netns: NetnsId,
-        target: NetnsTarget,
-        *,
-        seen: float,
+        state: NetnsState,
     ) -> None:
         direction = Direction(program.spec.section.parts[0])
-        peers = await self._wait_for_peers(handle, program, target)
+        peers = await self._wait_for_peers(handle, program, state.target)
         for peer in peers:
-            await _step("add_filter", target)
+            await _step("add_filter", state.target)
+            # Known before the filter runs: its first records must name (or be held for)
+            # this netns, never pass as nobody's.
+            self.world.host_ifindexes[peer.host_ifindex] = state.target.inode
+            stack.callback(self.world.forget_ifindex, peer.host_ifindex)
             try:
                 await stack.enter_async_context(
                     attach_classifier(
-                        program.fd, program.spec.function, peer, direction, netns=target.label
+                        program.fd,
+                        program.spec.function,
+                        peer,
+                        direction,
+                        netns=state.target.label,
                     )
                 )
             except AttachError as exc:
-                self._failed(program, target, peer.host_ifname, exc)
+                self._failed(program, state.target, peer.host_ifname, exc)
                 continue
-            self.world.host_ifindexes[peer.host_ifindex] = target.inode
-            stack.callback(self.world.host_ifindexes.pop, peer.host_ifindex, None)
             kind = f"classifier/{direction.value}"
-            self._attached(stack, program, kind, netns, peer.host_ifname, target, seen)
+            self._attached(stack, program, kind, netns, peer.host_ifname, state)
 
     async def _wait_for_peers(
         self, handle: NetnsHandle, program: LoadedProgram, target: NetnsTarget
@@ -267,15 +283,26 @@ class PerNetns:
         kind: str,
         netns: NetnsId,
         interface: str | None,
-        target: NetnsTarget,
-        seen: float,
+        state: NetnsState,
     ) -> None:
-        name, gadget = self._container_name(target), self._gadget_name(program)
-        latency = time.monotonic() - seen
-        self.emit(Attached(program.spec.function, kind, netns, interface, name, gadget, latency))
-        stack.callback(
-            self.emit, Detached(program.spec.function, kind, netns, interface, name, gadget)
+        target, gadget = state.target, self._gadget_name(program)
+        latency = time.monotonic() - state.seen_at
+        speculative = target.speculative
+        name = self._container_name(target)
+        attached = Attached(
+            program.spec.function, kind, netns, interface, name, gadget, latency, speculative
         )
+        self._emit_for(target.inode, attached)
+
+        def detached() -> None:
+            # Named as the netns is known by now (it may have been identified meanwhile).
+            now = self._container_name(state.target)
+            record = Detached(
+                program.spec.function, kind, netns, interface, now, gadget, speculative
+            )
+            self._emit_for(target.inode, record)
+
+        stack.callback(detached)
 
     def _failed(
         self,
@@ -285,7 +312,8 @@ class PerNetns:
         error: AttachError,
     ) -> None:
         kind = program.spec.kind.value
-        self.emit(
+        self._emit_for(
+            target.inode,
             AttachFailed(
                 program.spec.function,
                 kind,
@@ -294,7 +322,8 @@ class PerNetns:
                 error,
                 self._container_name(target),
                 self._gadget_name(program),
-            )
+                target.speculative,
+            ),
         )
 
     def _failed_all(self, target: NetnsTarget, problem: str) -> None:
@@ -310,22 +339,23 @@ class PerNetns:
         self,
         iterators: list[tuple[LoadedGadget, LoadedProgram]],
         handle: NetnsHandle,
-        target: NetnsTarget,
+        state: NetnsState,
     ) -> None:
         round_ = _IterRound()
-        self._iter_now[target.inode] = round_  # a request during the first run waits for it
+        inode = state.target.inode
+        self._iter_now[inode] = round_  # a request during the first run waits for it
         try:
             while True:
                 for gadget, program in iterators:
-                    await self._run_iterator(gadget, program, handle, target)
+                    await self._run_iterator(gadget, program, handle, state.target)
                 round_.done.set()
                 # A request made from now on is answered by the next run.
                 round_ = _IterRound()
-                self._iter_now[target.inode] = round_
+                self._iter_now[inode] = round_
                 with trio.move_on_after(self.iter_interval):
                     await round_.wake.wait()
         finally:
-            self._iter_now.pop(target.inode, None)
+            self._iter_now.pop(inode, None)
             round_.done.set()
 
     async def _run_iterator(
@@ -343,4 +373,8 @@ class PerNetns:
         )
         source = iter_source(gadget, program)
         for data in decode_iter_output(gadget, program, raw):
-            self.emit(Event(gadget.gadget.name, source, program.spec.function, data, container))
+            event = Event(gadget.gadget.name, source, program.spec.function, data, container)
+            if self.held is not None and self.world.is_pending(target.inode):
+                self.held.hold_event(target.inode, event)
+            else:
+                self.emit(event)

@@ -44,7 +44,9 @@ class Lost:
     gadget: str
     source: str
     count: int
-    where: str  # "kernel" (buffer full) or "engine" (a consumer fell behind)
+    # "kernel" (buffer full), "engine" (a consumer fell behind) or "pending" (held while
+    # their netns was pending identification, over the per-netns bound)
+    where: str
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +96,7 @@ class ProgramAttached:
             "netns": None,
             "interface": None,
             "container": None,
+            "speculative": False,
         }
 
 

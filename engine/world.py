@@ -1,11 +1,20 @@
 """What the engine believes exists: containers, network namespaces, and what is selected.
 
-Pure bookkeeping (no I/O): the engine feeds it source records and asks it which netns
-should carry per-netns programs and which container a record came from.
+Pure bookkeeping (no I/O, no clock): the engine feeds it source records, with the time when
+that matters, and asks it which netns should carry per-netns programs, which container a
+record came from, and whether a record may reach consumers yet.
+
+Speculative attach: a container runtime creates a container's netns 0.1-1.3 s before it
+reports the container, and the container's first packets leave within milliseconds of that
+report. A netns under a runtime's netns folder that no known container claims is therefore
+*pending identification*: with a selection it is traced at once, for up to
+``identify_timeout`` seconds, and the records that come from it are held (engine/held.py)
+until the runtime says whose it is (``settle``).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,19 +23,51 @@ import attrs
 from engine.containers import Container
 from engine.selection import Selection
 
+# Where container runtimes put the netns files of their containers (bind mounts).
+RUNTIME_NETNS_DIRS = ("/run/docker/netns/", "/var/run/docker/netns/")
+DEFAULT_IDENTIFY_TIMEOUT = 5.0
+
+
+def is_runtime_netns(path: str) -> bool:
+    return path.startswith(RUNTIME_NETNS_DIRS)
+
 
 @attrs.frozen
 class NetnsTarget:
-    """A netns that should carry the per-netns programs, and the containers in it."""
+    """A netns that should carry the per-netns programs, and the containers in it.
+
+    ``speculative``: traced before the runtime said whose it is (pending identification).
+    """
 
     inode: int
     path: str
     containers: tuple[Container, ...]
+    speculative: bool = False
 
     @property
     def label(self) -> str:
         names = ",".join(c.name for c in self.containers)
         return f"netns:[{self.inode}]" + (f" ({names})" if names else "")
+
+
+class Verdict(enum.Enum):
+    """What to do with a gadget record now (``World.screen``)."""
+
+    DELIVER = "deliver"
+    HOLD = "hold"  # its netns is pending identification
+    DROP = "drop"  # its netns belongs to no selected container
+
+
+@attrs.frozen
+class Identified:
+    """A netns that stopped pending: its records are released (``keep``) or dropped.
+
+    ``container`` is None when the runtime never claimed it (timeout, or the netns vanished).
+    """
+
+    inode: int
+    container: Container | None
+    keep: bool
 
 
 @attrs.define
@@ -37,6 +78,15 @@ class World:
     host_netns: int | None = None
     host_mntns: int | None = None
     host_ifindexes: dict[int, int] = attrs.Factory(dict)  # host-side veth → its netns inode
+    identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT
+    _pending: dict[int, float] = attrs.Factory(dict)  # netns inode → identify deadline
+    _vanished: list[int] = attrs.Factory(list)  # pending netns removed before they settled
+    # Netns traced speculatively that turned out not to be the user's, and the host-side veths
+    # they had: their records still in the buffers must not reach consumers. Forgotten with
+    # the netns.
+    _rejected: set[int] = attrs.Factory(set)
+    _rejected_ifindexes: dict[int, int] = attrs.Factory(dict)
+    _unselected_netns: tuple[Selection, frozenset[int]] | None = None
 
     # Lookups by namespace or cgroup id, and each container's JSON, made once per change
     # rather than once per event.
@@ -55,6 +105,7 @@ class World:
     def _reindex(self) -> None:
         self._index.clear()
         self._json.clear()
+        self._unselected_netns = None
         # Insertion order: the first container of a shared netns names it, as before.
         for c in reversed(list(self.containers.values())):
             for attribute in ("mntns_inode", "netns_inode", "cgroup_id"):
@@ -69,11 +120,118 @@ class World:
             cached = self._json[container.id] = container.to_json()
         return cached
 
-    def add_netns(self, inode: int, path: str) -> None:
+    def add_netns(self, inode: int, path: str, now: float) -> None:
+        """A netns was seen at ``now``: pending if a runtime made it and no container claims it.
+
+        With no selection every netns is traced and its records delivered as they come, as
+        before: nothing is pending then.
+        """
         self.netns_paths[inode] = path
+        if (
+            not self.selection.selects_everything
+            and is_runtime_netns(path)
+            and inode != self.host_netns
+            and inode not in self._pending
+            and ("netns_inode", inode) not in self._index
+        ):
+            self._pending[inode] = now + self.identify_timeout
 
     def remove_netns(self, inode: int) -> None:
         self.netns_paths.pop(inode, None)
+        if self._pending.pop(inode, None) is not None:
+            self._vanished.append(inode)
+        self._rejected.discard(inode)
+        for ifindex in [i for i, n in self._rejected_ifindexes.items() if n == inode]:
+            del self._rejected_ifindexes[ifindex]
+
+    def is_pending(self, inode: int) -> bool:
+        return inode in self._pending
+
+    def next_deadline(self) -> float | None:
+        """When the earliest pending netns times out, if any is pending."""
+        return min(self._pending.values(), default=None)
+
+    def settle(self, now: float) -> list[Identified]:
+        """End the pending state of every netns a container now claims, or whose time is up.
+
+        A netns whose records may not reach consumers (its containers are all unselected, or
+        nobody claimed it while there is a selection) is remembered as rejected.
+        """
+        out: list[Identified] = []
+        for inode in self._vanished:
+            out.append(self._settled(inode, None))
+        self._vanished.clear()
+        for inode, deadline in list(self._pending.items()):
+            claimer = self._find("netns_inode", inode)
+            if claimer is None and now < deadline:
+                continue
+            del self._pending[inode]
+            out.append(self._settled(inode, claimer))
+        return out
+
+    def _settled(self, inode: int, claimer: Container | None) -> Identified:
+        if claimer is None:
+            keep = self.selection.selects_everything
+        else:
+            keep = any(
+                self.selection.matches(c)
+                for c in self.containers.values()
+                if c.netns_inode == inode
+            )
+        if not keep:
+            self._rejected.add(inode)
+            for ifindex, netns in self.host_ifindexes.items():
+                if netns == inode:
+                    self._rejected_ifindexes[ifindex] = inode
+        return Identified(inode, claimer, keep)
+
+    def forget_ifindex(self, ifindex: int) -> None:
+        """A classifier left this host-side veth; its records may still be in the buffers."""
+        inode = self.host_ifindexes.pop(ifindex, None)
+        if inode is not None and inode in self._rejected:
+            self._rejected_ifindexes[ifindex] = inode
+
+    def screen(self, data: Mapping[str, Any]) -> tuple[Verdict, int]:
+        """Whether a gadget record may reach consumers now, and the netns it came from (0:
+        not known).
+
+        Only records that name a netns (rules 2 and 3 of ``container_for``) are screened:
+        static probes carry a mount namespace and are filtered in the kernel.
+        """
+        if self.selection.selects_everything and not self._pending:
+            return Verdict.DELIVER, 0
+        if _first_id(data, ("mntns_id", "mntns")) is not None:
+            return Verdict.DELIVER, 0
+        inode = _first_id(data, ("netns_id", "netns"))
+        if inode is None or inode == self.host_netns:
+            ifindex = data.get("ifindex")
+            if not isinstance(ifindex, int):
+                return Verdict.DELIVER, 0
+            inode = self.host_ifindexes.get(ifindex) or self._rejected_ifindexes.get(ifindex)
+            if inode is None:
+                return Verdict.DELIVER, 0
+        if inode in self._pending:
+            return Verdict.HOLD, inode
+        if self.selection.selects_everything:
+            return Verdict.DELIVER, inode
+        if inode in self._rejected or inode in self._netns_of_unselected():
+            return Verdict.DROP, inode
+        return Verdict.DELIVER, inode
+
+    def _netns_of_unselected(self) -> frozenset[int]:
+        """Netns whose containers are all unselected (made once per change of either)."""
+        cached = self._unselected_netns
+        if cached is not None and cached[0] is self.selection:
+            return cached[1]
+        inside: dict[int, bool] = {}
+        for c in self.containers.values():
+            if c.netns_inode is not None and c.netns_inode != self.host_netns:
+                inside[c.netns_inode] = inside.get(c.netns_inode, False) or self.selection.matches(
+                    c
+                )
+        found = frozenset(inode for inode, selected in inside.items() if not selected)
+        self._unselected_netns = (self.selection, found)
+        return found
 
     def selected(self) -> list[Container]:
         return [c for c in self.containers.values() if self.selection.matches(c)]
@@ -89,8 +247,9 @@ class World:
         """The netns that should carry per-netns programs, by inode.
 
         With no selection every netns known (but the host's) is traced as soon as it is
-        seen, before the runtime says whose it is; with a selection, only the netns of
-        selected containers. Containers on the host network never make the host's netns a
+        seen, before the runtime says whose it is; with a selection, the netns of selected
+        containers, and those pending identification (``speculative``) until ``settle``
+        says whose they are. Containers on the host network never make the host's netns a
         target (their traffic is the host's).
         """
         by_inode: dict[int, list[Container]] = {}
@@ -102,6 +261,11 @@ class World:
             for inode, path in self.netns_paths.items():
                 if inode != self.host_netns:
                     out[inode] = NetnsTarget(inode, path, tuple(by_inode.get(inode, ())))
+        else:
+            for inode in self._pending:
+                pending_path = self.netns_paths.get(inode)
+                if pending_path is not None and inode not in by_inode:
+                    out[inode] = NetnsTarget(inode, pending_path, (), speculative=True)
         for inode, members in by_inode.items():
             chosen = [c for c in members if self.selection.matches(c)]
             if not chosen:

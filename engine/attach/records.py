@@ -19,6 +19,7 @@ def _base(
     interface: str | None,
     container: str | None,
     gadget: str | None,
+    speculative: bool,
 ) -> dict[str, Any]:
     return {
         "type": kind_of_record,
@@ -28,6 +29,7 @@ def _base(
         "netns": netns.inode,
         "interface": interface,
         "container": container,
+        "speculative": speculative,
     }
 
 
@@ -39,6 +41,7 @@ def _fields(record: Attached | Detached | AttachFailed) -> dict[str, Any]:
         "interface": record.interface,
         "container": record.container,
         "gadget": record.gadget,
+        "speculative": record.speculative,
     }
 
 
@@ -47,7 +50,8 @@ class Attached:
     """`program` (a function of `gadget`) of `kind` ("socket", "classifier/ingress",
     "iter/tcp"...) now runs for `netns`; `interface` is the host-side interface for a
     classifier. `latency`: seconds from when the engine saw the netns to this attachment
-    being in place."""
+    being in place. `speculative`: made while the netns was pending identification (before
+    the runtime said whose it is; docs/events.md)."""
 
     program: str
     kind: str
@@ -56,6 +60,7 @@ class Attached:
     container: str | None = None
     gadget: str | None = None
     latency: float | None = None
+    speculative: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = _base("attached", **_fields(self))
@@ -71,6 +76,7 @@ class Detached:
     interface: str | None = None
     container: str | None = None
     gadget: str | None = None
+    speculative: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return _base("detached", **_fields(self))
@@ -85,6 +91,7 @@ class AttachFailed:
     error: AttachError
     container: str | None = None
     gadget: str | None = None
+    speculative: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = _base("attach_failed", **_fields(self))

@@ -8,7 +8,7 @@ import pytest
 
 from engine.containers import Container
 from engine.selection import Selection
-from engine.world import World
+from engine.world import Verdict, World
 
 HOST_NETNS = 4026531840
 
@@ -81,3 +81,120 @@ def test_skb_netns_helper_offsets_from_btf() -> None:
     dev = skb_netns.member_offset(btf, *skb_netns.SKB_DEV)
     assert 0 < dev < 64
     assert f"(void *)skb + {dev})" in text
+
+
+# --- speculative attach: netns pending identification --------------------------------------
+
+RUNTIME = "/run/docker/netns/"
+
+
+def selecting(*names: str, timeout: float = 5.0) -> World:
+    return World(
+        Selection.parse([f"name={n}" for n in names], (), False),
+        host_netns=HOST_NETNS,
+        identify_timeout=timeout,
+    )
+
+
+def container(name: str, netns: int, mntns: int) -> Container:
+    return Container(name * 4, name, "img", 10, netns_inode=netns, mntns_inode=mntns)
+
+
+def test_runtime_netns_is_traced_at_once_then_kept_when_selected() -> None:
+    w = selecting("web")
+    w.add_netns(101, RUNTIME + "aaa", now=0.0)
+    target = w.desired_netns()[101]
+    assert target.speculative
+    assert target.containers == ()
+    assert w.screen({"netns_id": 101}) == (Verdict.HOLD, 101)
+    w.add_container(container("web", 101, 201))
+    assert w.screen({"netns_id": 101}) == (Verdict.HOLD, 101)  # held until settled, in order
+    (identified,) = w.settle(now=0.5)
+    assert identified.keep
+    assert identified.container is not None
+    assert identified.container.name == "web"
+    assert not w.is_pending(101)
+    assert not w.desired_netns()[101].speculative
+    assert w.screen({"netns_id": 101}) == (Verdict.DELIVER, 101)
+    assert w.settle(now=10.0) == []
+
+
+def test_unselected_container_is_detached_and_its_records_dropped() -> None:
+    w = selecting("web")
+    w.add_netns(102, RUNTIME + "bbb", now=0.0)
+    w.host_ifindexes[55] = 102  # a classifier attached speculatively
+    w.add_container(container("db", 102, 202))
+    assert 102 not in w.desired_netns()  # the runtime said whose: not selected
+    (identified,) = w.settle(now=0.2)
+    assert not identified.keep
+    assert w.screen({"netns_id": 102}) == (Verdict.DROP, 102)
+    assert w.screen({"ifindex": 55}) == (Verdict.DROP, 102)
+    w.forget_ifindex(55)  # detached; its records may still be in the buffers
+    assert w.screen({"ifindex": 55}) == (Verdict.DROP, 102)
+    w.remove_container("db" * 4)
+    w.remove_netns(102)
+    assert w.screen({"ifindex": 55}) == (Verdict.DELIVER, 0)  # forgotten with the netns
+
+
+def test_never_identified_times_out() -> None:
+    w = selecting("web", timeout=5.0)
+    w.add_netns(103, RUNTIME + "ccc", now=10.0)
+    w.add_netns(104, RUNTIME + "ddd", now=12.0)
+    assert w.next_deadline() == 15.0
+    assert w.settle(now=14.9) == []
+    assert set(w.desired_netns()) == {103, 104}
+    (expired,) = w.settle(now=15.0)
+    assert (expired.inode, expired.container, expired.keep) == (103, None, False)
+    assert set(w.desired_netns()) == {104}
+    assert w.next_deadline() == 17.0
+    assert w.screen({"netns_id": 103}) == (Verdict.DROP, 103)
+
+
+def test_vanished_while_pending_settles() -> None:
+    w = selecting("web")
+    w.add_netns(105, RUNTIME + "eee", now=0.0)
+    w.remove_netns(105)
+    assert w.desired_netns() == {}
+    (gone,) = w.settle(now=0.1)
+    assert (gone.inode, gone.keep) == (105, False)
+    assert w.next_deadline() is None
+
+
+@pytest.mark.parametrize(
+    ("path", "inode", "known"),
+    [
+        ("/run/netns/mine", 106, False),  # `ip netns add`: not a runtime's
+        ("/proc/42/ns/net", 106, False),
+        (RUNTIME + "fff", HOST_NETNS, False),
+        (RUNTIME + "fff", 101, True),  # already claimed by a known container
+    ],
+)
+def test_not_pending(path: str, inode: int, known: bool) -> None:
+    w = selecting("web")
+    if known:
+        w.add_container(container("web", 101, 201))
+    w.add_netns(inode, path, now=0.0)
+    assert not w.is_pending(inode)
+    assert w.next_deadline() is None
+
+
+def test_no_selection_nothing_pending_or_held() -> None:
+    w = World(Selection.parse((), (), False), host_netns=HOST_NETNS)
+    w.add_netns(107, "/var/run/docker/netns/ggg", now=0.0)
+    assert not w.is_pending(107)
+    assert not w.desired_netns()[107].speculative
+    assert w.screen({"netns_id": 107}) == (Verdict.DELIVER, 0)
+
+
+def test_static_probe_records_are_not_screened() -> None:
+    w = selecting("web")
+    w.add_netns(108, RUNTIME + "hhh", now=0.0)
+    assert w.screen({"mntns_id": 999, "netns_id": 108}) == (Verdict.DELIVER, 0)
+
+
+def test_deselected_container_records_dropped() -> None:
+    w = selecting("web")
+    w.add_container(container("web", 101, 201))
+    assert w.screen({"netns_id": 101}) == (Verdict.DELIVER, 101)
+    w.selection = Selection.parse(["name=other"], (), False)
+    assert w.screen({"netns_id": 101}) == (Verdict.DROP, 101)

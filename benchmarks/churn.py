@@ -3,7 +3,9 @@
 (1) Containers are started at a fixed rate (1, 5, 20 per second) while the engine runs the
 per-netns gadget ``gadgets/per_netns.c`` selected on them. For each container, from the
 engine's own record stream: when its netns appeared (``netns_added``) and when the last of the
-gadget's per-netns programs was attached in it (``attached``); from Docker's event stream: its
+gadget's per-netns programs was attached in it (``attached``: for an attachment made before the
+container was identified, ``"speculative": true``, the record is held until then, so the time
+is the netns's appearance plus the record's ``latency``); from Docker's event stream: its
 ``start`` event. Latency from the netns and from the start event, p50/p99/max; the baseline in
 the same run is Docker's start event → netns appearance. All times are wall-clock seconds on
 this machine (Docker reports ``timeNano``), taken when a record reaches the benchmark's
@@ -77,6 +79,9 @@ class Timeline:
         if kind == "netns_added":
             self.netns_added.setdefault(record["netns"], at)
         elif kind == "attached" and record.get("netns") is not None:
+            appeared = self.netns_added.get(record["netns"])
+            if record.get("speculative") and appeared is not None:
+                at = appeared + record["latency"]  # held until identified: when it happened
             self.attached[record["netns"]].setdefault(record["program"], at)
             if record.get("container"):
                 self.netns_of[record["container"]] = record["netns"]

@@ -295,8 +295,10 @@ class PerNetns:
         self._emit_for(target.inode, attached)
 
         def detached() -> None:
-            # Named as the netns is known by now (it may have been identified meanwhile).
-            now = self._container_name(state.target)
+            # Named as the netns is known by now: identified meanwhile, perhaps as a container
+            # that is not selected (then the target, no longer desired, was never updated).
+            known = self.world.container_for({"netns": target.inode})
+            now = self._container_name(state.target) or (known.name if known else None)
             record = Detached(
                 program.spec.function, kind, netns, interface, now, gadget, speculative
             )

@@ -7,7 +7,8 @@ record came from, and whether a record may reach consumers yet.
 Speculative attach: a container runtime creates a container's netns 0.1-1.3 s before it
 reports the container, and the container's first packets leave within milliseconds of that
 report. A netns under a runtime's netns folder that no known container claims is therefore
-*pending identification*: with a selection it is traced at once, for up to
+*pending identification* (one reached through a process, before the runtime's file is
+found, too): with a selection it is traced at once, for up to
 ``identify_timeout`` seconds, and the records that come from it are held (engine/held.py)
 until the runtime says whose it is (``settle``).
 """
@@ -15,6 +16,7 @@ until the runtime says whose it is (``settle``).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +28,16 @@ from engine.selection import Selection
 # Where container runtimes put the netns files of their containers (bind mounts).
 RUNTIME_NETNS_DIRS = ("/run/docker/netns/", "/var/run/docker/netns/")
 DEFAULT_IDENTIFY_TIMEOUT = 5.0
+_PROCESS_NETNS = re.compile(r"/proc/\d+/ns/net")
 
 
 def is_runtime_netns(path: str) -> bool:
-    return path.startswith(RUNTIME_NETNS_DIRS)
+    """Whether a netns reached by ``path`` may be a container's that the runtime has not
+    reported yet: a runtime's netns file, or a process's netns. Under load the netns source
+    often finds a new container's netns through its first process, before the runtime's bind
+    mount is in place (seen with 11 containers started at once: 3 of them); ``ip netns add``
+    names (/run/netns) are never a container's."""
+    return path.startswith(RUNTIME_NETNS_DIRS) or _PROCESS_NETNS.fullmatch(path) is not None
 
 
 @attrs.frozen

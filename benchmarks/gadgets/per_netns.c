@@ -1,6 +1,8 @@
 // Churn, first-packet and leak gadget: every per-netns kind a gadget can have. Each program
 // reports the ICMP echo requests a container sends (its entrypoint pings the bridge once) to
-// the ring buffer `echoes`, so that the benchmark can tell whose first packet was seen.
+// the ring buffer `echoes`, so that the benchmark can tell whose first packet was seen. Each
+// record names its netns (socket: netns_id; TC: the host-side ifindex) as real gadgets do, so
+// that the engine holds it while that netns is pending identification (docs/events.md).
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
@@ -10,8 +12,10 @@
 #define ICMP_ECHO_REQUEST 8
 
 struct echo_t {
+    u64 netns_id;
     u32 saddr;
     u32 seen_by;
+    u32 ifindex;
 };
 
 BPF_RINGBUF_OUTPUT(echoes, 16);
@@ -32,6 +36,10 @@ static __always_inline void note_echo(struct __sk_buff *skb, u32 seen_by)
     if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &saddr, 4))
         return;
     struct echo_t e = {.saddr = saddr, .seen_by = seen_by};
+    if (seen_by == SEEN_BY_SOCKET)
+        e.netns_id = engine_skb_netns_id(skb);
+    else
+        e.ifindex = skb->ifindex;
     echoes.ringbuf_output(&e, sizeof(e), 0);
 }
 

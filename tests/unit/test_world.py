@@ -164,7 +164,6 @@ def test_vanished_while_pending_settles() -> None:
     ("path", "inode", "known"),
     [
         ("/run/netns/mine", 106, False),  # `ip netns add`: not a runtime's
-        ("/proc/42/ns/net", 106, False),
         (RUNTIME + "fff", HOST_NETNS, False),
         (RUNTIME + "fff", 101, True),  # already claimed by a known container
     ],
@@ -184,6 +183,14 @@ def test_no_selection_nothing_pending_or_held() -> None:
     assert not w.is_pending(107)
     assert not w.desired_netns()[107].speculative
     assert w.screen({"netns_id": 107}) == (Verdict.DELIVER, 0)
+
+
+def test_process_netns_is_pending_too() -> None:
+    # Found through the container's first process before the runtime's bind mount.
+    w = selecting("web")
+    w.add_netns(109, "/proc/42/ns/net", now=0.0)
+    assert w.is_pending(109)
+    assert not selecting("web").is_pending(109)
 
 
 def test_static_probe_records_are_not_screened() -> None:

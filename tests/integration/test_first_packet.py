@@ -1,0 +1,203 @@
+"""First-packet capture with a selection: speculative attach and held events (docs/events.md).
+
+A container runtime creates a container's netns before it reports the container, and a
+container's entrypoint can send its first packet within milliseconds of that report. With a
+selection, the engine attaches to a runtime's new netns at once and holds its events until
+Docker says whose it is: released, named, if the container is selected; dropped if not.
+
+Traffic stays on this machine: each container pings the docker bridge once as it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import engine
+from engine.engine import Engine
+from engine.gadget import Gadget
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
+BRIDGE = "172.17.0.1"  # the docker bridge: test traffic goes nowhere else
+BY_SOCKET, BY_TC = 0, 1
+SELECTED = 10
+PROGRAMS = {"first_socket", "first_tc_out", "first_tc_in"}
+
+# Echo requests only; each record names its netns as gadgets should (socket: netns_id; TC:
+# the host-side ifindex), which is what the engine holds records by.
+GADGET = r"""
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+
+struct echo_t { u64 netns_id; u32 saddr; u32 seen_by; u32 ifindex; };
+BPF_RINGBUF_OUTPUT(echoes, 64);
+
+static __always_inline void note(struct __sk_buff *skb, u32 seen_by)
+{
+    u8 vihl = 0, proto = 0, type = 0;
+    u32 saddr = 0;
+    if (skb->protocol != htons(ETH_P_IP))
+        return;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &vihl, 1) ||
+        bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1) ||
+        proto != IPPROTO_ICMP ||
+        bpf_skb_load_bytes(skb, ETH_HLEN + (vihl & 0xf) * 4, &type, 1) || type != 8 ||
+        bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &saddr, 4))
+        return;
+    struct echo_t e = {.saddr = saddr, .seen_by = seen_by};
+    if (seen_by == 0)
+        e.netns_id = engine_skb_netns_id(skb);
+    else
+        e.ifindex = skb->ifindex;
+    echoes.ringbuf_output(&e, sizeof(e), 0);
+}
+
+SEC("socket")
+int first_socket(struct __sk_buff *skb) { note(skb, 0); return 0; }
+
+SEC("classifier/egress/first_tc_out")
+int first_tc_out(struct __sk_buff *skb) { note(skb, 1); return TC_ACT_UNSPEC; }
+
+SEC("classifier/ingress/first_tc_in")
+int first_tc_in(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
+"""
+
+
+def docker(*args: str, check: bool = True) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check
+    ).stdout.strip()
+
+
+@attrs.define
+class Recorder:
+    records: list[dict[str, Any]] = attrs.Factory(list)
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    async def follow(self, eng: Engine) -> None:
+        async for record in eng.events():
+            self.records.append(record.to_json())
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def until(self, check: Callable[[], bool], seconds: float) -> None:
+        with trio.fail_after(seconds):
+            while not check():
+                await self._changed.wait()
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["type"] == kind]
+
+    def echoes(self) -> list[dict[str, Any]]:
+        return [r for r in self.of_type("event") if r["source"] == "echoes"]
+
+    def lifecycle(self, netns: int) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in self.records:
+            if r["type"] in ("attached", "detached", "attach_failed") and r["netns"] == netns:
+                out.setdefault(r["program"], []).append(r["type"])
+        return out
+
+
+@pytest.fixture
+def tag(docker_daemon: None) -> Iterator[str]:
+    tag = uuid.uuid4().hex[:8]
+    yield tag
+    names = docker("ps", "-aq", "--filter", f"name=engine-test-{tag}-", check=False).split()
+    if names:
+        docker("rm", "-f", *names, check=False)
+
+
+def our_tc_filters() -> list[str]:
+    """tc filters anywhere on the host that this process added (named engine_<pid>.<start>_)."""
+    out = subprocess.run(
+        [
+            "sh",
+            "-c",
+            "for l in $(ls /sys/class/net); do tc filter show dev $l ingress;"
+            " tc filter show dev $l egress; done 2>/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [line for line in out.splitlines() if f"engine_{os.getpid()}." in line]
+
+
+def start_all(names: list[str]) -> None:
+    """Start every container at once; each pings the bridge once as it starts."""
+    command = f"ping -c 1 -W 2 {BRIDGE} >/dev/null; exec sleep 300"
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(
+            pool.map(lambda n: docker("run", "-d", "--name", n, IMAGE, "sh", "-c", command), names)
+        )
+
+
+def inspect(name: str) -> tuple[str, int]:
+    """The container's address and netns inode."""
+    shown = docker("inspect", "-f", "{{.NetworkSettings.IPAddress}} {{.State.Pid}}", name)
+    address, pid = shown.split()
+    return address, os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+async def test_first_ping_of_every_selected_container_is_seen(tag: str) -> None:
+    selected = [f"engine-test-{tag}-sel-{i}" for i in range(SELECTED)]
+    other = f"engine-test-{tag}-other"
+    gadget = Gadget.from_source(GADGET, "first_packet.c")
+    rec = Recorder()
+    with trio.fail_after(120):
+        async with (
+            engine.open_engine(
+                gadget, select=[f"name=engine-test-{tag}-sel-*"], iter_interval=3600
+            ) as eng,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(rec.follow, eng)
+            await trio.to_thread.run_sync(start_all, [*selected, other])
+            seen = {n: await trio.to_thread.run_sync(inspect, n) for n in [*selected, other]}
+            addresses = {seen[n][0]: n for n in selected}
+
+            def first_pings() -> set[tuple[str, int]]:
+                return {(e["data"]["saddr"], e["data"]["seen_by"]) for e in rec.echoes()}
+
+            wanted = {(a, by) for a in addresses for by in (BY_SOCKET, BY_TC)}
+            try:
+                await rec.until(lambda: wanted <= first_pings(), 30)
+            except trio.TooSlowError:
+                missing = sorted(wanted - first_pings())
+                pytest.fail(f"first pings not seen (address, 0 socket / 1 TC): {missing}")
+            # Every echo names its container; the unselected container's never arrive.
+            other_address, other_netns = seen[other]
+            for echo in rec.echoes():
+                saddr = echo["data"]["saddr"]
+                assert saddr != other_address, echo
+                if saddr in addresses:
+                    assert echo["container"] is not None, echo
+                    assert echo["container"]["name"] == addresses[saddr], echo
+            # The unselected container was attached (at once, speculatively), then detached.
+            both = ["attached", "detached"]
+            await rec.until(lambda: rec.lifecycle(other_netns) == {p: both for p in PROGRAMS}, 15)
+            for r in rec.records:
+                if r["type"] in ("attached", "detached") and r["netns"] == other_netns:
+                    assert r["speculative"] is True, r
+                    assert r["container"] == other, r
+            # The selected ones' attach records name them (held until identified).
+            for name in selected:
+                netns = seen[name][1]
+                attached = [r for r in rec.of_type("attached") if r["netns"] == netns]
+                assert {r["program"] for r in attached} == PROGRAMS
+                assert all(r["container"] == name for r in attached), attached
+            assert not [r for r in rec.of_type("lost") if r["where"] == "pending"]
+            eng.stop()
+    assert our_tc_filters() == []

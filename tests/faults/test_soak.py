@@ -78,10 +78,12 @@ async def test_container_cycles_leave_everything_flat(docker_daemon: None) -> No
                 nursery.start_soon(collect)
                 for cycle in range(CYCLES):
                     if cycle == WARM_UP:
+                        await _settled(eng)
                         before, rss_before = snapshot(), rss_kib()
                     name = f"{prefix}-{cycle}"
                     made.append(name)
                     await _cycle(name, records)
+                await _settled(eng)
                 after, rss_after = snapshot(), rss_kib()
                 eng.stop()
     finally:
@@ -94,9 +96,19 @@ async def test_container_cycles_leave_everything_flat(docker_daemon: None) -> No
     assert fds_after == fds_before, (fds_after - fds_before, fds_before - fds_after)
     assert after == before
     assert rss_after - rss_before < RSS_GROWTH_KIB, (rss_before, rss_after)
-    failed = [r for r in records if r["type"] == "attach_failed"]
-    assert failed == []
+    # Other containers on the machine are traced for a moment, until Docker says they are
+    # not selected: their attachments may fail as they come and go. Ours never do.
+    failed = [r for r in records if r["type"] == "attach_failed" and r["container"] in made]
+    assert failed == [], "\n".join(map(str, failed[:5]))
     assert filters_of(os.getpid()) == []
+
+
+async def _settled(eng: Any) -> None:
+    """Until no netns is traced: ours are gone, and any other container's netns traced
+    while Docker had not yet said whose it is has been let go."""
+    with trio.fail_after(60):
+        while eng.per_netns.running:  # noqa: ASYNC110
+            await trio.sleep(0.05)
 
 
 async def _cycle(name: str, records: list[dict[str, Any]]) -> None:

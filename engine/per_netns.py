@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[Record], object]
 
+_ATTACH_ORDER = {Kind.SOCKET: 0, Kind.CLASSIFIER: 1, Kind.ITER: 2}
+
 # How long a new netns may take to receive its veth before classifiers give up on it.
 PEER_WAIT = 3.0
 
@@ -92,7 +94,10 @@ class PerNetns:
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
 
     def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
-        return [(g, p) for g in self.loaded for p in g.programs.values() if p.spec.per_netns]
+        """Per-netns programs in attach order: socket filters first, as they can attach the
+        moment a netns exists, then classifiers, which wait for the runtime's veth."""
+        found = [(g, p) for g in self.loaded for p in g.programs.values() if p.spec.per_netns]
+        return sorted(found, key=lambda gp: _ATTACH_ORDER[gp[1].spec.kind])
 
     async def reconcile(self, desired: dict[int, NetnsTarget]) -> int:
         """Start and stop netns tasks so that they match ``desired``; return how many changed."""

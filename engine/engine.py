@@ -583,6 +583,7 @@ class _Tracker:
     options: _Options
     held: Held
     corrections: int = 0
+    netns_source: NetnsSource = attrs.Factory(NetnsSource)
     _lock: trio.Lock = attrs.Factory(trio.Lock)
     _pending_added: trio.Event = attrs.Factory(trio.Event)
 
@@ -596,7 +597,7 @@ class _Tracker:
         docker_send, docker_receive = trio.open_memory_channel[ContainerEvent](256)
         netns_send, netns_receive = trio.open_memory_channel[NetnsEvent](256)
         async with trio.open_nursery() as nursery:
-            await nursery.start(NetnsSource().run, netns_send)
+            await nursery.start(self.netns_source.run, netns_send)
             await nursery.start(DockerSource().run, docker_send)
             # What the sources listed at start is in the channels: take it in before saying
             # the engine is ready, so that the first attachments are under way.
@@ -710,6 +711,7 @@ class _Tracker:
     async def _reconcile_periodically(self) -> None:
         while True:
             await trio.sleep(self.options.reconcile_interval)
+            self.netns_source.recheck()
             corrected = await self.changed()
             if corrected:
                 self.corrections += corrected

@@ -96,6 +96,7 @@ class NetnsSource:
     _pending_names: set[str] = attrs.field(factory=set, init=False)
     _host: NetnsId = attrs.field(factory=host_netns_id, init=False)
     scan_seconds: list[float] = attrs.field(factory=list, init=False)
+    _requests: trio.MemorySendChannel[_Wake] | None = attrs.field(default=None, init=False)
 
     async def run(
         self,
@@ -115,6 +116,7 @@ class NetnsSource:
                 await self._scan(nsids, send_channel)
                 task_status.started()
                 wake_send, wake_receive = trio.open_memory_channel[_Wake](64)
+                self._requests = wake_send.clone()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._follow_nsids, events, wake_send.clone())
                     nursery.start_soon(self._follow_dirs, inotify, wake_send.clone())
@@ -126,6 +128,19 @@ class NetnsSource:
             mounts.close()
             inotify.close()
             events.close()
+
+    def recheck(self) -> None:
+        """Look again at what exists: a safety net for what no event tells.
+
+        A netns that only a process reached (no file) and that our own sockets keep alive
+        after the process died is never destroyed, so no RTM_DELNSID comes for it; and a new
+        one can appear in a way no event shows. The engine calls this periodically.
+        """
+        if self._requests is None:
+            return
+        for wake in (_Wake(path_gone=True), _Wake(rescan=True)):
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                self._requests.send_nowait(wake)
 
     def _watch_dirs(self, inotify: Inotify) -> None:
         # `ip netns add` makes /run/netns too; making it first lets us watch it from the start.

@@ -39,6 +39,7 @@ from engine.iterators import iterator_only_maps
 from engine.loader import LoadedGadget, check_supported, load_gadget
 from engine.netns import LinkWatcher, NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
 from engine.per_netns import PerNetns
+from engine.preattach import PreAttacher
 from engine.pump import BufferMap, BufferPump, buffer_maps
 from engine.records import Event, GadgetFailed, Lost, ProgramAttached, ProgramSkipped, Record
 from engine.sections import Kind
@@ -46,7 +47,7 @@ from engine.security import check_all_trusted, require_capabilities
 from engine.selection import Selection
 from engine.source_text import function_body
 from engine.tc_returns import tc_return_warnings
-from engine.world import DEFAULT_IDENTIFY_TIMEOUT, Identified, Verdict, World
+from engine.world import DEFAULT_IDENTIFY_TIMEOUT, Identified, Verdict, World, preattached_key
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +340,21 @@ def unwrap_single_exception() -> Iterator[None]:
         raise
 
 
+async def _watch_links(per_netns: PerNetns, tracker: _Tracker, work: trio.Nursery) -> None:
+    """With classifiers: follow the host's links, so that they attach as soon as a veth is
+    in its netns, and (when containers are followed) pre-attach to new veths."""
+    classifiers = [p for _, p in per_netns.programs() if p.spec.kind is Kind.CLASSIFIER]
+    if not classifiers:
+        return
+    per_netns.links = LinkWatcher()
+    if tracker.options.containers:
+        per_netns.preattach = PreAttacher(
+            classifiers, work, tracker.world, settled=tracker.preattach_settled
+        )
+        per_netns.links.on_veth = per_netns.preattach.on_veth
+    await work.start(per_netns.links.run)
+
+
 @contextlib.asynccontextmanager
 async def _running(
     parsed: Sequence[Gadget | _Failure],
@@ -393,10 +409,8 @@ async def _running(
             outlet.put(ProgramAttached(it.loaded.gadget.name, spec.function, "iter", spec.target))
         await work.start(runner.run)
         per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval, held=held)
-        if any(p.spec.kind is Kind.CLASSIFIER for g in loaded_all for p in g.programs.values()):
-            per_netns.links = LinkWatcher()
-            await work.start(per_netns.links.run)
         tracker = _Tracker(world, per_netns, loaded_all, outlet, options, held)
+        await _watch_links(per_netns, tracker, work)
         if options.containers:
             await work.start(tracker.run)
         engine = Engine(
@@ -695,6 +709,39 @@ class _Tracker:
                 len(taken.records),
                 "released" if identified.keep else "dropped (not selected)",
             )
+
+    def preattach_settled(self, ifindex: int) -> None:
+        """A pre-attached veth was handed to a netns, or released: the events it wrote before
+        wait under its own key; they now go where that netns's go (engine/preattach.py)."""
+        taken = self.held.take(preattached_key(ifindex))
+        if not taken.records and not taken.overflow:
+            return
+        # Every one of them names this ifindex and nothing else (that is why they were held).
+        verdict, inode = (
+            self.world.screen({"ifindex": ifindex})
+            if ifindex in self.world.host_ifindexes
+            else (Verdict.DROP, 0)  # nobody claimed it: never the user's
+        )
+        if verdict is Verdict.HOLD:
+            self.held.merge(inode, taken)
+            return
+        stats = self.outlet.stats
+        container = self.world.container_for({"ifindex": ifindex})
+        json = None if container is None else self.world.container_json(container)
+        for record in taken.records:
+            if not isinstance(record, Event):
+                continue  # only gadget events are held by veth
+            if verdict is Verdict.DROP:
+                stats.for_map(record.gadget, record.source).unselected += 1
+            else:
+                named = attrs.evolve(record, container=json)
+                self.outlet.deliver(record.gadget, record.source, [named])
+        for (gadget, source), count in taken.overflow.items():
+            if verdict is Verdict.DROP:
+                stats.for_map(gadget, source).unselected += count
+            else:
+                stats.for_map(gadget, source).lost_pending += count
+                self.outlet.put(Lost(gadget, source, count, "pending"))
 
     async def _settle_on_timeouts(self) -> None:
         """Settle each pending netns when its identify timeout expires: sleeps until the

@@ -44,6 +44,14 @@ class Held:
         taken.events += 1
         taken.records.append(event)
 
+    def merge(self, inode: int, taken: Taken) -> None:
+        """Add what was held under another key (a pre-attached veth's) after ``inode``'s."""
+        into = self._by_netns.setdefault(inode, Taken())
+        into.records.extend(taken.records)
+        into.events += taken.events
+        for key, count in taken.overflow.items():
+            into.overflow[key] = into.overflow.get(key, 0) + count
+
     def take(self, inode: int) -> Taken:
         return self._by_netns.pop(inode, Taken())
 

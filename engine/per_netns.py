@@ -37,6 +37,7 @@ from engine.errors import AttachError
 from engine.held import Held
 from engine.loader import LoadedGadget, LoadedProgram
 from engine.netns import LinkWatcher, NetnsHandle, NetnsId
+from engine.preattach import PreAttacher
 from engine.records import Event, Record
 from engine.sections import Kind
 from engine.world import NetnsTarget, World
@@ -89,6 +90,7 @@ class PerNetns:
     iter_interval: float = 10.0
     links: LinkWatcher | None = None
     held: Held | None = None  # where records of netns pending identification wait
+    preattach: PreAttacher | None = None  # classifiers attached before the veth moves in
     running: dict[int, NetnsState] = attrs.Factory(dict)
     latencies: list[float] = attrs.Factory(list)  # seconds from netns seen to all attached
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
@@ -241,9 +243,14 @@ class PerNetns:
             # this netns, never pass as nobody's.
             self.world.host_ifindexes[peer.host_ifindex] = state.target.inode
             stack.callback(self.world.forget_ifindex, peer.host_ifindex)
+            # Attached ahead of the netns (engine/preattach.py): taken over as it is, so the
+            # filter is never off while the container starts.
+            handed = await self.preattach.take(peer, program) if self.preattach else None
             try:
                 await stack.enter_async_context(
-                    attach_classifier(
+                    handed
+                    if handed is not None
+                    else attach_classifier(
                         program.fd,
                         program.spec.function,
                         peer,

@@ -86,6 +86,9 @@ class World:
     host_netns: int | None = None
     host_mntns: int | None = None
     host_ifindexes: dict[int, int] = attrs.Factory(dict)  # host-side veth → its netns inode
+    # Host-side veths with classifiers attached ahead of their netns (engine/preattach.py):
+    # their records are held by ``preattached_key`` until the veth is handed to a netns.
+    preattached: set[int] = attrs.Factory(set)
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT
     _pending: dict[int, float] = attrs.Factory(dict)  # netns inode → identify deadline
     _vanished: list[int] = attrs.Factory(list)  # pending netns removed before they settled
@@ -206,7 +209,7 @@ class World:
         Only records that name a netns (rules 2 and 3 of ``container_for``) are screened:
         static probes carry a mount namespace and are filtered in the kernel.
         """
-        if self.selection.selects_everything and not self._pending:
+        if self.selection.selects_everything and not self._pending and not self.preattached:
             return Verdict.DELIVER, 0
         if _first_id(data, ("mntns_id", "mntns")) is not None:
             return Verdict.DELIVER, 0
@@ -215,6 +218,9 @@ class World:
             ifindex = data.get("ifindex")
             if not isinstance(ifindex, int):
                 return Verdict.DELIVER, 0
+            if ifindex in self.preattached:
+                # Even once a netns has it: until then earlier records wait here, in order.
+                return Verdict.HOLD, preattached_key(ifindex)
             inode = self.host_ifindexes.get(ifindex) or self._rejected_ifindexes.get(ifindex)
             if inode is None:
                 return Verdict.DELIVER, 0
@@ -311,6 +317,11 @@ class World:
 
     def _find(self, attribute: str, value: int) -> Container | None:
         return self._index.get((attribute, value))
+
+
+def preattached_key(ifindex: int) -> int:
+    """Where ``Held`` keeps the records of a pre-attached veth: below every netns inode."""
+    return -ifindex
 
 
 def _first_id(data: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:

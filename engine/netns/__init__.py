@@ -1,7 +1,7 @@
 """Network namespaces: identity, handles, running code inside one, and the live list of them."""
 
 from engine.netns._handle import CLONE_NEWNET, NetnsHandle, NetnsId, host_netns_id
-from engine.netns._links import LinkWatcher
+from engine.netns._links import LinkWatcher, VethLink
 from engine.netns._rtnl import NsidClient
 from engine.netns._source import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
 from engine.netns._thread import in_netns, run_in_netns
@@ -16,6 +16,7 @@ __all__ = [
     "NetnsRemoved",
     "NetnsSource",
     "NsidClient",
+    "VethLink",
     "host_netns_id",
     "in_netns",
     "run_in_netns",

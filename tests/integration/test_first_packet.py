@@ -201,3 +201,132 @@ async def test_first_ping_of_every_selected_container_is_seen(tag: str) -> None:
             assert not [r for r in rec.of_type("lost") if r["where"] == "pending"]
             eng.stop()
     assert our_tc_filters() == []
+
+
+QUICK_STARTS = 10
+
+
+def start_one_by_one(names: list[str]) -> None:
+    """Start the containers one after the other, each as soon as the previous one is up."""
+    command = f"ping -c 1 -W 2 {BRIDGE} >/dev/null; exec sleep 300"
+    for name in names:
+        docker("run", "-d", "--name", name, IMAGE, "sh", "-c", command)
+
+
+async def test_first_ping_seen_by_tc_across_quick_starts(tag: str) -> None:
+    """Classifiers are on the host-side veth before the container's end moves into its netns
+    (engine/preattach.py): TC sees every container's first packet, as the socket filter does,
+    and each netns still gets one `attached` per program and interface."""
+    names = [f"engine-test-{tag}-quick-{i}" for i in range(QUICK_STARTS)]
+    gadget = Gadget.from_source(GADGET, "first_packet.c")
+    rec = Recorder()
+    with trio.fail_after(120):
+        async with (
+            engine.open_engine(
+                gadget, select=[f"name=engine-test-{tag}-quick-*"], iter_interval=3600
+            ) as eng,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(rec.follow, eng)
+            await trio.to_thread.run_sync(start_one_by_one, names)
+            seen = {n: await trio.to_thread.run_sync(inspect, n) for n in names}
+            addresses = {seen[n][0]: n for n in names}
+
+            def first_pings() -> set[tuple[str, int]]:
+                return {(e["data"]["saddr"], e["data"]["seen_by"]) for e in rec.echoes()}
+
+            wanted = {(a, by) for a in addresses for by in (BY_SOCKET, BY_TC)}
+            try:
+                await rec.until(lambda: wanted <= first_pings(), 30)
+            except trio.TooSlowError:
+                missing = sorted(wanted - first_pings())
+                pytest.fail(f"first pings not seen (address, 0 socket / 1 TC): {missing}")
+            for echo in rec.echoes():
+                if echo["data"]["saddr"] in addresses:
+                    assert echo["container"]["name"] == addresses[echo["data"]["saddr"]], echo
+            for name in names:
+                # By name too: a netns that ended earlier in the run (another container's,
+                # also traced speculatively) may have had the same inode.
+                netns = seen[name][1]
+                attached = [
+                    (r["program"], r["interface"] or "")
+                    for r in rec.of_type("attached")
+                    if r["netns"] == netns and r["container"] == name
+                ]
+                assert len(attached) == len(set(attached)) == len(PROGRAMS), attached
+            eng.stop()
+    assert our_tc_filters() == []
+
+
+def filters_on(ifname: str) -> list[str]:
+    out = subprocess.run(
+        ["sh", "-c", f"tc filter show dev {ifname} ingress; tc filter show dev {ifname} egress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [line for line in out.splitlines() if f"engine_{os.getpid()}." in line]
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], capture_output=True, text=True, check=True)
+
+
+async def until_true(check: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``check`` (a look at tc, which sends no change notice) holds within ``seconds``."""
+    with trio.move_on_after(seconds):
+        while not await trio.to_thread.run_sync(check):  # noqa: ASYNC110 - nothing to wait on
+            await trio.sleep(0.05)
+        return True
+    return False
+
+
+@pytest.fixture
+def veths(tag: str) -> Iterator[tuple[str, str]]:
+    """Names for two veth pairs made by the test (deleted after it): not a container's."""
+    names = (f"etp{tag[:6]}d", f"etp{tag[:6]}u")
+    yield names
+    for name in names:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+async def test_preattached_veth_nobody_claims_leaves_no_filter(
+    tag: str, veths: tuple[str, str]
+) -> None:
+    """A veth that becomes a bridge port with its peer still in the host netns gets the
+    classifiers at once; they are removed when the veth is deleted, when no netns takes it in
+    time, and when its container turns out to be unselected or is removed."""
+    gadget = Gadget.from_source(GADGET, "first_packet.c")
+    deleted, unclaimed = veths
+    other = f"engine-test-{tag}-other"
+    removed = f"engine-test-{tag}-sel-removed"
+    rec = Recorder()
+    with trio.fail_after(90):
+        async with (
+            engine.open_engine(
+                gadget, select=[f"name=engine-test-{tag}-sel-*"], iter_interval=3600
+            ) as eng,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(rec.follow, eng)
+            assert eng.per_netns.preattach is not None
+            eng.per_netns.preattach.claim_wait = 2.0
+            for name in (deleted, unclaimed):
+                ip("link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+                ip("link", "set", name, "master", "docker0")
+            # Pre-attached: both classifier programs, on the bridge port only.
+            for name in (deleted, unclaimed):
+                assert await until_true(lambda n=name: len(filters_on(n)) == 2, 5), name
+                assert filters_on(f"{name}p") == []
+            ip("link", "del", deleted)
+            # Nobody claims the other one: removed once the wait is over, the veth still there.
+            assert await until_true(lambda: filters_on(unclaimed) == [], 10)
+            await trio.to_thread.run_sync(start_all, [other, removed])
+            _, other_netns = await trio.to_thread.run_sync(inspect, other)
+            both = ["attached", "detached"]
+            await rec.until(lambda: rec.lifecycle(other_netns) == {p: both for p in PROGRAMS}, 15)
+            await trio.to_thread.run_sync(lambda: docker("rm", "-f", removed))
+            # Another engineer's container started meanwhile is pre-attached for claim_wait.
+            assert await until_true(lambda: our_tc_filters() == [], 10), our_tc_filters()
+            eng.stop()
+    assert our_tc_filters() == []

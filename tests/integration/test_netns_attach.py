@@ -226,7 +226,10 @@ async def test_other_tools_filter_survives_attach_detach_and_cleanup(
     async with NetnsHandle.from_pid(c1.pid) as handle:
         (peer,) = await find_host_peers(handle, "tc_ingress")
     dev = peer.host_ifname
-    await sh("tc", "qdisc", "add", "dev", dev, "clsact")
+    # Any engine running on the machine with a classifier gadget may have added clsact to
+    # this new veth already (engine/preattach.py): the other tool adds it only if absent.
+    await sh("tc", "qdisc", "add", "dev", dev, "clsact", check=False)
+    assert "clsact" in await sh("tc", "qdisc", "show", "dev", dev)
     for hook in ("ingress", "egress"):
         await sh(
             "tc", "filter", "add", "dev", dev, hook, "pref", "1", "protocol", "all",

@@ -8,7 +8,7 @@ import pytest
 
 from engine.containers import Container
 from engine.selection import Selection
-from engine.world import Verdict, World
+from engine.world import Verdict, World, preattached_key
 
 HOST_NETNS = 4026531840
 
@@ -205,3 +205,19 @@ def test_deselected_container_records_dropped() -> None:
     assert w.screen({"netns_id": 101}) == (Verdict.DELIVER, 101)
     w.selection = Selection.parse(["name=other"], (), False)
     assert w.screen({"netns_id": 101}) == (Verdict.DROP, 101)
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_preattached_veth_records_held_by_veth_until_handed(select: bool) -> None:
+    # engine/preattach.py: classifiers on a veth no netns has yet; even with no selection
+    # its records must not pass as nobody's.
+    w = selecting("web") if select else World(Selection.parse((), (), False))
+    w.preattached.add(60)
+    assert w.screen({"ifindex": 60}) == (Verdict.HOLD, preattached_key(60))
+    assert preattached_key(60) < 0  # never a netns inode
+    w.host_ifindexes[60] = 110  # handed to a netns task: still held by veth, in order
+    assert w.screen({"ifindex": 60})[1] == preattached_key(60)
+    w.preattached.discard(60)
+    if select:
+        w.add_container(container("web", 110, 210))
+    assert w.screen({"ifindex": 60}) == (Verdict.DELIVER, 110 if select else 0)

@@ -30,7 +30,10 @@ def test_smoke_run_writes_sane_results(root: None, tmp_path: Path) -> None:
     figures = {f["name"]: f for f in results["figures"]}
     for f in figures.values():
         assert set(f) >= {"name", "value", "unit", "baseline", "ratio", "target", "met"}
-        assert f["value"] >= 0
+        if "after Docker start event" not in f["name"]:
+            # Attaching may precede Docker's start event (speculative attach): only that
+            # latency can be negative.
+            assert f["value"] >= 0, f
     for kind in ("ringbuf", "perf"):
         flat = figures[f"throughput {kind}: delivered/s, flat out"]
         assert flat["value"] > 0

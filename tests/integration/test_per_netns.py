@@ -451,8 +451,10 @@ async def test_races_end_in_one_record_and_the_engine_goes_on(
 
 
 @pytest.mark.xfail(
-    reason="passes alone; after the other tests of this file in the same process the netns "
-    "deleted at the 'open' step sometimes gets no record within 20 s (under investigation)",
+    reason="passes alone and after most files; after tests/integration/test_first_packet.py "
+    "the netns deleted at the 'open' step gets netns_added and netns_removed but no "
+    "attach_failed (a missing record, under investigation; the same race passes in "
+    "tests/faults/test_attach_races.py)",
     strict=False,
 )
 async def test_netns_deleted_mid_attach(
@@ -461,33 +463,47 @@ async def test_netns_deleted_mid_attach(
     tag = uuid.uuid4().hex[:6]
     early, late, kept = (f"engine-test-{tag}-{s}" for s in ("early", "late", "kept"))
     deleted: list[str] = []
+    inodes: dict[str, int] = {}
 
     async def delete_mid_attach(step: str, target: NetnsTarget) -> None:
         name = os.path.basename(target.path)
         if (name, step) in ((early, "open"), (late, "attach")):
             deleted.append(name)
+            inodes[name] = target.inode  # the test may not get to stat it before it goes
             await trio.run_process(["ip", "netns", "del", name])
 
     monkeypatch.setattr(per_netns, "attach_step", delete_mid_attach)
     gadget = Gadget.from_source(SOCKET_ONLY, "race.c")
-    inodes: dict[str, int] = {}
     try:
         with trio.fail_after(60):
             # No selection: every netns is traced, named ones too (a socket filter is
             # invisible to other tests' containers).
             async with open_recorded(gadget) as run:
                 rec = run.recorder
-                for name in (early, late, kept):
-                    await trio.run_process(["ip", "netns", "add", name])
-                    inodes[name] = os.stat(f"/run/netns/{name}").st_ino
+                since: dict[str, int] = {}
 
                 def records(name: str) -> list[str]:
-                    return lifecycles(rec.records, netns=inodes[name]).get("race_sock", [])
+                    # Only records from after its creation: a deleted netns's inode is free
+                    # for the next one, so the inode alone does not tell them apart.
+                    if name not in inodes:
+                        return []
+                    later = rec.records[since[name] :]
+                    return lifecycles(later, netns=inodes[name]).get("race_sock", [])
 
+                async def add(name: str) -> None:
+                    since[name] = len(rec.records)
+                    await trio.run_process(["ip", "netns", "add", name])
+                    if name == kept:
+                        inodes[name] = os.stat(f"/run/netns/{name}").st_ino
+
+                # One at a time, each settled before the next can take its inode.
+                await add(early)
                 await rec.until(lambda: records(early) == ["attach_failed"], 20)
                 # Deleted while its task waits: cancelled before the socket is made (one
                 # attach_failed) or just after (attached, detached): either way, complete.
+                await add(late)
                 await rec.until(lambda: records(late) in ENDINGS, 20)
+                await add(kept)
                 await rec.until(lambda: records(kept) == ["attached"], 20)
                 assert sorted(deleted) == sorted([early, late])
                 await trio.run_process(["ip", "netns", "del", kept])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import attrs
 
+from engine.kernel_btf import BTF_KIND_FUNC, btf_id
 from engine.sections import Kind
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ _TRACE_FENTRY = 24
 _TRACE_FEXIT = 25
 _LSM_MAC = 27
 _TRACE_ITER = 28
-_BTF_KIND_FUNC = 12
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 # Two 8-byte instructions: r0 = 0 (BPF_ALU64 | BPF_MOV | BPF_K), exit (BPF_JMP | BPF_EXIT).
 _RETURN_ZERO = bytes((0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0))
@@ -353,10 +353,10 @@ def _try_load(
         prog_name=b"engine_probe",
     )
     if program.btf_function is not None:
-        btf_id = btf_ids.get(program.btf_function)
-        if btf_id is None:
+        found = btf_ids.get(program.btf_function)
+        if found is None:
             return Refusal(0, f"the kernel function {program.btf_function} is not in {VMLINUX_BTF}")
-        attr.attach_btf_id = btf_id
+        attr.attach_btf_id = found
     fd_or_errno = load(attr)
     if fd_or_errno >= 0:
         os.close(fd_or_errno)
@@ -422,21 +422,6 @@ def _program_loader() -> Callable[[_ProgLoadAttr], int]:
 
 
 def _vmlinux_btf_ids(functions: Iterable[str]) -> dict[str, int]:
-    """BTF ids of kernel functions, through libbpf (bcc's own dependency, so always here)."""
-    libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-    libbpf.btf__load_vmlinux_btf.restype = ctypes.c_void_p
-    libbpf.btf__find_by_name_kind.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32)
-    libbpf.btf__find_by_name_kind.restype = ctypes.c_int32
-    libbpf.btf__free.argtypes = (ctypes.c_void_p,)
-    btf = libbpf.btf__load_vmlinux_btf()
-    if not btf:
-        log.info("no kernel BTF (%s)", os.strerror(ctypes.get_errno()))
-        return {}
-    try:
-        ids = {
-            name: libbpf.btf__find_by_name_kind(btf, name.encode(), _BTF_KIND_FUNC)
-            for name in functions
-        }
-    finally:
-        libbpf.btf__free(btf)
-    return {name: btf_id for name, btf_id in ids.items() if btf_id > 0}
+    """BTF ids of the kernel functions that exist (none when the kernel has no BTF)."""
+    ids = {name: btf_id(name, BTF_KIND_FUNC) for name in functions}
+    return {name: found for name, found in ids.items() if found}

@@ -7,9 +7,6 @@ or USDT probe fails in milliseconds instead of after bcc's compile. Each lookup 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import re
 import subprocess
 from collections.abc import Iterable
@@ -19,6 +16,7 @@ import attrs
 
 from engine.elf import ET_EXEC, ElfError, ElfFile
 from engine.gadget import ProgramSpec
+from engine.kernel_btf import BTF_KIND_FUNC, BTF_KIND_TYPEDEF, btf_id
 from engine.sections import Kind
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -171,33 +169,10 @@ def kernel_function_exists(name: str) -> bool:
         return False
 
 
-_BTF_KIND_TYPEDEF = 8
-_BTF_KIND_FUNC = 12
-
-
 def btf_has(name: str, *, function: bool) -> bool | None:
     """Whether the kernel's BTF has a function (or typedef) ``name``; None when it has no BTF."""
-    btf = _vmlinux_btf()
-    if btf is None:
-        return None
-    kind = _BTF_KIND_FUNC if function else _BTF_KIND_TYPEDEF
-    return int(_libbpf().btf__find_by_name_kind(btf, name.encode(), kind)) > 0
-
-
-@functools.cache
-def _libbpf() -> ctypes.CDLL:
-    libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-    libbpf.btf__load_vmlinux_btf.restype = ctypes.c_void_p
-    libbpf.btf__find_by_name_kind.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32)
-    libbpf.btf__find_by_name_kind.restype = ctypes.c_int32
-    return libbpf
-
-
-@functools.cache
-def _vmlinux_btf() -> int | None:
-    # Loaded once per process and kept: the running kernel's BTF does not change.
-    handle = _libbpf().btf__load_vmlinux_btf()
-    return int(handle) if handle else None
+    found = btf_id(name, BTF_KIND_FUNC if function else BTF_KIND_TYPEDEF)
+    return None if found is None else found > 0
 
 
 def check_target(spec: ProgramSpec) -> None:

@@ -69,3 +69,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("vmkernel") is not None:
             item.add_marker(skip)
+
+
+def our_tc_filters() -> list[str]:
+    """tc filters anywhere on the host that this process added (named engine_<pid>.<start>_)."""
+    out = subprocess.run(
+        [
+            "sh",
+            "-c",
+            "for l in $(ls /sys/class/net); do tc filter show dev $l ingress;"
+            " tc filter show dev $l egress; done 2>/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [line for line in out.splitlines() if f"engine_{os.getpid()}." in line]

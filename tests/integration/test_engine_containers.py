@@ -15,6 +15,7 @@ import trio
 
 import engine
 from engine.records import Event
+from tests.conftest import our_tc_filters
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -35,21 +36,6 @@ def names(docker_daemon: None) -> Iterator[list[str]]:
     yield made
     if made:
         subprocess.run(["docker", "rm", "-f", *made], capture_output=True, check=False)
-
-
-def our_filters() -> list[str]:
-    out = subprocess.run(
-        [
-            "sh",
-            "-c",
-            "for l in $(ls /sys/class/net); do tc filter show dev $l ingress;"
-            " tc filter show dev $l egress; done 2>/dev/null",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return [line for line in out.splitlines() if f"engine_{os.getpid()}." in line]
 
 
 def start(names: list[str], name: str, *command: str) -> None:
@@ -103,7 +89,7 @@ async def test_classifiers_count_exactly_per_container(names: list[str]) -> None
             eng.stop()
             async for record in eng.events():
                 records.append(record.to_json())
-    assert our_filters() == []
+    assert our_tc_filters() == []
     icmp = [r for r in records if r["type"] == "event" and r["data"]["protocol"] == 1]
     by_container: dict[str | None, dict[int, int]] = {}
     for r in icmp:

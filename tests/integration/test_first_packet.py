@@ -10,6 +10,7 @@ Traffic stays on this machine: each container pings the docker bridge once as it
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import uuid
@@ -24,6 +25,7 @@ import trio
 import engine
 from engine.engine import Engine
 from engine.gadget import Gadget
+from tests.conftest import our_tc_filters
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -117,22 +119,6 @@ def tag(docker_daemon: None) -> Iterator[str]:
     names = docker("ps", "-aq", "--filter", f"name=engine-test-{tag}-", check=False).split()
     if names:
         docker("rm", "-f", *names, check=False)
-
-
-def our_tc_filters() -> list[str]:
-    """tc filters anywhere on the host that this process added (named engine_<pid>.<start>_)."""
-    out = subprocess.run(
-        [
-            "sh",
-            "-c",
-            "for l in $(ls /sys/class/net); do tc filter show dev $l ingress;"
-            " tc filter show dev $l egress; done 2>/dev/null",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return [line for line in out.splitlines() if f"engine_{os.getpid()}." in line]
 
 
 def start_all(names: list[str]) -> None:
@@ -258,6 +244,10 @@ async def test_first_ping_seen_by_tc_across_quick_starts(tag: str) -> None:
     assert our_tc_filters() == []
 
 
+def has_two_filters(interface: str) -> bool:
+    return len(filters_on(interface)) == 2
+
+
 def filters_on(ifname: str) -> list[str]:
     out = subprocess.run(
         ["sh", "-c", f"tc filter show dev {ifname} ingress; tc filter show dev {ifname} egress"],
@@ -316,7 +306,7 @@ async def test_preattached_veth_nobody_claims_leaves_no_filter(
                 ip("link", "set", name, "master", "docker0")
             # Pre-attached: both classifier programs, on the bridge port only.
             for name in (deleted, unclaimed):
-                assert await until_true(lambda n=name: len(filters_on(n)) == 2, 5), name
+                assert await until_true(functools.partial(has_two_filters, name), 5), name
                 assert filters_on(f"{name}p") == []
             ip("link", "del", deleted)
             # Nobody claims the other one: removed once the wait is over, the veth still there.

@@ -27,6 +27,7 @@ from engine import per_netns
 from engine.engine import Engine
 from engine.gadget import Gadget
 from engine.world import NetnsTarget
+from tests.conftest import our_tc_filters
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -218,22 +219,6 @@ ENDINGS = (["attach_failed"], ["attached", "detached"])
 def complete(lifecycle: dict[str, list[str]], programs: set[str]) -> bool:
     """Every program ended: attached then detached, or one attach_failed."""
     return set(lifecycle) == programs and all(types in ENDINGS for types in lifecycle.values())
-
-
-def our_tc_filters() -> list[str]:
-    """tc filters anywhere on the host that this process added (named engine_<pid>.<start>_)."""
-    out = subprocess.run(
-        [
-            "sh",
-            "-c",
-            "for l in $(ls /sys/class/net); do tc filter show dev $l ingress;"
-            " tc filter show dev $l egress; done 2>/dev/null",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return [line for line in out.splitlines() if f"engine_{os.getpid()}." in line]
 
 
 def held_bpf_objects() -> Counter[str]:

@@ -93,8 +93,8 @@ def bcc_idle_loop() -> None:
     """The baseline process: bcc's loop on an idle ring buffer, until terminated."""
     from bcc import BPF
 
-    from engine.gadget import Gadget
-    from engine.loader import full_source
+    from engine.bcc.loader import full_source
+    from engine.gadget.model import Gadget
 
     bpf = BPF(text=full_source(Gadget.from_file(GADGETS / "getppid_ringbuf.c")))
     bpf.attach_tracepoint(tp="syscalls:sys_enter_getppid", fn_name=b"on_getppid")

@@ -15,11 +15,11 @@ from typing import Any
 import trio
 
 from benchmarks.results import Figure, median
+from engine.bcc.loader import full_source, load_sync
 from engine.engine import open_engine
-from engine.features import probe_features
-from engine.gadget import Gadget
-from engine.loader import full_source, load_sync
-from engine.skb_netns import extra_source
+from engine.gadget.model import Gadget
+from engine.kernel.features import probe_features
+from engine.kernel.skb_netns import extra_source
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

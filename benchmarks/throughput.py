@@ -25,9 +25,9 @@ import trio
 
 from benchmarks.hammer import Done, Load
 from benchmarks.results import Figure, median
+from engine.bcc.loader import full_source
 from engine.engine import open_engine
-from engine.gadget import Gadget
-from engine.loader import full_source
+from engine.gadget.model import Gadget
 from engine.records import Event
 
 GADGETS = Path(__file__).with_name("gadgets")

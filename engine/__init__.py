@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from engine.containers import Container, ContainerAdded, ContainerRemoved
 from engine.engine import Engine, MapStats, Stats, open_engine
 from engine.errors import (
     AttachError,
@@ -17,10 +16,11 @@ from engine.errors import (
     UnsupportedProgramError,
     VerifierError,
 )
-from engine.hookfile import HookFile, HookFileError
-from engine.hooks import HookError, HookFailed, HookStats, MapView, SelectionChanged
+from engine.hooks.dispatch import HookError, HookFailed, HookStats, MapView, SelectionChanged
+from engine.hooks.hookfile import HookFile, HookFileError
 from engine.records import Event, Lost, ProgramAttached, ProgramSkipped, Record
-from engine.selection import Selection
+from engine.sources.containers import Container, ContainerAdded, ContainerRemoved
+from engine.world.selection import Selection
 
 __all__ = [
     "AttachError",

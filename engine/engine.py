@@ -23,31 +23,33 @@ from typing import Any
 import attrs
 import trio
 
-from engine import libbcc, skb_netns
 from engine.attach import Attached, AttachFailed, Detached
-from engine.attach_static import static_attacher
-from engine.containers import ContainerAdded, ContainerEvent, ContainerRemoved
-from engine.decode import RecordDecoder, build_decoder, fields_from_bcc
-from engine.docker_source import DockerSource
+from engine.attach.host_iterators import HostIteratorRunner, host_iterators
+from engine.attach.per_netns import PerNetns
+from engine.attach.preattach import PreAttacher
+from engine.attach.static import static_attacher
+from engine.bcc import libbcc
+from engine.bcc.loader import LoadedGadget, check_supported, load_gadget
 from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
-from engine.features import probe_features
-from engine.gadget import Gadget
-from engine.held import Held
-from engine.hooks import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
-from engine.host_iterators import HostIteratorRunner, host_iterators
-from engine.iterators import iterator_only_maps
-from engine.loader import LoadedGadget, check_supported, load_gadget
-from engine.netns import LinkWatcher, NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
-from engine.per_netns import PerNetns
-from engine.preattach import PreAttacher
-from engine.pump import BufferMap, BufferPump, buffer_maps
+from engine.events.decode import RecordDecoder, build_decoder, fields_from_bcc
+from engine.events.pump import BufferMap, BufferPump, buffer_maps
+from engine.gadget.maps import iterator_only_maps
+from engine.gadget.model import Gadget
+from engine.gadget.scanner import function_body
+from engine.gadget.sections import Kind
+from engine.gadget.tc_returns import tc_return_warnings
+from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
+from engine.kernel import skb_netns
+from engine.kernel.features import probe_features
+from engine.kernel.security import check_all_trusted, require_capabilities
+from engine.netns import LinkWatcher
 from engine.records import Event, GadgetFailed, Lost, ProgramAttached, ProgramSkipped, Record
-from engine.sections import Kind
-from engine.security import check_all_trusted, require_capabilities
-from engine.selection import Selection
-from engine.source_text import function_body
-from engine.tc_returns import tc_return_warnings
-from engine.world import DEFAULT_IDENTIFY_TIMEOUT, Identified, Verdict, World, preattached_key
+from engine.sources.containers import ContainerAdded, ContainerEvent, ContainerRemoved
+from engine.sources.docker import DockerSource
+from engine.sources.netns import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
+from engine.world.held import Held
+from engine.world.selection import Selection
+from engine.world.state import DEFAULT_IDENTIFY_TIMEOUT, Identified, Verdict, World, preattached_key
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ Supported = Callable[[Kind], tuple[bool, str]]
 
 
 async def probed_support() -> Supported:
-    """What this kernel runs, probed with tiny real loads (engine.features)."""
+    """What this kernel runs, probed with tiny real loads (engine.kernel.features)."""
     features = await trio.to_thread.run_sync(probe_features)
 
     def supported(kind: Kind) -> tuple[bool, str]:
@@ -262,7 +264,7 @@ async def open_engine(
     and released if its container is selected (docs/events.md, "Speculative attach").
     Gadget files that anyone but root (or this user) could change are refused with
     ``UntrustedFileError`` unless ``trust_files=True``; missing capabilities raise
-    ``MissingCapabilitiesError`` before anything is compiled (see ``engine.security``).
+    ``MissingCapabilitiesError`` before anything is compiled (see ``engine.kernel.security``).
     A gadget that cannot be parsed, compiled, loaded or attached is reported (a
     ``GadgetFailed`` record, a log line) and the others run without it; when every gadget
     fails, its error is raised (``GadgetsFailedError`` for several). ``all_or_nothing=True``

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import trio
 
-from engine import libbcc
+from engine.bcc import libbcc
+from engine.bcc.loader import LoadedGadget, LoadedProgram
+from engine.bcc.targets import TargetMissing, check_target, find_uprobe, find_usdt
 from engine.errors import AttachError, TargetNotFoundError
-from engine.loader import LoadedGadget, LoadedProgram
-from engine.sections import Kind
-from engine.targets import TargetMissing, check_target, find_uprobe, find_usdt
+from engine.gadget.sections import Kind
 
 TRACEFS = Path("/sys/kernel/tracing")
 _ENTRY, _RETURN = 0, 1

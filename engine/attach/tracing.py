@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from engine import libbcc
+from engine.bcc import libbcc
+from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
-from engine.loader import LoadedGadget, LoadedProgram
-from engine.sections import Kind
+from engine.gadget.sections import Kind
 
 
 @contextlib.asynccontextmanager

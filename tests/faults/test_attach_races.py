@@ -1,9 +1,9 @@
 """A netns deleted, its veth removed, or its container killed at every step of an attach.
 
-The seam ``engine.per_netns.attach_step`` is awaited before each step; the test does its damage
-there and lets the attach go on. Whatever the step, each program ends with one clear story for
-that netns, either ``attach_failed`` or ``attached`` then ``detached``, and nothing of ours is
-left in the kernel or among the process's fds.
+The seam ``engine.attach.per_netns.attach_step`` is awaited before each step; the test does its
+damage there and lets the attach go on. Whatever the step, each program ends with one clear
+story for that netns, either ``attach_failed`` or ``attached`` then ``detached``, and nothing
+of ours is left in the kernel or among the process's fds.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from engine import open_engine
-from engine import per_netns as per_netns_module
-from engine.world import NetnsTarget
+from engine.attach import per_netns as per_netns_module
+from engine.world.state import NetnsTarget
 from tests.conftest import EXAMPLES, TEST_IMAGE
 from tests.faults.kernel_state import (
     NamedNetns,

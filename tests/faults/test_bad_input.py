@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from engine import open_engine
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import CompileError, TargetNotFoundError, VerifierError
-from engine.security import UntrustedFileError
+from engine.kernel.security import UntrustedFileError
 from tests.conftest import EXAMPLES, ROOT
 
 pytestmark = pytest.mark.integration

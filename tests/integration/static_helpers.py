@@ -11,8 +11,8 @@ from typing import Any
 import attrs
 import trio
 
+from engine.bcc.loader import LoadedGadget
 from engine.engine import Engine
-from engine.loader import LoadedGadget
 
 TRACEFS = Path("/sys/kernel/tracing")
 

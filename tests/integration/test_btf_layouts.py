@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from engine.btf import Btf, BtfType, Kind, btf_prelude
+from engine.kernel.btf import Btf, BtfType, Kind, btf_prelude
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.integration

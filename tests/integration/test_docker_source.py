@@ -15,7 +15,7 @@ import docker.errors
 import pytest
 import trio
 
-from engine.containers import (
+from engine.sources.containers import (
     Container,
     ContainerAdded,
     ContainerEvent,
@@ -26,7 +26,7 @@ from engine.containers import (
     SourceDisconnected,
     SourceReconnected,
 )
-from engine.docker_source import DockerSource, default_client
+from engine.sources.docker import DockerSource, default_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 

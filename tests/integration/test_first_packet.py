@@ -24,7 +24,7 @@ import trio
 
 import engine
 from engine.engine import Engine
-from engine.gadget import Gadget
+from engine.gadget.model import Gadget
 from tests.conftest import our_tc_filters
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]

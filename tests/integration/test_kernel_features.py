@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import unavailable
 
-from engine.features import features_main, probe_features
+from engine.kernel.features import features_main, probe_features
 
 pytestmark = pytest.mark.integration
 

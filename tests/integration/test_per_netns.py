@@ -23,10 +23,10 @@ import pytest
 import trio
 
 import engine
-from engine import per_netns
+from engine.attach import per_netns
 from engine.engine import Engine
-from engine.gadget import Gadget
-from engine.world import NetnsTarget
+from engine.gadget.model import Gadget
+from engine.world.state import NetnsTarget
 from tests.conftest import our_tc_filters
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]

@@ -34,8 +34,8 @@ from engine.attach import (
     owner_alive,
     remove_orphan_filters,
 )
-from engine.gadget import Gadget
-from engine.loader import load_gadget
+from engine.bcc.loader import load_gadget
+from engine.gadget.model import Gadget
 from engine.netns import NetnsHandle
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]

@@ -18,10 +18,10 @@ import trio
 from conftest import EXAMPLES, unavailable
 
 from engine.attach.probes import attach_uprobe, attach_usdt
+from engine.bcc.loader import load_gadget
 from engine.engine import open_engine
 from engine.errors import TargetNotFoundError, UnsupportedProgramError
-from engine.gadget import Gadget
-from engine.loader import load_gadget
+from engine.gadget.model import Gadget
 from tests.integration.static_helpers import (
     Attached,
     assert_nothing_left,

@@ -19,7 +19,7 @@ from conftest import EXAMPLES
 
 from engine.engine import open_engine
 from engine.errors import TargetNotFoundError
-from engine.gadget import Gadget
+from engine.gadget.model import Gadget
 from tests.integration.static_helpers import (
     Attached,
     assert_nothing_left,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.features import probe_features
+from engine.kernel.features import probe_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.vmkernel]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import build_parser, main
-from engine.hookfile import HookFile, HookFileError
-from engine.metrics import Metrics, parse_address
-from engine.table import HOST, LiveTable
+from engine.cli.main import build_parser, main
+from engine.cli.metrics import Metrics, parse_address
+from engine.cli.table import HOST, LiveTable
+from engine.hooks.hookfile import HookFile, HookFileError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXECSNOOP = str(ROOT / "examples" / "execsnoop.c")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.containers import (
+from engine.sources.containers import (
     Container,
     ContainerAdded,
     ContainerPaused,
@@ -15,7 +15,7 @@ from engine.containers import (
     ContainerRenamed,
     SourceDisconnected,
 )
-from engine.docker_source import transition
+from engine.sources.docker import transition
 
 DATA = Path(__file__).parent / "data"
 BRIDGE_ID = "1e869f5398f21496d1d734963e8b9f31aede17d38d3826e5ce3f0675ab3c7767"

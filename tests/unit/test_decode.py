@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from engine.decode import Field, build_decoder
+from engine.events.decode import Field, build_decoder
 
 
 def test_layout_and_conversions() -> None:

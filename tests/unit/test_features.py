@@ -8,7 +8,8 @@ import json
 import attrs
 import pytest
 
-from engine.features import (
+from engine.gadget.sections import Kind
+from engine.kernel.features import (
     KernelConfig,
     KernelFeatures,
     KindSupport,
@@ -18,7 +19,6 @@ from engine.features import (
     features_main,
     parse_lsm_list,
 )
-from engine.sections import Kind
 
 KIND_NAMES = [
     "kprobe",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import GadgetError, GadgetParseError
-from engine.gadget import Gadget
-from engine.sections import Kind
+from engine.gadget.model import Gadget
+from engine.gadget.sections import Kind
 
 GOOD = """\
 #include <linux/sched.h>

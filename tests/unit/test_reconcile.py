@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.reconcile import Corrections, diff
+from engine.sources.reconcile import Corrections, diff
 
 
 def test_adds_removes_and_updates() -> None:

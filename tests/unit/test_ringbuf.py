@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from engine.ringbuf import BUSY, DISCARD, HEADER, RingReader, record_span
+from engine.events.ringbuf import BUSY, DISCARD, HEADER, RingReader, record_span
 
 SIZE = 4096
 PAGE = mmap.PAGESIZE

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.sections import Kind, SectionSyntaxError, parse_section
+from engine.gadget.sections import Kind, SectionSyntaxError, parse_section
 
 
 @pytest.mark.parametrize(

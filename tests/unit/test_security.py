@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import GadgetParseError
-from engine.gadget import Gadget
-from engine.security import (
+from engine.gadget.model import Gadget
+from engine.gadget.tc_returns import tc_return_warnings
+from engine.kernel.security import (
     Capability,
     MissingCapabilitiesError,
     UntrustedFileError,
@@ -21,7 +22,6 @@ from engine.security import (
     effective_capabilities,
     require_capabilities,
 )
-from engine.tc_returns import tc_return_warnings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.containers import Container
 from engine.errors import SelectionError
-from engine.selection import Selection
+from engine.sources.containers import Container
+from engine.world.selection import Selection
 
 WEB = Container(
     id="3f2a9c" + "0" * 58,

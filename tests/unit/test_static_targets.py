@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.elf import ElfFile
-from engine.gadget import Gadget
-from engine.iter_output import expand_iter_output
-from engine.iterators import iterator_only_maps
-from engine.targets import (
+from engine.bcc.elf import ElfFile
+from engine.bcc.targets import (
     TargetMissing,
     UsdtLocation,
     UsdtTarget,
@@ -21,7 +18,10 @@ from engine.targets import (
     find_usdt,
     resolve_library,
 )
-from engine.usdt import Operand, argument_readers, parse_operand
+from engine.bcc.usdt import Operand, argument_readers, parse_operand
+from engine.gadget.iter_output import expand_iter_output
+from engine.gadget.maps import iterator_only_maps
+from engine.gadget.model import Gadget
 
 CACHE = [
     ("libc.so.6", Path("/lib/x86_64-linux-gnu/libc.so.6")),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.containers import Container
-from engine.selection import Selection
-from engine.world import Verdict, World, preattached_key
+from engine.sources.containers import Container
+from engine.world.selection import Selection
+from engine.world.state import Verdict, World, preattached_key
 
 HOST_NETNS = 4026531840
 
@@ -62,9 +62,9 @@ def test_no_container(data: dict[str, int]) -> None:
 
 
 def test_skb_netns_helper_offsets_from_btf() -> None:
-    from engine import skb_netns
-    from engine.btf import VMLINUX_BTF, Btf
-    from engine.gadget import Gadget
+    from engine.gadget.model import Gadget
+    from engine.kernel import skb_netns
+    from engine.kernel.btf import VMLINUX_BTF, Btf
 
     if not Path(VMLINUX_BTF).exists():
         pytest.skip("no kernel BTF")

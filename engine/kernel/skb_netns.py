@@ -25,8 +25,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from engine.btf import Btf, BtfError, Kind
-from engine.gadget import Gadget, mask_comments
+from engine.gadget.model import Gadget, mask_comments
+from engine.kernel.btf import Btf, BtfError, Kind
 
 HELPER = "engine_skb_netns_id"
 _CALLED = re.compile(rf"\b{HELPER}\s*\(")

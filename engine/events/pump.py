@@ -16,8 +16,8 @@ from typing import Any
 import attrs
 import trio
 
-from engine import libbcc
-from engine.ringbuf import RingReader
+from engine.bcc import libbcc
+from engine.events.ringbuf import RingReader
 
 log = logging.getLogger(__name__)
 

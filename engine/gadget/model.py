@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 
 from engine.errors import GadgetError, GadgetParseError, SectionError
-from engine.sections import ACCEPTED_FORMS, Kind, Section, SectionSyntaxError, parse_section
+from engine.gadget.sections import ACCEPTED_FORMS, Kind, Section, SectionSyntaxError, parse_section
 
 
 @attrs.frozen

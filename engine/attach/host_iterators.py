@@ -2,8 +2,8 @@
 
 Each gets one BPF link for the life of the engine; a run creates a read fd from the link,
 reads it to its end in a worker thread and turns what was written into events (typed records
-or text lines, see engine.iterators). Per-netns iterators (iter/tcp, iter/udp) are run by
-engine.per_netns instead.
+or text lines, see engine.gadget.maps). Per-netns iterators (iter/tcp, iter/udp) are run by
+engine.attach.per_netns instead.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import attrs
 import trio
 
-from engine import libbcc
 from engine.attach.iterator import IterLink
+from engine.bcc import libbcc
+from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
-from engine.iterators import decode_iter_output, iter_source
-from engine.loader import LoadedGadget, LoadedProgram
+from engine.gadget.maps import decode_iter_output, iter_source
+from engine.gadget.sections import Kind
 from engine.records import Event, Record
-from engine.sections import Kind
 
 DEFAULT_INTERVAL = 10.0
 

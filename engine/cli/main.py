@@ -25,6 +25,8 @@ from typing import Any, TextIO
 import attrs
 import trio
 
+from engine.cli.metrics import Metrics, MetricsError, parse_address, serve_metrics
+from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
 from engine.engine import Engine, open_engine
 from engine.errors import (
     CompileError,
@@ -38,12 +40,10 @@ from engine.errors import (
     UnsupportedProgramError,
     VerifierError,
 )
-from engine.gadget import Gadget
-from engine.hookfile import HookFile, HookFileError
-from engine.metrics import Metrics, MetricsError, parse_address, serve_metrics
-from engine.security import UntrustedFileError, check_all_trusted, require_capabilities
-from engine.selection import ACCEPTED_FORMS, Selection
-from engine.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
+from engine.gadget.model import Gadget
+from engine.hooks.hookfile import HookFile, HookFileError
+from engine.kernel.security import UntrustedFileError, check_all_trusted, require_capabilities
+from engine.world.selection import ACCEPTED_FORMS, Selection
 
 REFRESH_SECONDS = 0.5
 
@@ -185,7 +185,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_features(args: argparse.Namespace, out: TextIO) -> int:
-    from engine.features import features_main
+    from engine.kernel.features import features_main
 
     return features_main(as_json=args.json)
 

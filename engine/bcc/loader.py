@@ -22,7 +22,9 @@ from typing import Any
 import attrs
 import trio
 
-from engine import libbcc
+from engine.bcc import libbcc
+from engine.bcc.targets import TargetMissing, check_target, find_usdt
+from engine.bcc.usdt import argument_readers
 from engine.errors import (
     CompileError,
     GadgetParseError,
@@ -30,12 +32,10 @@ from engine.errors import (
     UnsupportedProgramError,
     VerifierError,
 )
-from engine.gadget import Gadget, ProgramSpec
-from engine.iter_output import expand_iter_output
-from engine.kernel_headers import find_kernel_headers, warn_if_mismatched
-from engine.sections import Kind
-from engine.targets import TargetMissing, check_target, find_usdt
-from engine.usdt import argument_readers
+from engine.gadget.iter_output import expand_iter_output
+from engine.gadget.model import Gadget, ProgramSpec
+from engine.gadget.sections import Kind
+from engine.kernel.headers import find_kernel_headers, warn_if_mismatched
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ BuildSource = Callable[[Gadget], str]
 
 def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
     """The text bcc compiles: true layouts, our prelude, then the gadget with its own lines."""
-    from engine.btf import btf_prelude
+    from engine.kernel.btf import btf_prelude
 
     layouts = btf_prelude(PRELUDE + gadget.source, gadget_path=gadget.path)
     path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')

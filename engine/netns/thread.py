@@ -16,7 +16,7 @@ from typing import TypeVar, TypeVarTuple
 import outcome
 import trio
 
-from engine.netns._handle import CLONE_NEWNET, NetnsHandle
+from engine.netns.handle import CLONE_NEWNET, NetnsHandle
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")

@@ -33,14 +33,14 @@ from engine.attach import (
     find_host_peers,
     run_iter_in_netns,
 )
+from engine.attach.preattach import PreAttacher
+from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
-from engine.held import Held
-from engine.loader import LoadedGadget, LoadedProgram
+from engine.gadget.sections import Kind
 from engine.netns import LinkWatcher, NetnsHandle, NetnsId
-from engine.preattach import PreAttacher
 from engine.records import Event, Record
-from engine.sections import Kind
-from engine.world import NetnsTarget, World
+from engine.world.held import Held
+from engine.world.state import NetnsTarget, World
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ class PerNetns:
     async def _run_iterator(
         self, gadget: LoadedGadget, program: LoadedProgram, handle: NetnsHandle, target: NetnsTarget
     ) -> None:
-        from engine.iterators import decode_iter_output, iter_source
+        from engine.gadget.maps import decode_iter_output, iter_source
 
         try:
             raw = await run_iter_in_netns(program.fd, handle, program=program.spec.function)

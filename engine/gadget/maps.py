@@ -9,7 +9,7 @@ consecutive records of it, with ``source`` the map's name. Without such a line, 
 is text and each line becomes ``{"line": ...}``.
 
 ``ITER_OUTPUT(tasks, ctx, &rec);`` writes both lines in one: bcc refuses map calls inside
-macros, so the loader expands it in the gadget's text before compiling (engine.iter_output),
+macros, so the loader expands it in the gadget's text before compiling (engine.gadget.iter_output),
 on the same line. A map used only by iterators gets no perf reader.
 """
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from engine import libbcc
-from engine.decode import build_decoder, fields_from_bcc
-from engine.gadget import Gadget
-from engine.loader import LoadedGadget, LoadedProgram
-from engine.sections import Kind
-from engine.source_text import function_body
+from engine.bcc import libbcc
+from engine.bcc.loader import LoadedGadget, LoadedProgram
+from engine.events.decode import build_decoder, fields_from_bcc
+from engine.gadget.model import Gadget
+from engine.gadget.scanner import function_body
+from engine.gadget.sections import Kind
 
 _MAP_USE = re.compile(r"\b(\w+)\s*\.\s*\w+\s*\(|\bITER_OUTPUT\s*\(\s*(\w+)\s*,")
 _SUBMIT = re.compile(r"\b(\w+)\s*\.\s*perf_submit\s*\(|\bITER_OUTPUT\s*\(\s*(\w+)\s*,")

@@ -29,8 +29,8 @@ from collections.abc import Iterator
 import attrs
 import trio
 
-from engine.netns._handle import NetnsId, host_netns_id, is_netns_fd
-from engine.netns._inotify import (
+from engine.netns.handle import NetnsId, host_netns_id, is_netns_fd
+from engine.netns.inotify import (
     IN_CREATE,
     IN_DELETE,
     IN_MOVED_FROM,
@@ -38,8 +38,8 @@ from engine.netns._inotify import (
     IN_Q_OVERFLOW,
     Inotify,
 )
-from engine.netns._mounts import MountWatcher
-from engine.netns._rtnl import NETNSA_NSID_NOT_ASSIGNED, NsidClient, open_event_socket, parse_events
+from engine.netns.mounts import MountWatcher
+from engine.netns.rtnl import NETNSA_NSID_NOT_ASSIGNED, NsidClient, open_event_socket, parse_events
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import re
 
 import attrs
 
-from engine.targets import TargetMissing, UsdtTarget
+from engine.bcc.targets import TargetMissing, UsdtTarget
 
 # x86-64 register names (any width) to the pt_regs member that holds them.
 _REGISTERS = {

@@ -22,8 +22,8 @@ from typing import Literal
 
 import attrs
 
-from engine.containers import Container
 from engine.errors import SelectionError
+from engine.sources.containers import Container
 
 Field = Literal["name", "id", "image", "label"]
 

@@ -20,10 +20,10 @@ import trio
 
 from engine.attach.probes import attach_kprobe, attach_uprobe, attach_usdt, target_not_found
 from engine.attach.tracing import attach_trampoline
+from engine.bcc.loader import LoadedGadget, LoadedProgram
+from engine.bcc.targets import TargetMissing, check_target
 from engine.errors import AttachError, TargetNotFoundError
-from engine.loader import LoadedGadget, LoadedProgram
-from engine.sections import Kind
-from engine.targets import TargetMissing, check_target
+from engine.gadget.sections import Kind
 
 _LOCKS: dict[int, threading.Lock] = {}
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import attrs
 
-from engine.kernel_btf import BTF_KIND_FUNC, btf_id
-from engine.sections import Kind
+from engine.gadget.sections import Kind
+from engine.kernel.libbpf_btf import BTF_KIND_FUNC, btf_id
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import attrs
 
-from engine.elf import ET_EXEC, ElfError, ElfFile
-from engine.gadget import ProgramSpec
-from engine.kernel_btf import BTF_KIND_FUNC, BTF_KIND_TYPEDEF, btf_id
-from engine.sections import Kind
+from engine.bcc.elf import ET_EXEC, ElfError, ElfFile
+from engine.gadget.model import ProgramSpec
+from engine.gadget.sections import Kind
+from engine.kernel.libbpf_btf import BTF_KIND_FUNC, BTF_KIND_TYPEDEF, btf_id
 
 TRACEFS = Path("/sys/kernel/tracing")
 KALLSYMS = Path("/proc/kallsyms")

@@ -14,9 +14,9 @@ import re
 
 import attrs
 
-from engine.gadget import Gadget, mask_comments
-from engine.sections import Kind
-from engine.source_text import function_body_span
+from engine.gadget.model import Gadget, mask_comments
+from engine.gadget.scanner import function_body_span
+from engine.gadget.sections import Kind
 
 _PASS_ON = frozenset({"TC_ACT_UNSPEC", "-1", "(-1)"})
 _RETURN = re.compile(r"\breturn\b\s*([^;]*);")

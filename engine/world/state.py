@@ -22,8 +22,8 @@ from typing import Any
 
 import attrs
 
-from engine.containers import Container
-from engine.selection import Selection
+from engine.sources.containers import Container
+from engine.world.selection import Selection
 
 # Where container runtimes put the netns files of their containers (bind mounts).
 RUNTIME_NETNS_DIRS = ("/run/docker/netns/", "/var/run/docker/netns/")

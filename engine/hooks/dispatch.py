@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import attrs
 import trio
 
-from engine import libbcc
-from engine.attach_static import call_bcc
-from engine.containers import Container, ContainerAdded, ContainerRemoved
+from engine.attach.static import call_bcc
+from engine.bcc import libbcc
 from engine.errors import EngineError
 from engine.records import Event, Lost, Record
-from engine.selection import Selection
+from engine.sources.containers import Container, ContainerAdded, ContainerRemoved
+from engine.world.selection import Selection
 
 if TYPE_CHECKING:
-    from engine.loader import LoadedGadget
+    from engine.bcc.loader import LoadedGadget
 
 log = logging.getLogger(__name__)
 

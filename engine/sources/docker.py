@@ -19,7 +19,7 @@ import docker.utils
 import requests
 import trio
 
-from engine.containers import (
+from engine.sources.containers import (
     Container,
     ContainerAdded,
     ContainerEvent,
@@ -30,7 +30,7 @@ from engine.containers import (
     SourceDisconnected,
     SourceReconnected,
 )
-from engine.reconcile import diff
+from engine.sources.reconcile import diff
 
 logger = logging.getLogger(__name__)
 

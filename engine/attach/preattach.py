@@ -31,10 +31,10 @@ import attrs
 import trio
 
 from engine.attach import Direction, HostPeer, attach_classifier
+from engine.bcc.loader import LoadedProgram
 from engine.errors import AttachError
-from engine.loader import LoadedProgram
 from engine.netns import VethLink
-from engine.world import World
+from engine.world.state import World
 
 log = logging.getLogger(__name__)
 

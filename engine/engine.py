@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,8 @@ from engine.bcc.loader import LoadedGadget, check_supported, load_gadget
 from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
 from engine.events.decode import RecordDecoder, build_decoder, fields_from_bcc
 from engine.events.pump import BufferMap, BufferPump, buffer_maps
-from engine.gadget.maps import iterator_only_maps
+from engine.gadget.maps import iterator_only_maps, map_writers
 from engine.gadget.model import Gadget
-from engine.gadget.scanner import function_body
 from engine.gadget.sections import Kind
 from engine.gadget.tc_returns import tc_return_warnings
 from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
@@ -100,17 +98,6 @@ class Stats:
     @property
     def lost(self) -> int:
         return sum(m.lost_kernel + m.lost_engine + m.lost_pending for m in self.maps.values())
-
-
-def map_writers(gadget: Gadget, map_name: str) -> str | None:
-    """The one program whose body names ``map_name``, if exactly one does."""
-    users = []
-    pattern = re.compile(rf"\b{re.escape(map_name)}\s*\.")
-    for spec in gadget.programs:
-        body = function_body(gadget.source, spec.function)
-        if body is not None and pattern.search(body):
-            users.append(spec.function)
-    return users[0] if len(users) == 1 else None
 
 
 @attrs.define

@@ -2,46 +2,29 @@
 
 Each gets one BPF link for the life of the engine; a run creates a read fd from the link,
 reads it to its end in a worker thread and turns what was written into events (typed records
-or text lines, see engine.gadget.maps). Per-netns iterators (iter/tcp, iter/udp) are run by
+or text lines, see engine.events.iter_decode). Per-netns iterators (iter/tcp, iter/udp) are run by
 engine.attach.per_netns instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes as ct
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import attrs
 import trio
 
-from engine.attach.iterator import IterLink
-from engine.bcc import libbcc
+from engine.attach.iterator import IterLink, read_iterator
 from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
-from engine.gadget.maps import decode_iter_output, iter_source
+from engine.events.iter_decode import decode_iter_output
+from engine.gadget.maps import iter_source
 from engine.gadget.sections import Kind
 from engine.records import Event, Record
 
 DEFAULT_INTERVAL = 10.0
 
 Deliver = Callable[[str, str, list[Record]], None]  # gadget, source, records
-
-
-def read_iterator(link_fd: int) -> bytes:
-    """Everything one run of the iterator writes (blocking: run it in a worker thread)."""
-    fd = int(libbcc.lib().bcc_iter_create(link_fd))
-    if fd < 0:
-        err = ct.get_errno() or -fd
-        raise OSError(err, os.strerror(err))
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 @attrs.frozen
@@ -76,7 +59,7 @@ class HostIteratorRunner:
             raise AttachError(
                 spec.function, f"cannot run the iterator: {exc.strerror}", errno=exc.errno
             ) from exc
-        source = iter_source(it.loaded, it.program)
+        source = iter_source(it.loaded.gadget, spec)
         gadget = it.loaded.gadget.name
         records: list[Record] = [
             Event(gadget, source, spec.function, data)

@@ -14,14 +14,9 @@ import os
 import attrs
 import trio
 
+from engine.bcc import libbcc
 from engine.errors import AttachError
 from engine.netns import NetnsHandle, in_netns
-
-_libbcc = ctypes.CDLL("libbcc.so.0", use_errno=True)
-_libbcc.bcc_iter_attach.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
-_libbcc.bcc_iter_attach.restype = ctypes.c_int
-_libbcc.bcc_iter_create.argtypes = [ctypes.c_int]
-_libbcc.bcc_iter_create.restype = ctypes.c_int
 
 
 def _check(ret: int, what: str) -> int:
@@ -42,7 +37,7 @@ class IterLink(trio.abc.AsyncResource):
     @classmethod
     def attach(cls, prog_fd: int, program: str) -> IterLink:
         try:
-            fd = _check(_libbcc.bcc_iter_attach(prog_fd, None, 0), "bcc_iter_attach")
+            fd = _attach(prog_fd)
         except OSError as exc:
             raise AttachError(program, "cannot attach the iterator", errno=exc.errno) from exc
         return cls(program=program, fd=fd)
@@ -60,8 +55,9 @@ class IterLink(trio.abc.AsyncResource):
         await trio.lowlevel.checkpoint()
 
 
-def _read_iterator(link_fd: int) -> bytes:
-    fd = _check(_libbcc.bcc_iter_create(link_fd), "bcc_iter_create")
+def read_iterator(link_fd: int) -> bytes:
+    """Everything one run of the iterator writes (blocking: run it in a worker thread)."""
+    fd = _check(libbcc.lib().bcc_iter_create(link_fd), "bcc_iter_create")
     try:
         chunks = []
         while chunk := os.read(fd, 65536):
@@ -73,17 +69,17 @@ def _read_iterator(link_fd: int) -> bytes:
 
 def _read_and_close_link(link_fd: int) -> bytes:
     try:
-        return _read_iterator(link_fd)
+        return read_iterator(link_fd)
     finally:
         os.close(link_fd)
 
 
 def _attach_and_read(prog_fd: int) -> bytes:
-    link_fd = _check(_libbcc.bcc_iter_attach(prog_fd, None, 0), "bcc_iter_attach")
-    try:
-        return _read_iterator(link_fd)
-    finally:
-        os.close(link_fd)
+    return _read_and_close_link(_attach(prog_fd))
+
+
+def _attach(prog_fd: int) -> int:
+    return _check(libbcc.lib().bcc_iter_attach(prog_fd, None, 0), "bcc_iter_attach")
 
 
 async def run_iter_in_netns(

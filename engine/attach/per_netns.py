@@ -375,7 +375,8 @@ class PerNetns:
     async def _run_iterator(
         self, gadget: LoadedGadget, program: LoadedProgram, handle: NetnsHandle, target: NetnsTarget
     ) -> None:
-        from engine.gadget.maps import decode_iter_output, iter_source
+        from engine.events.iter_decode import decode_iter_output
+        from engine.gadget.maps import iter_source
 
         try:
             raw = await run_iter_in_netns(program.fd, handle, program=program.spec.function)
@@ -385,7 +386,7 @@ class PerNetns:
         container: dict[str, Any] | None = (
             target.containers[0].to_json() if target.containers else None
         )
-        source = iter_source(gadget, program)
+        source = iter_source(gadget.gadget, program.spec)
         for data in decode_iter_output(gadget, program, raw):
             event = Event(gadget.gadget.name, source, program.spec.function, data, container)
             if self.held is not None and self.world.is_pending(target.inode):

@@ -34,8 +34,10 @@ from engine.errors import (
 )
 from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.model import Gadget, ProgramSpec
+from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
-from engine.kernel.headers import find_kernel_headers, warn_if_mismatched
+from engine.kernel.headers import process_headers
+from engine.kernel.layouts import btf_prelude
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ static __always_inline bool engine_selected(void)
     return engine_mntns.lookup(&id) != 0;
 }
 """
+
+_PRELUDE_SCAN = SourceScan.of(PRELUDE)
 
 # bcc attaches functions with these name prefixes by itself when a module is created.
 RESERVED_PREFIXES = (
@@ -166,9 +170,7 @@ BuildSource = Callable[[Gadget], str]
 
 def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
     """The text bcc compiles: true layouts, our prelude, then the gadget with its own lines."""
-    from engine.kernel.btf import btf_prelude
-
-    layouts = btf_prelude(PRELUDE + gadget.source, gadget_path=gadget.path)
+    layouts = btf_prelude(_PRELUDE_SCAN, gadget.scan, gadget_path=gadget.path)
     path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')
     return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + gadget.source
 
@@ -300,11 +302,10 @@ def load_sync(
 ) -> LoadedGadget:
     """Compile and load (blocking). Use ``load_gadget`` from trio."""
     bcc = _bpf_module()
-    headers = find_kernel_headers()
-    warn_if_mismatched(headers)
+    process_headers().warn_if_mismatched()
     check_reserved_names(gadget)
     readers = check_targets(gadget, skipped)
-    expanded = attrs.evolve(gadget, source=expand_iter_output(gadget.source))
+    expanded = attrs.evolve(gadget, scan=expand_iter_output(gadget.scan))
     text = full_source(expanded, [*readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:

@@ -9,45 +9,30 @@ on the same line, so that compiler messages keep their line numbers.
 
 from __future__ import annotations
 
-import re
-
-_ITER_OUTPUT_CALL = re.compile(r"\bITER_OUTPUT\s*\(")
+from engine.gadget.scanner import SourceScan
 
 
-def expand_iter_output(source: str) -> str:
-    """Replace each ``ITER_OUTPUT(map, ctx, rec)`` by its two statements, keeping every line."""
+def expand_iter_output(scan: SourceScan) -> SourceScan:
+    """Each ``ITER_OUTPUT(map, ctx, rec)`` in the code replaced by its two statements.
+
+    Every line is kept; the scan itself comes back when there is nothing to expand.
+    """
+    source = scan.source
     out = []
     at = 0
-    for match in _ITER_OUTPUT_CALL.finditer(source):
-        if match.start() < at:
+    for call in scan.calls("ITER_OUTPUT"):
+        if call.start < at:
             continue  # inside the arguments of the one just expanded
-        args, end = _call_arguments(source, match.end())
-        if len(args) != 3:
+        if len(call.args) != 3:
             continue  # left as written: the compiler names the problem
-        name, ctx, rec = (a.strip() for a in args)
-        out.append(source[at : match.start()])
+        name, ctx, rec = (source[start:end].strip() for start, end in call.args)
+        out.append(source[at : call.start])
         out.append(
             f"do {{ if (0) {name}.perf_submit({ctx}, {rec}, sizeof(*({rec}))); "
             f"bpf_seq_write(({ctx})->meta->seq, {rec}, sizeof(*({rec}))); }} while (0)"
         )
-        at = end
+        at = call.end
+    if not out:
+        return scan
     out.append(source[at:])
-    return "".join(out)
-
-
-def _call_arguments(source: str, start: int) -> tuple[list[str], int]:
-    """The top-level comma-separated arguments from ``start`` (after "(") to the matching ")"."""
-    depth, args, current = 0, [], start
-    for i in range(start, len(source)):
-        c = source[i]
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            if depth == 0:
-                args.append(source[current:i])
-                return args, i + 1
-            depth -= 1
-        elif c == "," and depth == 0:
-            args.append(source[current:i])
-            current = i + 1
-    return [], len(source)
+    return SourceScan.of("".join(out))

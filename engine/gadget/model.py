@@ -12,6 +12,7 @@ from pathlib import Path
 import attrs
 
 from engine.errors import GadgetError, GadgetParseError, SectionError
+from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import ACCEPTED_FORMS, Kind, Section, SectionSyntaxError, parse_section
 
 
@@ -54,11 +55,19 @@ class ProgramSpec:
 
 @attrs.frozen
 class Gadget:
-    """A parsed gadget: its source text and its programs, in file order."""
+    """A parsed gadget: its source, scanned once, and its programs, in file order.
+
+    The source lives in its scan, so that a gadget with another text (``attrs.evolve(gadget,
+    scan=SourceScan.of(text))``) cannot keep the scan of the old one.
+    """
 
     path: str
-    source: str
+    scan: SourceScan = attrs.field(repr=False)
     programs: tuple[ProgramSpec, ...]
+
+    @property
+    def source(self) -> str:
+        return self.scan.source
 
     @property
     def name(self) -> str:
@@ -89,81 +98,38 @@ class Gadget:
 
     @classmethod
     def from_source(cls, source: str, path: str = "<gadget>") -> Gadget:
-        return cls(path=path, source=source, programs=parse_programs(source, path))
+        scan = SourceScan.of(source)
+        return cls(path=path, scan=scan, programs=parse_programs(scan, path))
 
 
-_SEC = re.compile(r"\bSEC\s*\(")
-_SEC_ARG = re.compile(r'\s*"((?:[^"\\\n]|\\.)*)"\s*\)')
+_SEC_LITERAL = re.compile(r'\s*"((?:[^"\\\n]|\\.)*)"\s*')
 _FUNCTION = re.compile(r"\s*((?:[A-Za-z_]\w*[\s*]+)+?)([A-Za-z_]\w*)\s*\(")
+_BODY = re.compile(r"\s*\{")
 _FORMS = ", ".join(ACCEPTED_FORMS)
 
 
-def mask_comments(source: str) -> str:
-    """Blank out comments and preprocessor lines, keeping every offset and newline."""
-    out = list(source)
-    i, n = 0, len(source)
-    line_start = True
-    while i < n:
-        c = source[i]
-        if line_start and c == "#":
-            # A preprocessor directive, with its backslash continuations.
-            while i < n and not (source[i] == "\n" and source[i - 1] != "\\"):
-                if source[i] != "\n":
-                    out[i] = " "
-                i += 1
-            continue
-        if c == "/" and source.startswith("//", i):
-            while i < n and source[i] != "\n":
-                out[i] = " "
-                i += 1
-            continue
-        if c == "/" and source.startswith("/*", i):
-            end = source.find("*/", i + 2)
-            end = n if end < 0 else end + 2
-            for j in range(i, end):
-                if source[j] != "\n":
-                    out[j] = " "
-            i = end
-            continue
-        if c == '"':
-            # Skip string literals so that comment markers inside them count as text.
-            j = i + 1
-            while j < n and source[j] not in '"\n':
-                j += 2 if source[j] == "\\" else 1
-            i = j + 1
-            line_start = False
-            continue
-        if c == "\n":
-            line_start = True
-        elif not c.isspace():
-            line_start = False
-        i += 1
-    return "".join(out)
-
-
-def parse_programs(source: str, path: str) -> tuple[ProgramSpec, ...]:
+def parse_programs(scan: SourceScan, path: str) -> tuple[ProgramSpec, ...]:
     """Find every SEC("...") and the function after it; raise GadgetParseError on problems."""
-    masked = mask_comments(source)
     programs: list[ProgramSpec] = []
     problems: list[SectionError] = []
     seen: dict[str, int] = {}
-    for match in _SEC.finditer(masked):
-        line = masked.count("\n", 0, match.start()) + 1
-        arg = _SEC_ARG.match(masked, match.end())
-        if arg is None:
+    for call in scan.calls("SEC"):
+        line = scan.line_of(call.start)
+        literal = _SEC_LITERAL.fullmatch(scan.text, *call.args[0]) if len(call.args) == 1 else None
+        if literal is None:
             problems.append(
                 SectionError(
                     path, line, None, 'SEC needs one string literal, as SEC("kind/target")'
                 )
             )
             continue
-        text = arg.group(1)
+        text = literal.group(1)
         try:
             section = parse_section(text)
         except SectionSyntaxError as exc:
             problems.append(SectionError(path, line, text, f"{exc}; accepted forms: {_FORMS}"))
             continue
-        function = _function_after(masked, arg.end())
+        function = _function_after(scan, call.end)
         if function is None:
             problems.append(
                 SectionError(path, line, text, "is not followed by a function definition")
@@ -195,21 +161,12 @@ def parse_programs(source: str, path: str) -> tuple[ProgramSpec, ...]:
     return tuple(programs)
 
 
-def _function_after(masked: str, pos: int) -> str | None:
-    match = _FUNCTION.match(masked, pos)
+def _function_after(scan: SourceScan, pos: int) -> str | None:
+    """The function whose definition follows ``pos``; None for a prototype or no function."""
+    match = _FUNCTION.match(scan.code, pos)
     if match is None:
         return None
-    # The declaration must be followed by a body, not end in ';' (a prototype).
-    depth, i = 0, match.end() - 1
-    while i < len(masked):
-        if masked[i] == "(":
-            depth += 1
-        elif masked[i] == ")":
-            depth -= 1
-            if depth == 0:
-                break
-        i += 1
-    rest = masked[i + 1 :].lstrip()
-    if not rest.startswith("{"):
+    close = scan.closing(match.end() - 1)
+    if close is None or _BODY.match(scan.code, close + 1) is None:
         return None
     return match.group(2)

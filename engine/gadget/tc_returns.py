@@ -14,8 +14,7 @@ import re
 
 import attrs
 
-from engine.gadget.model import Gadget, mask_comments
-from engine.gadget.scanner import function_body_span
+from engine.gadget.model import Gadget
 from engine.gadget.sections import Kind
 
 _PASS_ON = frozenset({"TC_ACT_UNSPEC", "-1", "(-1)"})
@@ -38,17 +37,17 @@ class TcReturnWarning:
 
 def tc_return_warnings(gadget: Gadget) -> list[TcReturnWarning]:
     """One warning per ``return`` of a classifier whose value is not TC_ACT_UNSPEC."""
-    masked = mask_comments(gadget.source)
+    scan = gadget.scan
     warnings = []
     for spec in gadget.programs:
         if spec.kind is not Kind.CLASSIFIER:
             continue
-        span = function_body_span(masked, spec.function)
+        span = scan.body_span(spec.function)
         if span is None:
             continue
-        for match in _RETURN.finditer(masked, *span):
+        for match in _RETURN.finditer(scan.code, *span):
             value = " ".join(match.group(1).split())
             if value not in _PASS_ON:
-                line = masked.count("\n", 0, match.start()) + 1
+                line = scan.line_of(match.start())
                 warnings.append(TcReturnWarning(gadget.path, line, spec.function, value))
     return warnings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -16,15 +17,40 @@ log = logging.getLogger(__name__)
 _UTS = re.compile(r'#define\s+UTS_RELEASE\s+"([^"]+)"')
 
 
-@attrs.frozen
+@attrs.define
 class KernelHeaders:
+    """Headers bcc compiles against; says once if they are not the running kernel's."""
+
     path: Path
     release: str | None  # the release the headers were made for, when they say
     running: str
+    _warned: bool = attrs.field(default=False, init=False, eq=False, repr=False)
 
     @property
     def matches(self) -> bool:
         return self.release == self.running
+
+    def warn_if_mismatched(self) -> None:
+        """Say once that struct layouts from these headers may be wrong."""
+        if self.matches or self._warned:
+            return
+        self._warned = True
+        log.warning(
+            "bcc compiles against kernel headers for %s, but the running kernel is %s: "
+            "struct layouts from those headers may be wrong; use the __btf types (docs/btf.md) "
+            "to read kernel structs",
+            self.release or "an unknown release",
+            self.running,
+        )
+
+
+@functools.cache
+def process_headers() -> KernelHeaders:
+    """The headers of this process's compiles, found once: warnings about them come once.
+
+    Not cached when none are found (EnvironmentProblem), so a later call looks again.
+    """
+    return find_kernel_headers()
 
 
 def find_kernel_headers(modules_dir: Path = Path("/lib/modules")) -> KernelHeaders:
@@ -49,21 +75,3 @@ def _release_of(build: Path) -> str | None:
         return None
     match = _UTS.search(text)
     return match.group(1) if match else None
-
-
-_warned = False
-
-
-def warn_if_mismatched(headers: KernelHeaders) -> None:
-    """Say once per process that struct layouts from these headers may be wrong."""
-    global _warned  # noqa: PLW0603 - a once-per-process warning is the point
-    if headers.matches or _warned:
-        return
-    _warned = True
-    log.warning(
-        "bcc compiles against kernel headers for %s, but the running kernel is %s: "
-        "struct layouts from those headers may be wrong; use the __btf types (docs/btf.md) "
-        "to read kernel structs",
-        headers.release or "an unknown release",
-        headers.running,
-    )

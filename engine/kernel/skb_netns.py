@@ -23,14 +23,12 @@ netns, and TC records name their container by ``ifindex`` instead.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
-from engine.gadget.model import Gadget, mask_comments
-from engine.kernel.btf import Btf, BtfError, Kind
+from engine.gadget.model import Gadget
+from engine.kernel.btf import Btf
 
 HELPER = "engine_skb_netns_id"
 _CALLED = re.compile(rf"\b{HELPER}\s*\(")
-_COMPOSITE = (Kind.STRUCT, Kind.UNION)
 
 # (struct, member path) for each pointer or value the helper follows.
 SKB_DEV = ("sk_buff", ("dev",))
@@ -38,42 +36,13 @@ DEV_NET = ("net_device", ("nd_net", "net"))
 NET_INUM = ("net", ("ns", "inum"))
 
 
-def member_offset(btf: Btf, struct_name: str, path: Sequence[str]) -> int:
-    """Byte offset of ``struct_name.path[0].path[1]...``, looking through anonymous members."""
-    candidates = [t for t in btf.named(struct_name) if t.kind in _COMPOSITE]
-    if not candidates:
-        raise BtfError(f"the kernel's BTF has no struct {struct_name}")
-    type_id = candidates[0].type_id
-    offset = 0
-    for name in path:
-        found = _find_member(btf, type_id, name)
-        if found is None:
-            raise BtfError(f"struct {struct_name} has no member {'.'.join(path)} in BTF")
-        extra, type_id = found
-        offset += extra
-    return offset
-
-
-def _find_member(btf: Btf, type_id: int, name: str) -> tuple[int, int] | None:
-    """(byte offset, member type id) of ``name`` in the struct or union ``type_id``."""
-    t = btf.resolve(type_id)
-    for m in t.members:
-        if m.name == name:
-            return m.bit_offset // 8, m.type_id
-        if not m.name and btf.resolve(m.type_id).kind in _COMPOSITE:
-            inner = _find_member(btf, m.type_id, name)
-            if inner is not None:
-                return m.bit_offset // 8 + inner[0], inner[1]
-    return None
-
-
 def helper_source(btf: Btf) -> str:
     """The C definition of ``engine_skb_netns_id`` for the kernel described by ``btf``."""
-    dev = member_offset(btf, *SKB_DEV)
-    net = member_offset(btf, *DEV_NET)
-    inum = member_offset(btf, *NET_INUM)
+    dev = btf.member_offset(*SKB_DEV)
+    net = btf.member_offset(*DEV_NET)
+    inum = btf.member_offset(*NET_INUM)
     return f"""\
-/* The netns (nsfs inode) of the device a packet crosses (engine/skb_netns.py). */
+/* The netns (nsfs inode) of the device a packet crosses (engine/kernel/skb_netns.py). */
 static __always_inline u64 {HELPER}(struct __sk_buff *skb)
 {{
     void *dev = 0, *net = 0;
@@ -91,10 +60,12 @@ static __always_inline u64 {HELPER}(struct __sk_buff *skb)
 
 
 def extra_source(gadget: Gadget, btf: Btf | None = None) -> list[str]:
-    """What to compile before ``gadget``: the helper if the gadget calls it, else nothing.
+    """What to compile before ``gadget``: the helper if its code calls it, else nothing.
+
+    A call in a macro definition counts; one in a comment or a string does not.
 
     Blocking (reads the kernel's BTF when needed): call it from a worker thread.
     """
-    if not _CALLED.search(mask_comments(gadget.source)):
+    if not _CALLED.search(gadget.scan.with_directives):
         return []
     return [helper_source(btf if btf is not None else Btf.from_file())]

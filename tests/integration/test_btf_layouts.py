@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from engine.kernel.btf import Btf, BtfType, Kind, btf_prelude
+from engine.gadget.scanner import SourceScan
+from engine.kernel.btf import Btf, BtfType, Kind
+from engine.kernel.layouts import btf_prelude
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.integration
@@ -25,7 +27,7 @@ TASK_RECORD = struct.Struct("<II16s")
 def _compile(gadget: str, path: str = "x.c") -> Any:
     from bcc import BPF
 
-    text = btf_prelude(gadget) + SEC + f'#line 1 "{path}"\n' + gadget
+    text = btf_prelude(SourceScan.of(gadget)) + SEC + f'#line 1 "{path}"\n' + gadget
     return BPF(text=text.encode())
 
 

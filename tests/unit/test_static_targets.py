@@ -22,6 +22,7 @@ from engine.bcc.usdt import Operand, argument_readers, parse_operand
 from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.maps import iterator_only_maps
 from engine.gadget.model import Gadget
+from engine.gadget.scanner import SourceScan
 
 CACHE = [
     ("libc.so.6", Path("/lib/x86_64-linux-gnu/libc.so.6")),
@@ -163,7 +164,7 @@ def test_differing_layouts_in_position_independent_code_are_refused() -> None:
 
 def test_iter_output_expands_on_the_same_line() -> None:
     source = "int a;\n    if (x) ITER_OUTPUT(tasks, ctx, &rec);\nint b;\n"
-    out = expand_iter_output(source)
+    out = expand_iter_output(SourceScan.of(source)).source
     assert out.count("\n") == source.count("\n")
     assert "if (x) do { if (0) tasks.perf_submit(ctx, &rec, sizeof(*(&rec)));" in out
     assert "bpf_seq_write((ctx)->meta->seq, &rec, sizeof(*(&rec))); } while (0);" in out

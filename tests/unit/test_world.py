@@ -78,7 +78,7 @@ def test_skb_netns_helper_offsets_from_btf() -> None:
     assert "static __always_inline u64 engine_skb_netns_id" in text
     assert skb_netns.extra_source(quiet, btf) == []
     # sk_buff.dev sits behind anonymous unions: found through them, inside the struct.
-    dev = skb_netns.member_offset(btf, *skb_netns.SKB_DEV)
+    dev = btf.member_offset(*skb_netns.SKB_DEV)
     assert 0 < dev < 64
     assert f"(void *)skb + {dev})" in text
 

@@ -69,15 +69,21 @@ class SourceScan:
         return bisect.bisect_left(self._newlines, offset) + 1
 
     def closing(self, at: int) -> int | None:
-        """Where the bracket that closes the one at ``at`` in ``code`` is; None if never."""
-        depth = 0
+        """Where the bracket that closes the one at ``at`` in ``code`` is.
+
+        None when it is never closed, or a bracket of another kind closes first.
+        """
+        if self.code[at] not in _OPEN:
+            raise ValueError(f"no bracket at offset {at}")
+        expected: list[str] = []
         for i in range(at, len(self.code)):
             c = self.code[i]
             if c in _OPEN:
-                depth += 1
+                expected.append(_CLOSE[_OPEN.index(c)])
             elif c in _CLOSE:
-                depth -= 1
-                if depth == 0:
+                if c != expected.pop():
+                    return None
+                if not expected:
                     return i
         return None
 

@@ -59,13 +59,16 @@ static __always_inline u64 {HELPER}(struct __sk_buff *skb)
 """
 
 
-def extra_source(gadget: Gadget, btf: Btf | None = None) -> list[str]:
-    """What to compile before ``gadget``: the helper if its code calls it, else nothing.
+def calls_helper(gadget: Gadget) -> bool:
+    """Whether the gadget's code calls the helper: in a macro counts, in a comment or string not."""
+    return _CALLED.search(gadget.scan.with_directives) is not None
 
-    A call in a macro definition counts; one in a comment or a string does not.
+
+def extra_source(gadget: Gadget, btf: Btf | None = None) -> list[str]:
+    """What to compile before ``gadget``: the helper if it calls it, else nothing.
 
     Blocking (reads the kernel's BTF when needed): call it from a worker thread.
     """
-    if not _CALLED.search(gadget.scan.with_directives):
+    if not calls_helper(gadget):
         return []
     return [helper_source(btf if btf is not None else Btf.from_file())]

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -25,6 +26,8 @@ from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.bcc.targets import TargetMissing, check_target, find_uprobe, find_usdt
 from engine.errors import AttachError, TargetNotFoundError
 from engine.gadget.sections import Kind
+
+T = TypeVar("T")
 
 TRACEFS = Path("/sys/kernel/tracing")
 _ENTRY, _RETURN = 0, 1
@@ -79,17 +82,30 @@ async def _perf_probe(
             await trio.to_thread.run_sync(_close_probe, fd, event, user)
 
 
-def _check(loaded: LoadedGadget, program: LoadedProgram) -> None:
+def _found(loaded: LoadedGadget, program: LoadedProgram, find: Callable[[], T]) -> T:
+    """What ``find`` finds for the program's section, or TargetNotFoundError with file:line."""
     try:
-        check_target(program.spec)
+        return find()
     except TargetMissing as exc:
         raise target_not_found(loaded, program, exc) from exc
+
+
+def _uprobe(
+    program: LoadedProgram, mode: int, event: str, path: bytes, offset: int, *, semaphore: int = 0
+) -> Callable[[], int]:
+    """libbcc's uprobe attach for one location; ``semaphore`` is the USDT semaphore's offset."""
+
+    def attach() -> int:
+        fn = libbcc.uprobe_attach()
+        return int(fn(program.fd, mode, event.encode(), path, offset, -1, semaphore))
+
+    return attach
 
 
 @contextlib.asynccontextmanager
 async def attach_kprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
     """A kprobe or kretprobe on a kernel function (checked in /proc/kallsyms first)."""
-    _check(loaded, program)
+    _found(loaded, program, lambda: check_target(program.spec))
     (function,) = program.spec.section.parts
     mode = _RETURN if program.spec.kind is Kind.KRETPROBE else _ENTRY
     event = _event_name(program)
@@ -105,17 +121,10 @@ async def attach_kprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIt
 @contextlib.asynccontextmanager
 async def attach_uprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
     """A uprobe or uretprobe on a function symbol of an executable or library."""
-    try:
-        target = find_uprobe(*program.spec.section.parts)
-    except TargetMissing as exc:
-        raise target_not_found(loaded, program, exc) from exc
+    target = _found(loaded, program, lambda: find_uprobe(*program.spec.section.parts))
     mode = _RETURN if program.spec.kind is Kind.URETPROBE else _ENTRY
     event = _event_name(program)
-
-    def attach() -> int:
-        fn = libbcc.uprobe_attach()
-        return int(fn(program.fd, mode, event.encode(), bytes(target.path), target.offset, -1, 0))
-
+    attach = _uprobe(program, mode, event, bytes(target.path), target.offset)
     async with _perf_probe(attach, program, program.spec.kind.value, event, user=True):
         yield
 
@@ -123,28 +132,18 @@ async def attach_uprobe(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIt
 @contextlib.asynccontextmanager
 async def attach_usdt(loaded: LoadedGadget, program: LoadedProgram) -> AsyncIterator[None]:
     """A USDT probe: a uprobe at each of its locations, with its semaphore counted up."""
-    try:
-        target = find_usdt(*program.spec.section.parts)
-    except TargetMissing as exc:
-        raise target_not_found(loaded, program, exc) from exc
+    target = _found(loaded, program, lambda: find_usdt(*program.spec.section.parts))
     async with contextlib.AsyncExitStack() as stack:
         for index, location in enumerate(target.locations):
             event = _event_name(program, index)
-
-            def attach(offset: int = location.offset, event: str = event) -> int:
-                fn = libbcc.uprobe_attach()
-                return int(
-                    fn(
-                        program.fd,
-                        _ENTRY,
-                        event.encode(),
-                        bytes(target.path),
-                        offset,
-                        -1,
-                        target.semaphore_offset,
-                    )
-                )
-
+            attach = _uprobe(
+                program,
+                _ENTRY,
+                event,
+                bytes(target.path),
+                location.offset,
+                semaphore=target.semaphore_offset,
+            )
             await stack.enter_async_context(
                 _perf_probe(attach, program, "USDT probe", event, user=True)
             )

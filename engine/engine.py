@@ -22,7 +22,6 @@ from typing import Any
 import attrs
 import trio
 
-from engine.attach import Attached, AttachFailed, Detached
 from engine.attach.host_iterators import HostIteratorRunner, host_iterators
 from engine.attach.per_netns import PerNetns
 from engine.attach.preattach import PreAttacher
@@ -36,15 +35,29 @@ from engine.gadget.maps import iterator_only_maps, map_writers
 from engine.gadget.model import Gadget
 from engine.gadget.sections import Kind
 from engine.gadget.tc_returns import tc_return_warnings
-from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, HookMethods, Hooks
+from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, Hooks
+from engine.hooks.methods import HookMethods
 from engine.kernel import skb_netns
 from engine.kernel.features import probe_features
 from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.netns import LinkWatcher
-from engine.records import Event, GadgetFailed, Lost, ProgramAttached, ProgramSkipped, Record
-from engine.sources.containers import ContainerAdded, ContainerEvent, ContainerRemoved
+from engine.records import (
+    ContainerAdded,
+    ContainerEvent,
+    ContainerRemoved,
+    Event,
+    GadgetFailed,
+    Lost,
+    NetnsAdded,
+    NetnsEvent,
+    NetnsRemoved,
+    ProgramAttached,
+    ProgramRecord,
+    ProgramSkipped,
+    Record,
+)
 from engine.sources.docker import DockerSource
-from engine.sources.netns import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
+from engine.sources.netns import NetnsSource
 from engine.world.held import Held
 from engine.world.selection import Selection
 from engine.world.state import DEFAULT_IDENTIFY_TIMEOUT, Identified, Verdict, World, preattached_key
@@ -395,7 +408,14 @@ async def _running(
         runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)
         for it in host_iters:
             spec = it.program.spec
-            outlet.put(ProgramAttached(it.loaded.gadget.name, spec.function, "iter", spec.target))
+            outlet.put(
+                ProgramAttached(
+                    gadget=it.loaded.gadget.name,
+                    program=spec.function,
+                    kind="iter",
+                    target=spec.target,
+                )
+            )
         await work.start(runner.run)
         per_netns = PerNetns(loaded_all, outlet.put, work, world, options.iter_interval, held=held)
         tracker = _Tracker(world, per_netns, loaded_all, outlet, options, held)
@@ -470,10 +490,10 @@ async def _start_gadget(  # noqa: PLR0917 - the engine's parts this gadget plugs
             await own.enter_async_context(attacher(loaded, program))
             attached.append(
                 ProgramAttached(
-                    gadget.name,
-                    program.spec.function,
-                    program.spec.kind.value,
-                    program.spec.target,
+                    gadget=gadget.name,
+                    program=program.spec.function,
+                    kind=program.spec.kind.value,
+                    target=program.spec.target,
                 )
             )
         if pump is not None:
@@ -543,10 +563,6 @@ def _open_pump(
     stack.callback(pump.close)
     pump.open()
     return pump
-
-
-def describe(loaded: LoadedGadget) -> dict[str, Any]:
-    return {"gadget": loaded.gadget.name, "programs": sorted(loaded.programs)}
 
 
 def _inode(path: str) -> int | None:
@@ -677,7 +693,7 @@ class _Tracker:
                     self.outlet.deliver(record.gadget, record.source, [named])
                 else:
                     stats.for_map(record.gadget, record.source).unselected += 1
-            elif isinstance(record, (Attached, Detached, AttachFailed)):
+            elif isinstance(record, ProgramRecord):
                 # Real attachments of the engine: reported either way, with the container
                 # they turned out to be (a speculative attach of an unselected container
                 # ends in `attached` then `detached`).

@@ -2,7 +2,6 @@
 
 from engine.attach.iterator import IterLink, run_iter_in_netns
 from engine.attach.owner import current_owner, owner_alive
-from engine.attach.records import Attached, AttachFailed, Detached
 from engine.attach.socket_filter import attach_socket_filter
 from engine.attach.tc import (
     Direction,
@@ -14,9 +13,6 @@ from engine.attach.tc import (
 )
 
 __all__ = [
-    "AttachFailed",
-    "Attached",
-    "Detached",
     "Direction",
     "HostPeer",
     "IterLink",

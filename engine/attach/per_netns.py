@@ -23,9 +23,6 @@ import attrs
 import trio
 
 from engine.attach import (
-    Attached,
-    AttachFailed,
-    Detached,
     Direction,
     HostPeer,
     attach_classifier,
@@ -38,7 +35,7 @@ from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
 from engine.gadget.sections import Kind
 from engine.netns import LinkWatcher, NetnsHandle, NetnsId
-from engine.records import Event, Record
+from engine.records import AttachFailed, Event, ProgramAttached, ProgramDetached, Record
 from engine.world.held import Held
 from engine.world.state import NetnsTarget, World
 
@@ -301,8 +298,15 @@ class PerNetns:
         latency = time.monotonic() - state.seen_at
         speculative = target.speculative
         name = self._container_name(target)
-        attached = Attached(
-            program.spec.function, kind, netns, interface, name, gadget, latency, speculative
+        attached = ProgramAttached(
+            gadget=gadget,
+            program=program.spec.function,
+            kind=kind,
+            netns=netns,
+            interface=interface,
+            container=name,
+            speculative=speculative,
+            latency=latency,
         )
         self._emit_for(target.inode, attached)
 
@@ -311,8 +315,14 @@ class PerNetns:
             # that is not selected (then the target, no longer desired, was never updated).
             known = self.world.container_for({"netns": target.inode})
             now = self._container_name(state.target) or (known.name if known else None)
-            record = Detached(
-                program.spec.function, kind, netns, interface, now, gadget, speculative
+            record = ProgramDetached(
+                gadget=gadget,
+                program=program.spec.function,
+                kind=kind,
+                netns=netns,
+                interface=interface,
+                container=now,
+                speculative=speculative,
             )
             self._emit_for(target.inode, record)
 
@@ -329,14 +339,14 @@ class PerNetns:
         self._emit_for(
             target.inode,
             AttachFailed(
-                program.spec.function,
-                kind,
-                NetnsId(target.inode, 0),
-                interface,
-                error,
-                self._container_name(target),
-                self._gadget_name(program),
-                target.speculative,
+                gadget=self._gadget_name(program),
+                program=program.spec.function,
+                kind=kind,
+                netns=NetnsId(target.inode, 0),
+                interface=interface,
+                container=self._container_name(target),
+                speculative=target.speculative,
+                error=error,
             ),
         )
 

@@ -25,43 +25,22 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from engine.cli.metrics import Metrics, MetricsError, parse_address, serve_metrics
+from engine.cli.metrics import Metrics, parse_address, serve_metrics
 from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
 from engine.engine import Engine, open_engine
 from engine.errors import (
-    CompileError,
+    BadInputError,
     EngineError,
     GadgetError,
     GadgetParseError,
     GadgetsFailedError,
-    SectionError,
-    SelectionError,
-    TargetNotFoundError,
-    UnsupportedProgramError,
-    VerifierError,
 )
 from engine.gadget.model import Gadget
-from engine.hooks.hookfile import HookFile, HookFileError
-from engine.kernel.security import UntrustedFileError, check_all_trusted, require_capabilities
+from engine.hooks.hookfile import HookFile
+from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.world.selection import ACCEPTED_FORMS, Selection
 
 REFRESH_SECONDS = 0.5
-
-BAD_INPUT = (
-    CompileError,
-    GadgetError,
-    GadgetParseError,
-    HookFileError,
-    MetricsError,
-    SectionError,
-    SelectionError,
-    TargetNotFoundError,
-    UnsupportedProgramError,
-    UntrustedFileError,
-    VerifierError,
-)
-
-log = logging.getLogger("engine")
 
 
 def _positive_seconds(text: str) -> float:
@@ -378,9 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args, out)
     except BaseException as raised:
         exc = _leaf(raised)
-        if isinstance(exc, BAD_INPUT) or (
+        if isinstance(exc, BadInputError) or (
             isinstance(exc, GadgetsFailedError)
-            and all(isinstance(e, BAD_INPUT) for e in exc.errors)
+            and all(isinstance(e, BadInputError) for e in exc.errors)
         ):
             print(f"engine: {exc}", file=sys.stderr)
             return 2

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from engine.errors import EngineError
+from engine.errors import MetricsError
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REQUEST_LIMIT = 8192
 REQUEST_TIMEOUT = 5.0
-
-
-class MetricsError(EngineError):
-    """The metrics endpoint cannot be served (address in use, not local...)."""
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from engine.errors import EngineError
+from engine.errors import HookFileError
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -35,17 +35,6 @@ EXPECTED = (
     "expected a top-level async def on_event(event), on_container_added(container), "
     "on_container_removed(container), or def setup(engine)"
 )
-
-
-class HookFileError(EngineError):
-    """A hook file cannot be used; ``line`` is 0 when the problem is not on a line."""
-
-    def __init__(self, path: str, line: int, problem: str) -> None:
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"hook file {where}: {problem}")
-        self.path = path
-        self.line = line
-        self.problem = problem
 
 
 def _line_in(path: str, exc: BaseException) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attrs
 
-from engine.errors import EngineError
+from engine.errors import BtfError
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 
@@ -32,23 +32,6 @@ _HEADER_FIELDS = "HBBIIIII"
 _HEADER_SIZE = struct.calcsize("<" + _HEADER_FIELDS)
 # btf_type: name_off, info, size or type.
 _TYPE_SIZE = 12
-
-
-class BtfError(EngineError):
-    """A BTF file cannot be read or is malformed."""
-
-
-class UnknownBtfTypeError(BtfError):
-    """A gadget names a type that the kernel's BTF does not describe."""
-
-    def __init__(self, name: str, *, path: str | None = None, line: int | None = None) -> None:
-        where = ""
-        if path is not None:
-            where = f"{path}:{line}: " if line is not None else f"{path}: "
-        super().__init__(f"{where}type {name!r} is not described by the kernel's BTF")
-        self.name = name
-        self.path = path
-        self.line = line
 
 
 class Kind(enum.IntEnum):

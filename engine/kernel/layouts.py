@@ -21,6 +21,7 @@ from pathlib import Path
 
 import attrs
 
+from engine.errors import UnknownBtfTypeError
 from engine.gadget.scanner import SourceScan
 from engine.kernel.btf import (
     COMPOSITE,
@@ -33,7 +34,6 @@ from engine.kernel.btf import (
     BtfType,
     Kind,
     Member,
-    UnknownBtfTypeError,
 )
 
 logger = logging.getLogger(__name__)

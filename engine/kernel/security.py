@@ -22,7 +22,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine.errors import EngineError, EnvironmentProblem
+from engine.errors import EnvironmentProblem, MissingCapabilitiesError, UntrustedFileError
 
 
 class Capability(enum.IntEnum):
@@ -35,32 +35,6 @@ class Capability(enum.IntEnum):
 
 
 REQUIRED = tuple(Capability)
-
-
-class MissingCapabilitiesError(EnvironmentProblem):
-    """The engine lacks privileges it needs; ``missing`` names every one."""
-
-    def __init__(self, missing: Iterable[Capability]) -> None:
-        self.missing = tuple(missing)
-        names = ", ".join(c.name for c in self.missing)
-        needed = ", ".join(c.name for c in REQUIRED)
-        super().__init__(
-            f"missing capabilities: {names} (the engine needs {needed}; run it as root)"
-        )
-
-
-class UntrustedFileError(EngineError):
-    """A gadget or hook file that someone other than root (or the engine's user) could change."""
-
-    def __init__(self, path: str, culprit: str, problem: str) -> None:
-        where = path if culprit == path else f"{path} ({culprit})"
-        super().__init__(
-            f"{where}: refused: {problem}; the engine runs code from this file with its own "
-            "privileges (allow it with --allow-untrusted-files, or trust_files=True)"
-        )
-        self.path = path
-        self.culprit = culprit
-        self.problem = problem
 
 
 def effective_capabilities(status: str | None = None) -> int:
@@ -81,7 +55,7 @@ def require_capabilities(status: str | None = None) -> None:
     """Raise ``MissingCapabilitiesError`` naming every capability the engine lacks."""
     missing = missing_capabilities(effective_capabilities(status))
     if missing:
-        raise MissingCapabilitiesError(missing)
+        raise MissingCapabilitiesError(missing, REQUIRED)
 
 
 def _trusted_owners() -> frozenset[int]:

@@ -1,6 +1,6 @@
-"""What the engine knows about a container, and the lifecycle records of container sources.
+"""What the engine knows about a container (its lifecycle records are in engine.records).
 
-Everything here is a frozen record. `Container.from_docker` is the only place that reads the host
+`Container` is frozen. `Container.from_docker` is the only place that reads the host
 (`/proc/PID/...`), and it is blocking: call it off the trio thread.
 
 Cgroup ids: `bpf_get_current_cgroup_id()` always answers with the id of the task's cgroup in the
@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 
@@ -152,97 +152,3 @@ def _cgroup2_mount(mountinfo: list[str]) -> str | None:
         if sep and after.split()[:1] == ["cgroup2"] and len(fields) > 4 and fields[3] == "/":
             return fields[4]
     return None
-
-
-@attrs.frozen
-class ContainerAdded:
-    """A container is running (seen at start, started, or found when re-listing)."""
-
-    kind: ClassVar[str] = "container_added"
-    container: Container
-
-    def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "container": self.container.to_json()}
-
-
-@attrs.frozen
-class ContainerRemoved:
-    """A container stopped or vanished; `reason` says how we learned it (e.g. "die")."""
-
-    kind: ClassVar[str] = "container_removed"
-    container: Container
-    reason: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "container": self.container.to_json(), "reason": self.reason}
-
-
-@attrs.frozen
-class ContainerPaused:
-    kind: ClassVar[str] = "container_paused"
-    container: Container
-
-    def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "container": self.container.to_json()}
-
-
-@attrs.frozen
-class ContainerUnpaused:
-    kind: ClassVar[str] = "container_unpaused"
-    container: Container
-
-    def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "container": self.container.to_json()}
-
-
-@attrs.frozen
-class ContainerRenamed:
-    kind: ClassVar[str] = "container_renamed"
-    container: Container
-    old_name: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "container": self.container.to_json(), "old_name": self.old_name}
-
-
-@attrs.frozen
-class SourceDisconnected:
-    """A source lost its runtime (or found none at start); its containers are kept until it
-    reconnects and re-lists. `at` is wall-clock time (seconds since the epoch)."""
-
-    kind: ClassVar[str] = "source_disconnected"
-    source: str
-    at: float
-    error: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"type": self.kind, "source": self.source, "at": self.at, "error": self.error}
-
-
-@attrs.frozen
-class SourceReconnected:
-    """A source is following its runtime again; changes during the gap were sent just before."""
-
-    kind: ClassVar[str] = "source_reconnected"
-    source: str
-    disconnected_at: float
-    at: float
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "type": self.kind,
-            "source": self.source,
-            "disconnected_at": self.disconnected_at,
-            "at": self.at,
-        }
-
-
-ContainerEvent = (
-    ContainerAdded
-    | ContainerRemoved
-    | ContainerPaused
-    | ContainerUnpaused
-    | ContainerRenamed
-    | SourceDisconnected
-    | SourceReconnected
-)

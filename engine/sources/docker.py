@@ -19,8 +19,7 @@ import docker.utils
 import requests
 import trio
 
-from engine.sources.containers import (
-    Container,
+from engine.records import (
     ContainerAdded,
     ContainerEvent,
     ContainerPaused,
@@ -30,6 +29,7 @@ from engine.sources.containers import (
     SourceDisconnected,
     SourceReconnected,
 )
+from engine.sources.containers import Container
 from engine.sources.reconcile import diff
 
 logger = logging.getLogger(__name__)

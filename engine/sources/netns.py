@@ -40,39 +40,12 @@ from engine.netns.inotify import (
 )
 from engine.netns.mounts import MountWatcher
 from engine.netns.rtnl import NETNSA_NSID_NOT_ASSIGNED, NsidClient, open_event_socket, parse_events
+from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
 
 logger = logging.getLogger(__name__)
 
 NAMED_NETNS_DIR = "/run/netns"
 RUNTIME_NETNS_DIRS = ("/run/docker/netns",)
-
-
-@attrs.frozen
-class NetnsAdded:
-    """A netns exists: `path` reached it when seen; `name` is its `ip netns` name, if any."""
-
-    netns_id: NetnsId
-    path: str
-    name: str | None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "type": "netns_added",
-            "netns": self.netns_id.inode,
-            "path": self.path,
-            "name": self.name,
-        }
-
-
-@attrs.frozen
-class NetnsRemoved:
-    netns_id: NetnsId
-
-    def to_json(self) -> dict[str, object]:
-        return {"type": "netns_removed", "netns": self.netns_id.inode}
-
-
-NetnsEvent = NetnsAdded | NetnsRemoved
 
 
 @attrs.frozen

@@ -1,7 +1,7 @@
 """Reconciliation as a pure diff of what should exist against what the engine believes.
 
 Used as a safety net against missed events (containers, network namespaces): the caller computes
-the diff, applies it, and counts the corrections so that they can be reported.
+the diff and applies it.
 """
 
 from __future__ import annotations
@@ -43,24 +43,3 @@ def diff(desired: Mapping[K, V], actual: Mapping[K, V]) -> Diff[K, V]:
         to_remove=MappingProxyType(to_remove),
         to_update=MappingProxyType(to_update),
     )
-
-
-@attrs.frozen
-class Corrections:
-    """How many times reconciliation had to fix what the engine believed."""
-
-    added: int = 0
-    removed: int = 0
-    updated: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.added + self.removed + self.updated
-
-    def counting(self, applied: Diff[K, V]) -> Corrections:
-        """These counts plus the corrections in `applied`."""
-        return Corrections(
-            added=self.added + len(applied.to_add),
-            removed=self.removed + len(applied.to_remove),
-            updated=self.updated + len(applied.to_update),
-        )

@@ -16,8 +16,7 @@ import trio
 
 from engine import open_engine
 from engine.cli.main import main
-from engine.errors import CompileError, TargetNotFoundError, VerifierError
-from engine.kernel.security import UntrustedFileError
+from engine.errors import CompileError, TargetNotFoundError, UntrustedFileError, VerifierError
 from tests.conftest import EXAMPLES, ROOT
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,7 @@ import docker.errors
 import pytest
 import trio
 
-from engine.sources.containers import (
-    Container,
+from engine.records import (
     ContainerAdded,
     ContainerEvent,
     ContainerPaused,
@@ -26,6 +25,7 @@ from engine.sources.containers import (
     SourceDisconnected,
     SourceReconnected,
 )
+from engine.sources.containers import Container
 from engine.sources.docker import DockerSource, default_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -112,7 +112,7 @@ def added(records: Sequence[ContainerEvent], name: str) -> Container | None:
 
 
 def kinds(records: Sequence[ContainerEvent]) -> list[str]:
-    return [r.kind for r in records]
+    return [r.TYPE for r in records]
 
 
 async def expect_added(records: Records, name: str) -> Container:
@@ -397,7 +397,7 @@ async def test_daemon_restart_loses_nothing(restores_dockerd: None, containers: 
         assert kinds(records.about(in_gap)) == ["container_added"]
         assert kinds(records.about(live)) == ["container_added"]
         order = [
-            getattr(getattr(r, "container", None), "name", r.kind)
+            getattr(getattr(r, "container", None), "name", r.TYPE)
             for r in records.seen
             if not hasattr(r, "container") or r.container.name in (in_gap, live)
         ]

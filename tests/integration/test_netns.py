@@ -11,17 +11,9 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from engine.netns import (
-    NetnsAdded,
-    NetnsEvent,
-    NetnsHandle,
-    NetnsId,
-    NetnsRemoved,
-    NetnsSource,
-    host_netns_id,
-    in_netns,
-    run_in_netns,
-)
+from engine.netns import NetnsHandle, NetnsId, host_netns_id, in_netns, run_in_netns
+from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
+from engine.sources.netns import NetnsSource
 
 TEST_IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
 

@@ -11,7 +11,8 @@ import pytest
 from engine.cli.main import build_parser, main
 from engine.cli.metrics import Metrics, parse_address
 from engine.cli.table import HOST, LiveTable
-from engine.hooks.hookfile import HookFile, HookFileError
+from engine.errors import HookFileError
+from engine.hooks.hookfile import HookFile
 
 ROOT = Path(__file__).resolve().parents[2]
 EXECSNOOP = str(ROOT / "examples" / "execsnoop.c")

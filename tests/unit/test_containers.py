@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.sources.containers import (
-    Container,
+from engine.records import (
     ContainerAdded,
     ContainerPaused,
     ContainerRemoved,
     ContainerRenamed,
     SourceDisconnected,
 )
+from engine.sources.containers import Container
 from engine.sources.docker import transition
 
 DATA = Path(__file__).parent / "data"

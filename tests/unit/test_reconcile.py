@@ -1,11 +1,11 @@
-"""The reconciliation diff and its correction counter."""
+"""The reconciliation diff."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.sources.reconcile import Corrections, diff
+from engine.sources.reconcile import diff
 
 
 def test_adds_removes_and_updates() -> None:
@@ -25,15 +25,6 @@ def test_order_follows_the_inputs() -> None:
     result = diff(desired={"z": 1, "y": 2, "x": 3}, actual={"q": 0, "p": 0})
     assert list(result.to_add) == ["z", "y", "x"]
     assert list(result.to_remove) == ["q", "p"]
-
-
-def test_corrections_count_what_was_applied() -> None:
-    corrections = Corrections()
-    assert corrections.total == 0
-    corrections = corrections.counting(diff({"a": 1, "b": 2}, {"b": 3, "c": 4}))
-    corrections = corrections.counting(diff({"x": 1}, {}))
-    assert corrections == Corrections(added=2, removed=1, updated=1)
-    assert corrections.total == 4
 
 
 maps = st.dictionaries(st.integers(0, 20), st.integers(0, 3), max_size=12)

@@ -11,13 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.cli.main import main
-from engine.errors import GadgetParseError
+from engine.errors import GadgetParseError, MissingCapabilitiesError, UntrustedFileError
 from engine.gadget.model import Gadget
 from engine.gadget.tc_returns import tc_return_warnings
 from engine.kernel.security import (
     Capability,
-    MissingCapabilitiesError,
-    UntrustedFileError,
     check_trusted,
     effective_capabilities,
     require_capabilities,

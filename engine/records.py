@@ -172,6 +172,11 @@ class ProgramAttached(ProgramRecord):
     TYPE = "attached"
     latency: float | None = attrs.field(default=None, metadata=json_as(when=_per_netns))
 
+    def detached(self, container: str | None) -> ProgramDetached:
+        """The record of this attachment's end; `container` as the netns is known by then."""
+        fields = attrs.asdict(self, recurse=False, filter=lambda a, _: a.name != "latency")
+        return ProgramDetached(**{**fields, "container": container})
+
 
 @attrs.frozen(kw_only=True)
 class ProgramDetached(ProgramRecord):

@@ -35,7 +35,7 @@ from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
 from engine.gadget.sections import Kind
 from engine.netns import LinkWatcher, NetnsHandle, NetnsId
-from engine.records import AttachFailed, Event, ProgramAttached, ProgramDetached, Record
+from engine.records import AttachFailed, Event, ProgramAttached, Record
 from engine.world.held import Held
 from engine.world.state import NetnsTarget, World
 
@@ -294,19 +294,16 @@ class PerNetns:
         interface: str | None,
         state: NetnsState,
     ) -> None:
-        target, gadget = state.target, self._gadget_name(program)
-        latency = time.monotonic() - state.seen_at
-        speculative = target.speculative
-        name = self._container_name(target)
+        target = state.target
         attached = ProgramAttached(
-            gadget=gadget,
+            gadget=self._gadget_name(program),
             program=program.spec.function,
             kind=kind,
             netns=netns,
             interface=interface,
-            container=name,
-            speculative=speculative,
-            latency=latency,
+            container=self._container_name(target),
+            speculative=target.speculative,
+            latency=time.monotonic() - state.seen_at,
         )
         self._emit_for(target.inode, attached)
 
@@ -315,16 +312,7 @@ class PerNetns:
             # that is not selected (then the target, no longer desired, was never updated).
             known = self.world.container_for({"netns": target.inode})
             now = self._container_name(state.target) or (known.name if known else None)
-            record = ProgramDetached(
-                gadget=gadget,
-                program=program.spec.function,
-                kind=kind,
-                netns=netns,
-                interface=interface,
-                container=now,
-                speculative=speculative,
-            )
-            self._emit_for(target.inode, record)
+            self._emit_for(target.inode, attached.detached(now))
 
         stack.callback(detached)
 

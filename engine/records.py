@@ -47,7 +47,7 @@ class Record:
 
     __slots__ = ()
     TYPE: ClassVar[str]
-    __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]
+    __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]  # set by attrs, on subclasses
     _json_fields: ClassVar[tuple[tuple[str, _Json | None], ...]]
 
     @classmethod

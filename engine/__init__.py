@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from engine.engine import Engine, MapStats, Stats, open_engine
+from engine.engine import Engine, open_engine
 from engine.errors import (
     AttachError,
     CompileError,
     EngineError,
+    EngineStoppedError,
     EnvironmentProblem,
     GadgetError,
     GadgetParseError,
@@ -16,6 +17,7 @@ from engine.errors import (
     UnsupportedProgramError,
     VerifierError,
 )
+from engine.events.stats import MapStats, Stats
 from engine.hooks.dispatch import HookError, HookFailed, HookStats, MapView, SelectionChanged
 from engine.hooks.hookfile import HookFile, HookFileError
 from engine.records import Event, Lost, ProgramAttached, ProgramSkipped, Record
@@ -30,6 +32,7 @@ __all__ = [
     "ContainerRemoved",
     "Engine",
     "EngineError",
+    "EngineStoppedError",
     "EnvironmentProblem",
     "Event",
     "GadgetError",

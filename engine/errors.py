@@ -127,3 +127,23 @@ class GadgetsFailedError(EngineError):
     def __init__(self, errors: Sequence[EngineError]) -> None:
         super().__init__(f"all {len(errors)} gadgets failed:\n" + "\n".join(str(e) for e in errors))
         self.errors = tuple(errors)
+
+
+class EngineStoppedError(EngineError):
+    """The engine has stopped (``stop()``, or its work ended): it can no longer change."""
+
+
+def sole_exception(exc: BaseException) -> BaseException:
+    """What ``exc`` stands for: the one exception inside its (nested) groups, else itself.
+
+    trio wraps even a lone error in an exception group per nursery it crosses; at the edge
+    (``open_engine``, the CLI) a lone error reaches the caller as itself, while several stay
+    the group they are.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    first: BaseException = exc
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    _, others = exc.split(lambda e: e is first)
+    return first if others is None else exc

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import attrs
 import trio
 
-from engine.attach.static import call_bcc
 from engine.bcc import libbcc
 from engine.errors import EngineError
 from engine.records import Event, Lost, Record
@@ -244,8 +243,8 @@ class MapView:
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(table, *args)`` in a worker thread under the gadget's lock."""
-        table = self.loaded.bpf.get_table(self.name)
-        return await call_bcc(self.loaded, fn, table, *args)
+        bpf, name = self.loaded.bpf, self.name
+        return await self.loaded.call(lambda: fn(bpf.get_table(name), *args))
 
     async def items(self) -> list[tuple[Any, Any]]:
         """A snapshot of (key, value) pairs as bcc's ctypes values."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from engine.engine import Engine, MapStats, Stats, open_engine
+from engine.engine import Engine, open_engine
 from engine.errors import (
     AttachError,
     BadInputError,
     BtfError,
     CompileError,
     EngineError,
+    EngineStoppedError,
     EnvironmentProblem,
     GadgetError,
     GadgetParseError,
@@ -25,6 +26,7 @@ from engine.errors import (
     UntrustedFileError,
     VerifierError,
 )
+from engine.events.stats import MapStats, Stats
 from engine.hooks.dispatch import HookStats
 from engine.hooks.hookfile import HookFile
 from engine.hooks.maps import MapView
@@ -69,6 +71,7 @@ __all__ = [
     "ContainerUnpaused",
     "Engine",
     "EngineError",
+    "EngineStoppedError",
     "EnvironmentProblem",
     "Event",
     "GadgetError",

@@ -234,3 +234,23 @@ class HookError(EngineError):
 
     def __str__(self) -> str:
         return f"hook {self.hook!r} failed: {type(self.error).__name__}: {self.error}"
+
+
+class EngineStoppedError(EngineError):
+    """The engine has stopped (``stop()``, or its work ended): it can no longer change."""
+
+
+def sole_exception(exc: BaseException) -> BaseException:
+    """What ``exc`` stands for: the one exception inside its (nested) groups, else itself.
+
+    trio wraps even a lone error in an exception group per nursery it crosses; at the edge
+    (``open_engine``, the CLI) a lone error reaches the caller as itself, while several stay
+    the group they are.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    first: BaseException = exc
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    _, others = exc.split(lambda e: e is first)
+    return first if others is None else exc

@@ -48,15 +48,7 @@ _ATTACH_ORDER = {Kind.SOCKET: 0, Kind.CLASSIFIER: 1, Kind.ITER: 2}
 # How long a new netns may take to receive its veth before classifiers give up on it.
 PEER_WAIT = 3.0
 
-# Test seam, None in production: awaited with a step's name ("open", "attach", "add_filter",
-# "attached") and the target before that step of an attach, so that tests/faults can kill a
-# container or delete its netns at exactly that point.
-attach_step: Callable[[str, NetnsTarget], Awaitable[None]] | None = None
-
-
-async def _step(name: str, target: NetnsTarget) -> None:
-    if attach_step is not None:
-        await attach_step(name, target)
+AttachStep = Callable[[str, NetnsTarget], Awaitable[None]]
 
 
 @attrs.frozen
@@ -89,8 +81,12 @@ class PerNetns:
     held: Held | None = None  # where records of netns pending identification wait
     preattach: PreAttacher | None = None  # classifiers attached before the veth moves in
     running: dict[int, NetnsState] = attrs.Factory(dict)
-    latencies: list[float] = attrs.Factory(list)  # seconds from netns seen to all attached
+    # Test seam, None in production: awaited with a step's name ("open", "attach",
+    # "add_filter", "attached") and the target before that step of an attach, so that
+    # tests/faults can kill a container or delete its netns at exactly that point.
+    attach_step: AttachStep | None = None
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
+    _stopping: trio.Event = attrs.Factory(trio.Event)
 
     def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
         """Per-netns programs in attach order: socket filters first, as they can attach the
@@ -119,6 +115,14 @@ class PerNetns:
             changes += 1
         return changes
 
+    def wind_down(self) -> None:
+        """Let every netns task end by itself: an attach under way is finished, an iterator
+        run is completed, then the task detaches everything and returns (the engine's stop).
+        """
+        self._stopping.set()
+        for round_ in self._iter_now.values():
+            round_.wake.set()
+
     async def run_iterators(self) -> None:
         """Run every netns's iterators now; return when each has written its records."""
         rounds = list(self._iter_now.values())
@@ -126,6 +130,10 @@ class PerNetns:
             round_.wake.set()
         for round_ in rounds:
             await round_.done.wait()
+
+    async def _step(self, name: str, target: NetnsTarget) -> None:
+        if self.attach_step is not None:
+            await self.attach_step(name, target)
 
     async def _netns_task(
         self,
@@ -173,8 +181,8 @@ class PerNetns:
             raise
 
     async def _attach_and_run(self, state: NetnsState, pending: list[LoadedProgram]) -> None:
-        target, seen = state.target, state.seen_at
-        await _step("open", target)
+        target = state.target
+        await self._step("open", target)
         try:
             handle = await trio.to_thread.run_sync(NetnsHandle.open, target.path)
         except OSError as exc:
@@ -202,7 +210,7 @@ class PerNetns:
             netns = handle.id
             for gadget, program in self.programs():
                 kind = program.spec.kind
-                await _step("attach", state.target)
+                await self._step("attach", state.target)
                 try:
                     if kind is Kind.SOCKET:
                         await stack.enter_async_context(
@@ -216,13 +224,12 @@ class PerNetns:
                 except AttachError as exc:
                     self._failed(program, state.target, exc.interface, exc)
                 pending.remove(program)
-            await _step("attached", state.target)
+            await self._step("attached", state.target)
             state.attached_at = time.monotonic()
-            self.latencies.append(time.monotonic() - seen)
             if iterators:
                 await self._iterate(iterators, handle, state)
             else:
-                await trio.sleep_forever()
+                await self._stopping.wait()
 
     async def _attach_tc(
         self,
@@ -235,7 +242,7 @@ class PerNetns:
         direction = Direction(program.spec.section.parts[0])
         peers = await self._wait_for_peers(handle, program, state.target)
         for peer in peers:
-            await _step("add_filter", state.target)
+            await self._step("add_filter", state.target)
             # Known before the filter runs: its first records must name (or be held for)
             # this netns, never pass as nobody's.
             self.world.host_ifindexes[peer.host_ifindex] = state.target.inode
@@ -277,7 +284,8 @@ class PerNetns:
             try:
                 return await find_host_peers(handle, program.spec.function)
             except AttachError as exc:
-                if not exc.problem.startswith("no veth") or trio.current_time() >= deadline:
+                late = trio.current_time() >= deadline or self._stopping.is_set()
+                if not exc.problem.startswith("no veth") or late:
                     raise
             with trio.move_on_after(0.2):
                 if change is not None:
@@ -361,11 +369,15 @@ class PerNetns:
                 for gadget, program in iterators:
                     await self._run_iterator(gadget, program, handle, state.target)
                 round_.done.set()
+                if self._stopping.is_set():
+                    return
                 # A request made from now on is answered by the next run.
                 round_ = _IterRound()
                 self._iter_now[inode] = round_
                 with trio.move_on_after(self.iter_interval):
                     await round_.wake.wait()
+                if self._stopping.is_set():
+                    return
         finally:
             self._iter_now.pop(inode, None)
             round_.done.set()

@@ -6,12 +6,11 @@ that maps every static kind to its attacher.
 
 Each attacher is an async context manager that always detaches, also when cancelled. bcc's
 ``BPF`` object is not thread-safe, so calls on it run in a worker thread under the gadget's
-lock; detaching runs shielded from cancellation.
+lock (``LoadedGadget.call``); detaching runs shielded from cancellation.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -25,25 +24,10 @@ from engine.bcc.targets import TargetMissing, check_target
 from engine.errors import AttachError, TargetNotFoundError
 from engine.gadget.sections import Kind
 
-_LOCKS: dict[int, threading.Lock] = {}
-
-
-def bcc_lock(loaded: LoadedGadget) -> threading.Lock:
-    """One lock per bcc object: its attach/detach bookkeeping is plain dicts."""
-    return _LOCKS.setdefault(id(loaded.bpf), threading.Lock())
-
-
-async def call_bcc(loaded: LoadedGadget, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    def locked() -> Any:
-        with bcc_lock(loaded):
-            return fn(*args, **kw)
-
-    return await trio.to_thread.run_sync(locked)
-
 
 async def _detach(loaded: LoadedGadget, fn: Callable[..., Any], **kw: Any) -> None:
     with trio.CancelScope(shield=True):
-        await call_bcc(loaded, fn, **kw)
+        await loaded.call(fn, **kw)
 
 
 def _attach_failed(program: LoadedProgram, exc: Exception) -> AttachError:
@@ -63,7 +47,7 @@ async def attach_tracepoint(loaded: LoadedGadget, program: LoadedProgram) -> Asy
     category, name = program.spec.section.parts
     tp = f"{category}:{name}"
     try:
-        await call_bcc(loaded, loaded.bpf.attach_tracepoint, tp=tp, fn_name=program.spec.function)
+        await loaded.call(loaded.bpf.attach_tracepoint, tp=tp, fn_name=program.spec.function)
     except Exception as exc:  # bcc raises bare Exception
         raise _attach_failed(program, exc) from exc
     try:
@@ -79,9 +63,7 @@ async def attach_raw_tracepoint(
     _check(loaded, program)
     (name,) = program.spec.section.parts
     try:
-        await call_bcc(
-            loaded, loaded.bpf.attach_raw_tracepoint, tp=name, fn_name=program.spec.function
-        )
+        await loaded.call(loaded.bpf.attach_raw_tracepoint, tp=name, fn_name=program.spec.function)
     except Exception as exc:
         raise TargetNotFoundError(
             loaded.gadget.path,

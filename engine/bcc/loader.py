@@ -36,6 +36,7 @@ from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.model import Gadget, ProgramSpec
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
+from engine.kernel.features import probe_features
 from engine.kernel.headers import process_headers
 from engine.kernel.layouts import btf_prelude
 
@@ -147,22 +148,38 @@ class SkippedProgram:
 
 @attrs.define
 class LoadedGadget:
-    """A compiled gadget with its loaded programs; ``close()`` releases everything."""
+    """A compiled gadget with its loaded programs; ``close()`` releases everything.
+
+    bcc's ``BPF`` object is not thread-safe (its attach/detach bookkeeping and its tables are
+    plain dicts and ctypes calls): every call on it, tables included, holds ``lock``.
+    """
 
     gadget: Gadget
     bpf: Any
     programs: dict[str, LoadedProgram]
     skipped: tuple[SkippedProgram, ...] = ()
+    lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
     _closed: bool = False
 
     def program(self, function: str) -> LoadedProgram:
         return self.programs[function]
 
+    async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` in a worker thread, under the gadget's lock."""
+
+        def locked() -> Any:
+            with self.lock:
+                return fn(*args, **kw)
+
+        return await trio.to_thread.run_sync(locked)
+
     def close(self) -> None:
+        """Release the programs, maps and anything bcc attached; idempotent."""
         if self._closed:
             return
         self._closed = True
-        self.bpf.cleanup()
+        with self.lock:
+            self.bpf.cleanup()
 
 
 BuildSource = Callable[[Gadget], str]
@@ -214,9 +231,21 @@ def check_targets(gadget: Gadget, skipped: Sequence[SkippedProgram] = ()) -> lis
     return readers
 
 
-def check_supported(
-    gadget: Gadget, supported: Callable[[Kind], tuple[bool, str]]
-) -> tuple[SkippedProgram, ...]:
+Supported = Callable[[Kind], tuple[bool, str]]
+
+
+async def probed_support() -> Supported:
+    """What this kernel runs, probed with tiny real loads (engine.kernel.features)."""
+    features = await trio.to_thread.run_sync(probe_features)
+
+    def supported(kind: Kind) -> tuple[bool, str]:
+        support = features.supports(kind)
+        return support.available, support.reason
+
+    return supported
+
+
+def check_supported(gadget: Gadget, supported: Supported) -> tuple[SkippedProgram, ...]:
     """Fail before compiling when a required program's kind cannot run here."""
     skipped = []
     for spec in gadget.programs:

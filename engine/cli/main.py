@@ -34,6 +34,7 @@ from engine.errors import (
     GadgetError,
     GadgetParseError,
     GadgetsFailedError,
+    sole_exception,
 )
 from engine.gadget.model import Gadget
 from engine.hooks.hookfile import HookFile
@@ -326,13 +327,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The one error inside nested single-member exception groups, else ``exc`` itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _silence_stdout() -> None:
     # The reader went away (``| head``): later writes and the interpreter's final flush
     # would fail again, so stdout goes to /dev/null from here on.
@@ -356,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_features(args, out)
         return cmd_run(args, out)
     except BaseException as raised:
-        exc = _leaf(raised)
+        exc = sole_exception(raised)
         if isinstance(exc, BadInputError) or (
             isinstance(exc, GadgetsFailedError)
             and all(isinstance(e, BadInputError) for e in exc.errors)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from engine.attach.static import call_bcc
 from engine.bcc import libbcc
 
 if TYPE_CHECKING:
@@ -37,8 +36,8 @@ class MapView:
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(table, *args)`` in a worker thread under the gadget's lock."""
-        table = self.loaded.bpf.get_table(self.name)
-        return await call_bcc(self.loaded, fn, table, *args)
+        bpf, name = self.loaded.bpf, self.name
+        return await self.loaded.call(lambda: fn(bpf.get_table(name), *args))
 
     async def items(self) -> list[tuple[Any, Any]]:
         """A snapshot of (key, value) pairs as bcc's ctypes values."""

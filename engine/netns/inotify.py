@@ -54,6 +54,7 @@ class Inotify:
         self._dirs[wd] = directory
 
     def close(self) -> None:
+        """Idempotent."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -64,28 +64,24 @@ class LinkWatcher:
     calls ``on_veth`` (when set) with each veth a message describes, in order."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(
-            socket.AF_NETLINK,
-            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        )
-        try:
-            self._sock.bind((0, RTMGRP_LINK))
-        except BaseException:
-            self._sock.close()
-            raise
         self.changed = trio.Event()
         self.on_veth: Callable[[VethLink], None] | None = None
         self._marshal = MarshalRtnl()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Until cancelled; closes the socket when done."""
-        with self._sock:
+        """Subscribed once started, until cancelled: the socket lives exactly as long as the
+        task, so nothing is left open by a watcher that never ran."""
+        with socket.socket(
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            socket.NETLINK_ROUTE,
+        ) as sock:
+            sock.bind((0, RTMGRP_LINK))
             task_status.started()
             while True:
-                await trio.lowlevel.wait_readable(self._sock)
+                await trio.lowlevel.wait_readable(sock)
                 try:
-                    while data := self._sock.recv(65536):
+                    while data := sock.recv(65536):
                         self._tell(data)
                 except BlockingIOError:
                     pass

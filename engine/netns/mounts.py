@@ -16,16 +16,25 @@ import trio
 class MountWatcher:
     def __init__(self) -> None:
         self._file = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-        self._epoll = select.epoll()
-        self._epoll.register(self._file, select.EPOLLPRI)
-        # The first poll reports the table as changed: take that in now.
-        self._epoll.poll(0)
+        try:
+            self._epoll = select.epoll()
+        except BaseException:
+            os.close(self._file)
+            raise
+        try:
+            self._epoll.register(self._file, select.EPOLLPRI)
+            # The first poll reports the table as changed: take that in now.
+            self._epoll.poll(0)
+        except BaseException:
+            self.close()
+            raise
 
     async def changed(self) -> None:
         await trio.lowlevel.wait_readable(self._epoll.fileno())
         self._epoll.poll(0)
 
     def close(self) -> None:
+        """Idempotent."""
         if not self._epoll.closed:
             self._epoll.close()
             os.close(self._file)

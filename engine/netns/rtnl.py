@@ -118,10 +118,15 @@ class NsidClient:
             socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
             socket.NETLINK_ROUTE,
         )
-        self._sock.bind((0, 0))
+        try:
+            self._sock.bind((0, 0))
+        except BaseException:
+            self._sock.close()
+            raise
         self._seq = 0
 
     def close(self) -> None:
+        """Idempotent (a socket closes once)."""
         self._sock.close()
 
     async def _exchange(self, kind: int, flags: int, attributes: list[tuple[int, bytes]]) -> int:

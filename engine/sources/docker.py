@@ -77,10 +77,12 @@ class DockerSource:
         self,
         send_channel: trio.abc.SendChannel[ContainerEvent],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run until cancelled. Started after the first listing, or after the first failed
-        connection (the engine then runs on the host alone)."""
+        """Run until cancelled. Started with the first listing as its snapshot (the records
+        that take a consumer from nothing to what runs), or with the first failed connection
+        (``[SourceDisconnected]``: the engine then runs on the host alone); the records after
+        that are sent."""
         backoff = self.min_backoff
         gap: SourceDisconnected | None = None
         ready = False
@@ -98,13 +100,12 @@ class DockerSource:
                             logger.info("%s: reconnected", self.name)
                             records.append(SourceReconnected(self.name, gap.at, time.time()))
                             gap = None
-                        # Started before sending, so that a caller of nursery.start() may begin
-                        # reading only once start() has returned.
-                        if not ready:
-                            task_status.started()
+                        if ready:
+                            for record in records:
+                                await send_channel.send(record)
+                        else:
+                            task_status.started(records)
                             ready = True
-                        for record in records:
-                            await send_channel.send(record)
                         backoff = self.min_backoff
                         await self._follow(api, stream, send_channel)
                         problem = "event stream ended"
@@ -114,13 +115,14 @@ class DockerSource:
                     problem = f"lost: {exc}"
                 finally:
                     api.close()
-            if not ready:
-                task_status.started()
-                ready = True
             if gap is None:
                 logger.warning("%s: daemon unavailable (%s); retrying", self.name, problem)
                 gap = SourceDisconnected(self.name, time.time(), problem)
-                await send_channel.send(gap)
+                if ready:
+                    await send_channel.send(gap)
+                else:
+                    task_status.started([gap])
+                    ready = True
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import attrs
 import trio
@@ -68,26 +68,31 @@ class NetnsSource:
     _by_nsid: dict[int, NetnsId] = attrs.field(factory=dict, init=False)
     _pending_names: set[str] = attrs.field(factory=set, init=False)
     _host: NetnsId = attrs.field(factory=host_netns_id, init=False)
-    scan_seconds: list[float] = attrs.field(factory=list, init=False)
     _requests: trio.MemorySendChannel[_Wake] | None = attrs.field(default=None, init=False)
 
     async def run(
         self,
         send_channel: trio.MemorySendChannel[NetnsEvent],
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[list[NetnsAdded]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """List the existing netns, then follow changes until cancelled."""
-        # Subscribe before listing so that nothing between the two is lost.
-        events = open_event_socket()
-        inotify = Inotify()
-        mounts = MountWatcher()
-        nsids = NsidClient()
-        try:
+        """Hand back the netns that exist now (``task_status.started(snapshot)``), then send
+        each change until cancelled.
+
+        The snapshot is not sent: a channel that nobody reads until ``start()`` returns would
+        hold the start-up of a host with more netns than it has slots.
+        """
+        with contextlib.ExitStack() as stack:
+            # Subscribe before listing so that nothing between the two is lost.
+            events = stack.enter_context(open_event_socket())
+            inotify = stack.enter_context(contextlib.closing(Inotify()))
+            mounts = stack.enter_context(contextlib.closing(MountWatcher()))
+            nsids = stack.enter_context(contextlib.closing(NsidClient()))
             self._watch_dirs(inotify)
             async with send_channel:
-                await self._scan(nsids, send_channel)
-                task_status.started()
+                found: list[NetnsAdded] = []
+                await self._scan(nsids, found)
+                task_status.started(found)
                 wake_send, wake_receive = trio.open_memory_channel[_Wake](64)
                 self._requests = wake_send.clone()
                 async with trio.open_nursery() as nursery:
@@ -95,12 +100,8 @@ class NetnsSource:
                     nursery.start_soon(self._follow_dirs, inotify, wake_send.clone())
                     nursery.start_soon(self._follow_mounts, mounts, wake_send)
                     async for wake in wake_receive:
-                        await self._handle(wake, nsids, send_channel)
-        finally:
-            nsids.close()
-            mounts.close()
-            inotify.close()
-            events.close()
+                        for record in await self._handle(wake, nsids):
+                            await send_channel.send(record)
 
     def recheck(self) -> None:
         """Look again at what exists: a safety net for what no event tells.
@@ -165,26 +166,26 @@ class NetnsSource:
                 if self._pending_names:
                     await wake.send(_Wake())
 
-    async def _handle(
-        self, wake: _Wake, nsids: NsidClient, send: trio.MemorySendChannel[NetnsEvent]
-    ) -> None:
+    async def _handle(self, wake: _Wake, nsids: NsidClient) -> Sequence[NetnsEvent]:
+        """What changed, as records to send."""
         if wake.nsid_removed is not None:
             gone = self._by_nsid.pop(wake.nsid_removed, None)
-            if gone is not None:
-                del self._known[gone]
-                await send.send(NetnsRemoved(gone))
-            return
+            if gone is None:
+                return []
+            del self._known[gone]
+            return [NetnsRemoved(gone)]
         if wake.path_gone:
-            await self._forget_unreachable(send)
-            return
+            return self._forget_unreachable()
         if wake.nsid_added is not None and wake.nsid_added in self._by_nsid:
-            return  # our own assignment, or already known
+            return []  # our own assignment, or already known
+        found: list[NetnsAdded] = []
         if wake.rescan or wake.nsid_added is not None:
-            await self._scan(nsids, send)
-            return
+            await self._scan(nsids, found)
+            return found
         for path in sorted(self._pending_names):
-            if await self._consider(path, nsids, send):
+            if await self._consider(path, nsids, found):
                 self._pending_names.discard(path)
+        return found
 
     def _candidates(self) -> Iterator[str]:
         for directory in (self.named_dir, *self.runtime_dirs):
@@ -198,8 +199,8 @@ class NetnsSource:
                 if entry.isdigit():
                     yield f"/proc/{entry}/ns/net"
 
-    async def _forget_unreachable(self, send: trio.MemorySendChannel[NetnsEvent]) -> None:
-        """Report as removed the netns that no file and no process reaches any more.
+    def _forget_unreachable(self) -> list[NetnsEvent]:
+        """Forget, as removed, the netns that no file and no process reaches any more.
 
         Such a netns lives on only through the fds and sockets of whoever traces it (our own
         packet sockets keep it alive): it would never be destroyed, so RTM_DELNSID would never
@@ -209,21 +210,22 @@ class NetnsSource:
         for path in self._candidates():
             with contextlib.suppress(OSError):
                 reachable.add(NetnsId.of_path(path))
+        removed: list[NetnsEvent] = []
         for ident in [i for i in self._known if i not in reachable]:
             nsid = self._known.pop(ident)
             self._by_nsid.pop(nsid, None)
-            await send.send(NetnsRemoved(ident))
+            removed.append(NetnsRemoved(ident))
+        return removed
 
-    async def _scan(self, nsids: NsidClient, send: trio.MemorySendChannel[NetnsEvent]) -> None:
+    async def _scan(self, nsids: NsidClient, found: list[NetnsAdded]) -> None:
         started = time.perf_counter()
         for path in self._candidates():
-            await self._consider(path, nsids, send)
-        self.scan_seconds.append(time.perf_counter() - started)
+            await self._consider(path, nsids, found)
+        logger.debug("netns scan: %.3f s, %d new", time.perf_counter() - started, len(found))
 
-    async def _consider(
-        self, path: str, nsids: NsidClient, send: trio.MemorySendChannel[NetnsEvent]
-    ) -> bool:
-        """Report the netns at `path` if it is new. False when `path` is not (yet) a netns."""
+    async def _consider(self, path: str, nsids: NsidClient, found: list[NetnsAdded]) -> bool:
+        """Add the netns at `path` to `found` if it is new. False when `path` is not (yet) a
+        netns."""
         try:
             st = os.stat(path)
         except OSError:
@@ -250,5 +252,5 @@ class NetnsSource:
         if nsid != NETNSA_NSID_NOT_ASSIGNED:
             self._by_nsid[nsid] = ident
         name = os.path.basename(path) if os.path.dirname(path) == self.named_dir else None
-        await send.send(NetnsAdded(netns_id=ident, path=path, name=name))
+        found.append(NetnsAdded(netns_id=ident, path=path, name=name))
         return True

@@ -1,15 +1,14 @@
 """A netns deleted, its veth removed, or its container killed at every step of an attach.
 
-The seam ``engine.attach.per_netns.attach_step`` is awaited before each step; the test does its
-damage there and lets the attach go on. Whatever the step, each program ends with one clear
-story for that netns, either ``attach_failed`` or ``attached`` then ``detached``, and nothing
-of ours is left in the kernel or among the process's fds.
+The seam ``PerNetns.attach_step`` (set on the engine's ``per_netns``) is awaited before each
+step; the test does its damage there and lets the attach go on. Whatever the step, each
+program ends with one clear story for that netns, either ``attach_failed`` or ``attached``
+then ``detached``, and nothing of ours is left in the kernel or among the process's fds.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 import trio
 
 from engine import open_engine
-from engine.attach import per_netns as per_netns_module
 from engine.world.state import NetnsTarget
 from tests.conftest import EXAMPLES, TEST_IMAGE
 from tests.faults.kernel_state import (
@@ -67,18 +65,6 @@ def gadgets(root: None, tmp_path: Path) -> list[str]:
     return [str(EXAMPLES / "tc_bytes.c"), str(socket)]
 
 
-@pytest.fixture
-def seam() -> Iterator[Callable[[Callable[[str, NetnsTarget], Awaitable[None]]], None]]:
-    def install(hook: Callable[[str, NetnsTarget], Awaitable[None]]) -> None:
-        per_netns_module.attach_step = hook
-
-    yield install
-    per_netns_module.attach_step = None
-
-
-Seam = Callable[[Callable[[str, NetnsTarget], Awaitable[None]]], None]
-
-
 async def _collect(eng: Any, records: list[dict[str, Any]]) -> None:
     async for record in eng.events():
         records.append(record.to_json())
@@ -122,7 +108,7 @@ def settled(story: dict[str, list[str]], *, stopped: bool) -> bool:
     return set(story) == PROGRAMS and all(tuple(seen) in ends for seen in story.values())
 
 
-async def test_named_netns_damaged_at_every_step(gadgets: list[str], seam: Seam) -> None:
+async def test_named_netns_damaged_at_every_step(gadgets: list[str]) -> None:
     # Planned by name before the netns exists, so that the engine cannot reach it first.
     # Cases run one after the other: a destroyed netns's inode may be given to the next one.
     planned: dict[str, Case] = {}
@@ -141,7 +127,6 @@ async def test_named_netns_damaged_at_every_step(gadgets: list[str], seam: Seam)
         else:
             await arun("ip", "link", "del", case.netns.host_if)
 
-    seam(damage_at)
     fds = open_fds()
     try:
         with trio.fail_after(150):
@@ -149,6 +134,8 @@ async def test_named_netns_damaged_at_every_step(gadgets: list[str], seam: Seam)
                 open_engine(*gadgets, iter_interval=3600) as eng,
                 trio.open_nursery() as nursery,
             ):
+                # Every damaged netns is made after this: the seam sees all their attaches.
+                eng.per_netns.attach_step = damage_at
                 nursery.start_soon(_collect, eng, records)
                 for step in STEPS:
                     for damage in ("netns", "veth"):
@@ -203,9 +190,7 @@ async def _run_case(
         return case
 
 
-async def test_container_killed_at_every_step(
-    gadgets: list[str], seam: Seam, docker_daemon: None
-) -> None:
+async def test_container_killed_at_every_step(gadgets: list[str], docker_daemon: None) -> None:
     prefix = f"engine-test-{tag()}-kill"
     names = {step: f"{prefix}-{step}" for step in STEPS}
     # By container: a killed container's netns inode may go to the next one at once.
@@ -222,7 +207,6 @@ async def test_container_killed_at_every_step(
                 steps_of[name] = step
                 await arun("docker", "kill", name)
 
-    seam(kill_at)
     fds = open_fds()
     try:
         with trio.fail_after(150):
@@ -232,6 +216,7 @@ async def test_container_killed_at_every_step(
                 open_engine(*gadgets, select=[f"name={prefix}-*"], iter_interval=3600) as eng,
                 trio.open_nursery() as nursery,
             ):
+                eng.per_netns.attach_step = kill_at  # the containers are started after this
                 nursery.start_soon(_collect, eng, records)
                 for step in STEPS:
                     await arun("docker", "run", "-d", "--name", names[step], *_IMAGE_SLEEP)

@@ -100,3 +100,14 @@ async def test_classifiers_count_exactly_per_container(names: list[str]) -> None
     assert quiet not in by_container
     attached = [r for r in records if r["type"] == "attached"]
     assert {r["program"] for r in attached} == {"into_container", "out_of_container"}
+
+
+async def test_selection_cannot_change_once_stopped(root: None) -> None:
+    with trio.fail_after(60):
+        async with engine.open_engine(ROOT / "examples/execsnoop.c", containers=False) as eng:
+            running = eng.set_selection(["name=engine-test-*"])
+            eng.stop()
+            with pytest.raises(engine.EngineStoppedError, match="stopped"):
+                eng.set_selection(["name=other"])
+            assert eng.selection == running
+            assert [r async for r in eng.events()] != []  # what was buffered, then the end

@@ -100,6 +100,28 @@ async def _next_matching(
     raise AssertionError("source ended")
 
 
+async def test_source_hands_back_what_exists_at_start(root: None) -> None:
+    """The netns that exist at start come back from start(), not through the channel: with
+    more of them than the channel has slots, a start that sent them would never return."""
+    names = [f"engine-test-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    send, receive = trio.open_memory_channel[NetnsEvent](0)  # nobody reads it
+    try:
+        for name in names:
+            await sh("ip", "netns", "add", name)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(10):
+                snapshot = await nursery.start(NetnsSource().run, send)
+            assert all(isinstance(r, NetnsAdded) for r in snapshot)
+            found = {r.name: r.netns_id for r in snapshot if r.name in names}
+            assert found == {n: NetnsId.of_path(f"/run/netns/{n}") for n in names}
+            with pytest.raises(trio.WouldBlock):
+                receive.receive_nowait()
+            nursery.cancel_scope.cancel()
+    finally:
+        for name in names:
+            await sh("ip", "netns", "del", name, check=False)
+
+
 async def test_source_sees_named_netns_come_and_go(root: None) -> None:
     name = f"engine-test-{uuid.uuid4().hex[:8]}"
     send, receive = trio.open_memory_channel[NetnsEvent](1000)
@@ -118,7 +140,6 @@ async def test_source_sees_named_netns_come_and_go(root: None) -> None:
             nursery.cancel_scope.cancel()
     finally:
         await sh("ip", "netns", "del", name, check=False)
-    print("scan seconds:", source.scan_seconds)
 
 
 async def test_source_sees_a_container_netns(docker_daemon: None) -> None:
@@ -140,4 +161,3 @@ async def test_source_sees_a_container_netns(docker_daemon: None) -> None:
             nursery.cancel_scope.cancel()
     finally:
         await sh("docker", "rm", "-f", name, check=False)
-    print("scan seconds:", source.scan_seconds)

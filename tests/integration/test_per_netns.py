@@ -23,7 +23,6 @@ import pytest
 import trio
 
 import engine
-from engine.attach import per_netns
 from engine.engine import Engine
 from engine.gadget.model import Gadget
 from engine.world.state import NetnsTarget
@@ -388,9 +387,7 @@ async def test_fifty_containers_churn_leaves_nothing(
 
 
 async def test_races_end_in_one_record_and_the_engine_goes_on(
-    containers: Containers,
-    open_recorded: Callable[..., Any],
-    monkeypatch: pytest.MonkeyPatch,
+    containers: Containers, open_recorded: Callable[..., Any]
 ) -> None:
     doomed = containers.name("doomed")
     killed: list[str] = []
@@ -398,7 +395,7 @@ async def test_races_end_in_one_record_and_the_engine_goes_on(
 
     async def kill_mid_attach(step: str, target: NetnsTarget) -> None:
         # The container dies after its netns was opened, before any program is attached.
-        if step != "attach" or killed or not engines:
+        if step != "attach" or killed:
             return
         names = {c.name for c in target.containers}
         if target.speculative:
@@ -414,13 +411,13 @@ async def test_races_end_in_one_record_and_the_engine_goes_on(
             killed.append(doomed)
             await adocker("kill", doomed)
 
-    monkeypatch.setattr(per_netns, "attach_step", kill_mid_attach)
     before_fds = held_bpf_objects()
     gadget = Gadget.from_source(COUNTER, "icmp_counter.c")
     with trio.fail_after(90):
         async with open_recorded(gadget, select=containers.selection) as run:
             rec = run.recorder
             engines.append(run.eng)
+            run.eng.per_netns.attach_step = kill_mid_attach
             await containers.run("doomed", "sleep", "300", rm=True)
             short = [await containers.run(f"short{i}", "true", rm=True) for i in range(3)]
 
@@ -448,9 +445,7 @@ async def test_races_end_in_one_record_and_the_engine_goes_on(
     "tests/faults/test_attach_races.py)",
     strict=False,
 )
-async def test_netns_deleted_mid_attach(
-    root: None, open_recorded: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_netns_deleted_mid_attach(root: None, open_recorded: Callable[..., Any]) -> None:
     tag = uuid.uuid4().hex[:6]
     early, late, kept = (f"engine-test-{tag}-{s}" for s in ("early", "late", "kept"))
     deleted: list[str] = []
@@ -463,13 +458,13 @@ async def test_netns_deleted_mid_attach(
             inodes[name] = target.inode  # the test may not get to stat it before it goes
             await trio.run_process(["ip", "netns", "del", name])
 
-    monkeypatch.setattr(per_netns, "attach_step", delete_mid_attach)
     gadget = Gadget.from_source(SOCKET_ONLY, "race.c")
     try:
         with trio.fail_after(60):
             # No selection: every netns is traced, named ones too (a socket filter is
             # invisible to other tests' containers).
             async with open_recorded(gadget) as run:
+                run.eng.per_netns.attach_step = delete_mid_attach  # before the netns exist
                 rec = run.recorder
                 since: dict[str, int] = {}
 

@@ -1,0 +1,69 @@
+"""One gadget from source to running, once, when the engine starts.
+
+Compiled and loaded (engine.bcc.loader), its in-kernel selection maps written
+(engine.world.kernel_filter), the reader of its buffers opened (engine.events.reader), its
+static programs attached (engine.attach.static); its per-netns programs wait for their netns
+(engine.attach.per_netns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+
+from engine.attach.static import static_attacher
+from engine.bcc.loader import LoadedGadget, Supported, check_supported, load_gadget
+from engine.events.outlet import Outlet
+from engine.events.reader import open_reader
+from engine.gadget.model import Gadget
+from engine.kernel import skb_netns
+from engine.records import ProgramAttached, ProgramSkipped, Record
+from engine.world.held import Held
+from engine.world.kernel_filter import sync_filter
+from engine.world.state import World
+
+
+async def start_gadget(
+    gadget: Gadget,
+    supported: Supported,
+    *,
+    stack: contextlib.AsyncExitStack,
+    work: trio.Nursery,
+    outlet: Outlet,
+    world: World,
+    held: Held,
+) -> LoadedGadget:
+    """Compile, load and attach one gadget, its buffers read in ``work``; what it holds is
+    released by ``stack``. On failure, whatever it had set up is released at once."""
+    skipped = check_supported(gadget, supported)
+    attached: list[Record] = []
+    async with contextlib.AsyncExitStack() as own:
+        extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
+        loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra)
+        own.callback(loaded.close)
+        await sync_filter(loaded, world)
+        # Readers exist before anything is attached (a perf buffer drops records written
+        # before its reader); they are watched once the whole gadget is up.
+        pump = await open_reader(loaded, outlet, world, held, own)
+        for program in loaded.programs.values():
+            attacher = static_attacher(program.spec.kind)
+            if attacher is None or program.spec.per_netns:
+                continue
+            await own.enter_async_context(attacher(loaded, program))
+            attached.append(
+                ProgramAttached(
+                    gadget=gadget.name,
+                    program=program.spec.function,
+                    kind=program.spec.kind.value,
+                    target=program.spec.target,
+                )
+            )
+        if pump is not None:
+            await work.start(pump.run)
+        stack.push_async_exit(own.pop_all())
+    for s in skipped:
+        outlet.put(ProgramSkipped(gadget.name, s.spec.function, s.spec.kind.value, s.reason))
+    for record in attached:
+        outlet.put(record)
+    return loaded

@@ -23,7 +23,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -31,14 +30,10 @@ import trio
 from engine.attach.host_iterators import HostIteratorRunner, host_iterators
 from engine.attach.per_netns import PerNetns
 from engine.attach.preattach import PreAttacher
-from engine.attach.startup import start_gadget
+from engine.attach.startup import GadgetFailure, parse_gadgets, start_gadgets
 from engine.bcc.loader import LoadedGadget, Supported, probed_support
 from engine.errors import (
-    EngineError,
     EngineStoppedError,
-    GadgetError,
-    GadgetParseError,
-    GadgetsFailedError,
     sole_exception,
 )
 from engine.events.outlet import Outlet
@@ -49,6 +44,7 @@ from engine.gadget.tc_returns import tc_return_warnings
 from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, Hooks
 from engine.hooks.methods import HookMethods
 from engine.kernel.security import check_all_trusted, require_capabilities
+from engine.layers import Layers, run_work
 from engine.netns import LinkWatcher
 from engine.records import GadgetFailed, ProgramAttached, Record
 from engine.world.held import Held
@@ -63,17 +59,6 @@ DEFAULT_BUFFER = 8192
 STOP_GRACE = 5.0
 
 
-@attrs.frozen
-class _Layers:
-    """The engine's work: ``sources`` in ``netns`` in ``work``; ``done`` once all have ended."""
-
-    work: trio.Nursery
-    netns: trio.Nursery
-    sources: trio.Nursery
-    stopping: trio.Event
-    done: trio.Event
-
-
 @attrs.define
 class Engine(HookMethods):
     """A running engine. Obtain one with ``open_engine``; hooks: see ``HookMethods``."""
@@ -81,7 +66,7 @@ class Engine(HookMethods):
     gadgets: list[LoadedGadget]
     stats: Stats
     _receive: trio.MemoryReceiveChannel[Record]
-    _layers: _Layers
+    _layers: Layers
     _hooks: Hooks
     _nursery: trio.Nursery
     selection: Selection
@@ -193,17 +178,7 @@ async def open_engine(
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
         check_all_trusted(g for g in gadgets if not isinstance(g, Gadget))
-    parsed: list[Gadget | _Failure] = []
-    for g in gadgets:
-        if isinstance(g, Gadget):
-            parsed.append(g)
-            continue
-        try:
-            parsed.append(Gadget.from_file(g))
-        except (GadgetError, GadgetParseError) as exc:
-            if all_or_nothing:
-                raise
-            parsed.append(_Failure(Path(g).stem, str(g), exc))
+    parsed = parse_gadgets(gadgets, all_or_nothing=all_or_nothing)
     for gadget in parsed:
         if isinstance(gadget, Gadget):
             for warning in tc_return_warnings(gadget):
@@ -242,21 +217,6 @@ class _Options:
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT
 
 
-@attrs.frozen
-class _Failure:
-    """A gadget that could not run, and why."""
-
-    name: str
-    path: str
-    error: EngineError
-
-    def report(self, outlet: Outlet) -> GadgetFailed:
-        log.error("gadget %s (%s) failed, the others go on: %s", self.name, self.path, self.error)
-        record = GadgetFailed.from_error(self.name, self.path, self.error)
-        outlet.put(record)
-        return record
-
-
 async def _watch_links(
     per_netns: PerNetns, tracker: Tracker, sources: trio.Nursery, options: _Options
 ) -> None:
@@ -276,7 +236,7 @@ async def _watch_links(
 
 @contextlib.asynccontextmanager
 async def _running(
-    parsed: Sequence[Gadget | _Failure],
+    parsed: Sequence[Gadget | GadgetFailure],
     buffer: int,
     supported: Supported,
     *,
@@ -302,34 +262,18 @@ async def _running(
         # The engine's own work runs in nurseries of its own, so that stop() ends it (and
         # the per-netns detaches report themselves) without cancelling the user's block;
         # when it has ended, the record channel is closed and ``events()`` ends.
-        layers: _Layers = await nursery.start(_run_work, send)
+        layers: Layers = await nursery.start(run_work, send)
         work = layers.work
-        loaded_all: list[LoadedGadget] = []
-        failures: list[_Failure] = []
-        for item in parsed:
-            if isinstance(item, _Failure):
-                failures.append(item)
-                continue
-            try:
-                loaded_all.append(
-                    await start_gadget(
-                        item,
-                        supported,
-                        stack=stack,
-                        work=work,
-                        outlet=outlet,
-                        world=world,
-                        held=held,
-                    )
-                )
-            except EngineError as exc:
-                if options.all_or_nothing:
-                    raise
-                failures.append(_Failure(item.name, item.path, exc))
-        if failures and not loaded_all:
-            errors = [f.error for f in failures]
-            raise errors[0] if len(errors) == 1 else GadgetsFailedError(errors)
-        failed = [f.report(outlet) for f in failures]
+        loaded_all, failed = await start_gadgets(
+            parsed,
+            supported,
+            all_or_nothing=options.all_or_nothing,
+            stack=stack,
+            work=work,
+            outlet=outlet,
+            world=world,
+            held=held,
+        )
         host_iters = await stack.enter_async_context(host_iterators(loaded_all))
         runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)
         for it in host_iters:
@@ -380,33 +324,6 @@ async def _running(
             with trio.CancelScope(shield=True):
                 await layers.done.wait()
             nursery.cancel_scope.cancel()
-
-
-async def _run_work(
-    send: trio.MemorySendChannel[Record],
-    *,
-    task_status: trio.TaskStatus[_Layers] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The engine's work until ``stop()``: the sources are cancelled first; the netns tasks
-    then end by themselves (``PerNetns.wind_down``), their detach records read while the
-    readers still run; then the readers end, and the record channel closes."""
-    stopping, done = trio.Event(), trio.Event()
-    try:
-        async with trio.open_nursery() as work:
-            # Leaving this block waits for the netns tasks, after the sources have ended.
-            async with trio.open_nursery() as netns, trio.open_nursery() as sources:
-                task_status.started(_Layers(work, netns, sources, stopping, done))
-                await stopping.wait()
-                sources.cancel_scope.cancel()
-            work.cancel_scope.cancel()
-    finally:
-        stopping.set()  # however it ended, the engine no longer changes
-        done.set()
-        send.close()
-
-
-def describe(loaded: LoadedGadget) -> dict[str, Any]:
-    return {"gadget": loaded.gadget.name, "programs": sorted(loaded.programs)}
 
 
 def _inode(path: str) -> int | None:

@@ -9,19 +9,96 @@ static programs attached (engine.attach.static); its per-netns programs wait for
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+import attrs
 import trio
 
 from engine.attach.static import static_attacher
 from engine.bcc.loader import LoadedGadget, Supported, check_supported, load_gadget
+from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
 from engine.events.outlet import Outlet
 from engine.events.reader import open_reader
 from engine.gadget.model import Gadget
 from engine.kernel import skb_netns
-from engine.records import ProgramAttached, ProgramSkipped, Record
+from engine.records import GadgetFailed, ProgramAttached, ProgramSkipped, Record
 from engine.world.held import Held
 from engine.world.kernel_filter import sync_filter
 from engine.world.state import World
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class GadgetFailure:
+    """A gadget that could not run, and why."""
+
+    name: str
+    path: str
+    error: EngineError
+
+    def report(self, outlet: Outlet) -> GadgetFailed:
+        log.error("gadget %s (%s) failed, the others go on: %s", self.name, self.path, self.error)
+        record = GadgetFailed.from_error(self.name, self.path, self.error)
+        outlet.put(record)
+        return record
+
+
+def parse_gadgets(
+    gadgets: Iterable[str | Path | Gadget], *, all_or_nothing: bool
+) -> list[Gadget | GadgetFailure]:
+    """Each gadget parsed, or why it cannot be (raised at once with ``all_or_nothing``)."""
+    parsed: list[Gadget | GadgetFailure] = []
+    for g in gadgets:
+        if isinstance(g, Gadget):
+            parsed.append(g)
+            continue
+        try:
+            parsed.append(Gadget.from_file(g))
+        except (GadgetError, GadgetParseError) as exc:
+            if all_or_nothing:
+                raise
+            parsed.append(GadgetFailure(Path(g).stem, str(g), exc))
+    return parsed
+
+
+async def start_gadgets(
+    parsed: Sequence[Gadget | GadgetFailure],
+    supported: Supported,
+    *,
+    all_or_nothing: bool,
+    stack: contextlib.AsyncExitStack,
+    work: trio.Nursery,
+    outlet: Outlet,
+    world: World,
+    held: Held,
+) -> tuple[list[LoadedGadget], list[GadgetFailed]]:
+    """Start every gadget that can run; report the others (``gadget_failed``).
+
+    When none can run, the error is raised (``GadgetsFailedError`` for several); with
+    ``all_or_nothing`` the first failure is.
+    """
+    loaded: list[LoadedGadget] = []
+    failures = [item for item in parsed if isinstance(item, GadgetFailure)]
+    for item in parsed:
+        if isinstance(item, GadgetFailure):
+            continue
+        try:
+            loaded.append(
+                await start_gadget(
+                    item, supported, stack=stack, work=work, outlet=outlet, world=world, held=held
+                )
+            )
+        except EngineError as exc:
+            if all_or_nothing:
+                raise
+            failures.append(GadgetFailure(item.name, item.path, exc))
+    if failures and not loaded:
+        errors = [f.error for f in failures]
+        raise errors[0] if len(errors) == 1 else GadgetsFailedError(errors)
+    return loaded, [f.report(outlet) for f in failures]
 
 
 async def start_gadget(

@@ -18,7 +18,7 @@ from engine import open_engine
 from engine.cli.main import main
 from engine.errors import CompileError, TargetNotFoundError, VerifierError
 from engine.kernel.security import UntrustedFileError
-from tests.conftest import EXAMPLES, ROOT
+from tests.support.constants import EXAMPLES, ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from engine.kernel.btf import Btf, BtfType, Kind, btf_prelude
-from tests.conftest import EXAMPLES
+from tests.support.constants import EXAMPLES
 
 pytestmark = pytest.mark.integration
 

@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from engine.netns import (
-    NetnsAdded,
-    NetnsEvent,
-    NetnsHandle,
-    NetnsId,
-    NetnsRemoved,
-    NetnsSource,
-    host_netns_id,
-    in_netns,
-    run_in_netns,
-)
-
-TEST_IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
+from engine.netns import NetnsHandle, NetnsId, host_netns_id, in_netns, run_in_netns
+from engine.sources.netns import NetnsAdded, NetnsEvent, NetnsRemoved, NetnsSource
+from tests.support.commands import arun, run
+from tests.support.docker import Containers
 
 pytestmark = pytest.mark.integration
-
-
-async def sh(*argv: str, check: bool = True) -> str:
-    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=check)
-    return done.stdout.decode().strip()
 
 
 def _thread_netns() -> NetnsId:
@@ -40,9 +26,9 @@ def _thread_netns() -> NetnsId:
 @pytest.fixture
 def named_netns(root: None) -> Iterator[str]:
     name = f"engine-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
+    run("ip", "netns", "add", name)
     yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
+    run("ip", "netns", "del", name, check=False)
 
 
 async def test_in_netns_runs_inside_and_leaks_nowhere(named_netns: str) -> None:
@@ -108,44 +94,39 @@ async def _next_matching(
     raise AssertionError("source ended")
 
 
+@asynccontextmanager
+async def source_events() -> AsyncIterator[trio.MemoryReceiveChannel[NetnsEvent]]:
+    """A running NetnsSource's events; stopped when the block ends."""
+    send, receive = trio.open_memory_channel[NetnsEvent](1000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(NetnsSource().run, send)
+        yield receive
+        nursery.cancel_scope.cancel()
+
+
 async def test_source_sees_named_netns_come_and_go(root: None) -> None:
     name = f"engine-test-{uuid.uuid4().hex[:8]}"
-    send, receive = trio.open_memory_channel[NetnsEvent](1000)
-    source = NetnsSource()
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(source.run, send)
+        async with source_events() as receive:
             with trio.fail_after(10):
-                await sh("ip", "netns", "add", name)
+                await arun("ip", "netns", "add", name)
                 added = await _next_matching(receive, NetnsAdded, None)
                 while not (isinstance(added, NetnsAdded) and added.name == name):
                     added = await _next_matching(receive, NetnsAdded, None)
                 assert added.netns_id == NetnsId.of_path(f"/run/netns/{name}")
-                await sh("ip", "netns", "del", name)
+                await arun("ip", "netns", "del", name)
                 await _next_matching(receive, NetnsRemoved, added.netns_id)
-            nursery.cancel_scope.cancel()
     finally:
-        await sh("ip", "netns", "del", name, check=False)
-    print("scan seconds:", source.scan_seconds)
+        await arun("ip", "netns", "del", name, check=False)
 
 
-async def test_source_sees_a_container_netns(docker_daemon: None) -> None:
-    name = f"engine-test-{uuid.uuid4().hex[:8]}"
-    send, receive = trio.open_memory_channel[NetnsEvent](1000)
-    source = NetnsSource()
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(source.run, send)
-            with trio.fail_after(20):
-                await sh("docker", "run", "-d", "--name", name, TEST_IMAGE, "sleep", "600")
-                pid = await sh("docker", "inspect", "-f", "{{.State.Pid}}", name)
-                netns = NetnsId.of_path(f"/proc/{pid}/ns/net")
-                added = await _next_matching(receive, NetnsAdded, netns)
-                assert isinstance(added, NetnsAdded)
-                assert added.name is None
-                await sh("docker", "rm", "-f", name)
-                await _next_matching(receive, NetnsRemoved, netns)
-            nursery.cancel_scope.cancel()
-    finally:
-        await sh("docker", "rm", "-f", name, check=False)
-    print("scan seconds:", source.scan_seconds)
+async def test_source_sees_a_container_netns(containers: Containers) -> None:
+    async with source_events() as receive:
+        with trio.fail_after(20):
+            name = await containers.run("netns")
+            netns = NetnsId.of_path(f"/proc/{await containers.pid(name)}/ns/net")
+            added = await _next_matching(receive, NetnsAdded, netns)
+            assert isinstance(added, NetnsAdded)
+            assert added.name is None
+            await containers.remove(name)
+            await _next_matching(receive, NetnsRemoved, netns)

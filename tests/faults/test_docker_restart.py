@@ -105,7 +105,9 @@ async def test_daemon_stop_kill_restart_while_containers_churn(
                 while engine_view(rec.records, containers) != running_ours(containers):  # noqa: ASYNC110
                     await trio.sleep(0.1)
             assert engine_view(rec.records, containers) == running_ours(containers)
-            await rec.until(lambda: rec.attached_programs(late), 15, "late container attached")
+            await rec.until(
+                lambda: rec.attached_programs(container=late), 15, "late container attached"
+            )
     records = rec.records
     # Every container that lived across a gap was reported added and, gone, removed.
     for name in (plain, always):

@@ -54,10 +54,17 @@ async def test_classifiers_count_exactly_per_container(containers: Containers) -
         ):
             quiet = await containers.run("quiet")
             pinger = await containers.run("ping")
+            # Without a selection nothing waits for Docker to say whose netns it is: the attach
+            # records may name no container, but they name the netns; the pinger's packets are
+            # named once Docker has reported it.
+            netns = [await containers.netns(c) for c in (quiet, pinger)]
             await rec.until(
-                lambda: all(rec.attached_programs(c) == programs for c in (quiet, pinger)),
+                lambda: (
+                    all(rec.attached_programs(netns=n) == programs for n in netns)
+                    and pinger in {r["container"]["name"] for r in rec.of_type("container_added")}
+                ),
                 30,
-                "both containers attached",
+                "both containers attached, the pinger reported",
             )
             await containers.exec(pinger, "ping", "-c", "4", "-i", "0.2", BRIDGE)
             # A larger ping last: the ring buffer keeps the kernel's order, so once its reply is

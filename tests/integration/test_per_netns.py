@@ -120,7 +120,7 @@ async def test_tc_and_socket_filter_count_exactly_per_container(containers: Cont
             ours = [await containers.run(role) for role in ("one", "two", "quiet", "marker")]
             c1, c2, _, marker = ours
             await rec.until(
-                lambda: all(rec.attached_programs(c) == COUNTER_PROGRAMS for c in ours),
+                lambda: all(rec.attached_programs(container=c) == COUNTER_PROGRAMS for c in ours),
                 30,
                 "every container attached",
             )
@@ -272,7 +272,9 @@ async def test_races_end_in_one_record_and_the_engine_goes_on(
             # The engine still attaches.
             alive = await containers.run("alive")
             await rec.until(
-                lambda: rec.attached_programs(alive) == COUNTER_PROGRAMS, 30, "alive attached"
+                lambda: rec.attached_programs(container=alive) == COUNTER_PROGRAMS,
+                30,
+                "alive attached",
             )
 
             # Containers that exit at once: seen or not, never half-attached.

@@ -7,6 +7,7 @@ per object, so that a failure lists exactly what was left behind.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -174,9 +175,28 @@ class KernelState:
         return left
 
 
+@attrs.frozen
+class Leftovers:
+    """What a test left, before and after a garbage collection: what only the collector
+    released was held by an object nobody closed."""
+
+    before_gc: list[str]
+    after_gc: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.before_gc)
+
+    def __str__(self) -> str:
+        text = "\n  ".join(self.before_gc)
+        if self.after_gc != self.before_gc:
+            kept = "\n  ".join(self.after_gc) or "nothing"
+            text += f"\nafter a garbage collection (so held by objects nobody closed):\n  {kept}"
+        return "  " + text
+
+
 def left_behind(
     before: KernelState, timeout: float = 5.0, allowed_fds: Counter[str] | None = None
-) -> list[str]:
+) -> Leftovers:
     """What is still left since ``before`` once ``timeout`` has passed, or nothing as soon as
     nothing is: the kernel frees a program after an RCU grace period, and a close in a worker
     thread may finish a moment after the code that asked for it."""
@@ -184,5 +204,9 @@ def left_behind(
     while True:
         left = KernelState.now().left_since(before, allowed_fds)
         if not left or time.monotonic() >= deadline:
-            return left
+            break
         time.sleep(0.05)  # a look at the kernel: there is no notice to wait on
+    if not left:
+        return Leftovers([], [])
+    gc.collect()
+    return Leftovers(left, KernelState.now().left_since(before, allowed_fds))

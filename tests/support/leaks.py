@@ -12,7 +12,7 @@ from tests.support.kernel_state import KernelState, left_behind
 def assert_nothing_left(before: KernelState, when: str) -> None:
     left = left_behind(before)
     if left:
-        pytest.fail(f"left behind {when}:\n  " + "\n  ".join(left), pytrace=False)
+        pytest.fail(f"left behind {when}:\n{left}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

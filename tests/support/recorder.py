@@ -79,8 +79,13 @@ class Recorder(Changes):
     def events(self, source: str | None = None) -> list[Record]:
         return [r for r in self.of_type("event") if source is None or r["source"] == source]
 
-    def attached_programs(self, container: str) -> set[str]:
-        return {r["program"] for r in self.of_type("attached") if r["container"] == container}
+    def attached_programs(self, **match: Any) -> set[str]:
+        """The programs attached, per the records matching ``match`` (container=, netns=)."""
+        return {
+            r["program"]
+            for r in self.of_type("attached")
+            if all(r.get(k) == v for k, v in match.items())
+        }
 
     def lifecycles(self, **match: Any) -> dict[str, list[str]]:
         return lifecycles(self.records, **match)

@@ -23,6 +23,7 @@ from tests.support.constants import EXAMPLES
 from tests.support.docker import Containers
 from tests.support.kernel_state import bpf_programs, filters_of, tracefs_probes
 from tests.support.process import EngineProcess, engine_process
+from tests.support.recorder import unpaired
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -96,12 +97,7 @@ async def test_graceful_signal_leaves_nothing(
     assert filters_of(engine.pid) == []
     assert our_programs() == before
     assert tracefs_probes(f"bcc_{engine.pid}") == []
-    attached = [r for r in engine.of_type("attached") if r.get("netns") is not None]
-    detached = engine.of_type("detached")
-    key = ("program", "netns", "interface")
-    assert sorted(tuple(r[k] for k in key) for r in attached) == sorted(
-        tuple(r[k] for k in key) for r in detached
-    )
+    assert not unpaired(engine.records), unpaired(engine.records)
 
 
 async def test_sigkill_leftovers_removed_by_the_next_start_and_only_ours(

@@ -34,6 +34,11 @@ def example(
     return engine_process(str(EXAMPLES / gadget), "--hook", str(EXAMPLES / hook), *args, env=env)
 
 
+def selecting(containers: Containers) -> list[str]:
+    """The options that select this test's containers."""
+    return ["--select", *containers.selection]
+
+
 def attached(run: EngineProcess, program: str, container: str | None = None) -> Callable[[], bool]:
     """``program`` is attached (in ``container``'s netns when given)."""
 
@@ -53,8 +58,7 @@ async def test_execsnoop_counts_execs_per_container(containers: Containers) -> N
         async with example(
             "execsnoop.c",
             "execsnoop_hook.py",
-            "--select",
-            f"name={containers.name('*')}",
+            *selecting(containers),
             env={"EXECSNOOP_INTERVAL": "0.5"},
         ) as run:
             await run.until(attached(run, "trace_execve"))
@@ -129,7 +133,7 @@ async def test_first_connection_of_each_new_container(containers: Containers) ->
     fetch = http_get(server_ip)
     with trio.fail_after(40):
         async with example(
-            "tcpconnect.c", "tcpconnect_first_hook.py", "--select", f"name={containers.name('*')}"
+            "tcpconnect.c", "tcpconnect_first_hook.py", *selecting(containers)
         ) as run:
             await run.until(attached(run, "tcp_state"))
             # Started while the engine runs; each connects a second later, twice.
@@ -171,9 +175,7 @@ async def test_dns_queries_named_by_their_containers(containers: Containers) -> 
     client = containers.start("client", "sleep", "300")
     server_ip, client_ip = await containers.address(server), await containers.address(client)
     with trio.fail_after(30):
-        async with example(
-            "dns.c", "dns_hook.py", "--select", f"name={containers.name('*')}"
-        ) as run:
+        async with example("dns.c", "dns_hook.py", *selecting(containers)) as run:
             await run.until(attached(run, "dns_queries", client))
             await run.until(attached(run, "dns_queries", server))
             for name, qtype in (("www.engine-test.example", "a"), ("db.engine-test", "aaaa")):
@@ -219,8 +221,7 @@ async def test_tc_bytes_table_per_container(containers: Containers) -> None:
         async with example(
             "tc_bytes.c",
             "tc_bytes_hook.py",
-            "--select",
-            f"name={containers.name('*')}",
+            *selecting(containers),
             env={"TC_BYTES_INTERVAL": "0.5"},
         ) as run:
             for name in (pinger, quiet):

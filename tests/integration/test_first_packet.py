@@ -14,11 +14,13 @@ import functools
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
 
 import engine
+from engine.engine import Engine
 from engine.gadget.model import Gadget
 from tests.support.commands import run
 from tests.support.constants import BRIDGE
@@ -75,6 +77,15 @@ int first_tc_in(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
 """
 
 
+def selecting(containers: Containers, roles: str) -> AbstractAsyncContextManager[Engine]:
+    """The engine with GADGET, selecting this test's containers whose roles match ``roles``."""
+    return engine.open_engine(
+        Gadget.from_source(GADGET, "first_packet.c"),
+        select=[f"name={containers.name(roles)}"],
+        iter_interval=3600,
+    )
+
+
 def echoes(rec: Recorder) -> list[Record]:
     return rec.events("echoes")
 
@@ -116,14 +127,8 @@ async def first_pings_seen(rec: Recorder, addresses: dict[str, str]) -> None:
 
 
 async def test_first_ping_of_every_selected_container_is_seen(containers: Containers) -> None:
-    gadget = Gadget.from_source(GADGET, "first_packet.c")
     with trio.fail_after(120):
-        async with (
-            engine.open_engine(
-                gadget, select=[f"name={containers.name('sel-*')}"], iter_interval=3600
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with selecting(containers, "sel-*") as eng, recording(eng) as rec:
             roles = [f"sel-{i}" for i in range(SELECTED)] + ["other"]
             *selected, other = await trio.to_thread.run_sync(start_all, containers, roles)
             seen = await addresses_and_netns(containers, [*selected, other])
@@ -157,14 +162,8 @@ async def test_first_ping_seen_by_tc_across_quick_starts(containers: Containers)
     """Classifiers are on the host-side veth before the container's end moves into its netns
     (engine/attach/preattach.py): TC sees every container's first packet, as the socket
     filter does, and each netns still gets one `attached` per program and interface."""
-    gadget = Gadget.from_source(GADGET, "first_packet.c")
     with trio.fail_after(120):
-        async with (
-            engine.open_engine(
-                gadget, select=[f"name={containers.name('quick-*')}"], iter_interval=3600
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with selecting(containers, "quick-*") as eng, recording(eng) as rec:
             # One after the other, each as soon as the previous one is up.
             names = [await containers.run(f"quick-{i}", *PING_ONCE) for i in range(QUICK_STARTS)]
             seen = await addresses_and_netns(containers, names)
@@ -210,15 +209,9 @@ async def test_preattached_veth_nobody_claims_leaves_no_filter(
     """A veth that becomes a bridge port with its peer still in the host netns gets the
     classifiers at once; they are removed when the veth is deleted, when no netns takes it in
     time, and when its container turns out to be unselected or is removed."""
-    gadget = Gadget.from_source(GADGET, "first_packet.c")
     deleted, unclaimed = veths
     with trio.fail_after(90):
-        async with (
-            engine.open_engine(
-                gadget, select=[f"name={containers.name('sel-*')}"], iter_interval=3600
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with selecting(containers, "sel-*") as eng, recording(eng) as rec:
             assert eng.per_netns.preattach is not None
             eng.per_netns.preattach.claim_wait = 2.0
             for name in (deleted, unclaimed):

@@ -51,7 +51,7 @@ def unpaired(records: list[Record]) -> Counter[tuple[Any, ...]]:
 
 @attrs.define
 class Recorder(Changes):
-    """Every record of one engine, in order. With ``events=False`` gadget events are only
+    """Every record of one engine, in order. With ``keep_events=False`` gadget events are only
     counted, so that a long run keeps the test's memory flat."""
 
     records: list[Record] = attrs.Factory(list)

@@ -140,7 +140,7 @@ async def test_first_ping_of_every_selected_container_is_seen(containers: Contai
             await rec.until(
                 lambda: lifecycle(rec, other_netns) == {p: BOTH for p in PROGRAMS},
                 15,
-                f"{other} attached, then detached",
+                lambda: f"{other} attached, then detached: {lifecycle(rec, other_netns)}",
             )
             for r in rec.records:
                 if r["type"] in ("attached", "detached") and r["netns"] == other_netns:
@@ -231,7 +231,7 @@ async def test_preattached_veth_nobody_claims_leaves_no_filter(
             await rec.until(
                 lambda: lifecycle(rec, other_netns) == {p: BOTH for p in PROGRAMS},
                 15,
-                f"{other} attached, then detached",
+                lambda: f"{other} attached, then detached: {lifecycle(rec, other_netns)}",
             )
             await containers.remove(removed)
             # Another engineer's container started meanwhile is pre-attached for claim_wait.

@@ -92,11 +92,16 @@ class EngineProcess(Changes):
         return int(code)
 
     async def close(self) -> None:
-        """Killed (SIGKILL) if still running, and waited for."""
+        """Killed (SIGKILL) if still running, waited for, its pipes closed once read."""
         if self.process.returncode is None:
             self.process.kill()
         with trio.CancelScope(shield=True):
             await self.process.wait()
+            with trio.move_on_after(5):  # its output ends with it
+                await self._read_all.wait()
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    await stream.aclose()
 
     async def stop(self, signum: int = signal.SIGINT) -> int:
         """Signal it (Ctrl-C by default, as a person stops it); its exit code."""

@@ -187,11 +187,12 @@ class Leftovers:
         return bool(self.before_gc)
 
     def __str__(self) -> str:
-        text = "\n  ".join(self.before_gc)
-        if self.after_gc != self.before_gc:
-            kept = "\n  ".join(self.after_gc) or "nothing"
-            text += f"\nafter a garbage collection (so held by objects nobody closed):\n  {kept}"
-        return "  " + text
+        text = "  " + "\n  ".join(self.before_gc)
+        if not self.after_gc:
+            text += "\n(a garbage collection released all of it: held by objects nobody closed)"
+        elif self.after_gc != self.before_gc:
+            text += "\nafter a garbage collection, still:\n  " + "\n  ".join(self.after_gc)
+        return text
 
 
 def left_behind(
@@ -201,11 +202,19 @@ def left_behind(
     nothing is: the kernel frees a program after an RCU grace period, and a close in a worker
     thread may finish a moment after the code that asked for it."""
     deadline = time.monotonic() + timeout
-    while True:
-        left = KernelState.now().left_since(before, allowed_fds)
-        if not left or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)  # a look at the kernel: there is no notice to wait on
+    # No collection while waiting: what only the garbage collector would release must show,
+    # not go by chance.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            left = KernelState.now().left_since(before, allowed_fds)
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)  # a look at the kernel: there is no notice to wait on
+    finally:
+        if collecting:
+            gc.enable()
     if not left:
         return Leftovers([], [])
     gc.collect()

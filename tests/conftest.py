@@ -1,56 +1,50 @@
-"""Shared test fixtures: requirements that fail under CI=true and skip elsewhere."""
+"""Shared fixtures: requirements that fail under CI=true and skip elsewhere, test containers."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-TEST_IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
-IN_CI = os.environ.get("CI") == "true"
-
-
-def unavailable(reason: str) -> None:
-    """Skip outside CI; under CI=true a missing requirement is a failure, never a skip."""
-    if IN_CI:
-        pytest.fail(f"required under CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _has_bcc() -> bool:
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from tests.support.docker import Containers, start_dockerd
+from tests.support.kernel_state import KernelState
+from tests.support.leaks import assert_nothing_left
+from tests.support.requirements import require_docker, require_root
 
 
 @pytest.fixture
 def root() -> None:
     """The test needs root, tracefs and bcc."""
-    if os.geteuid() != 0:
-        unavailable("needs root")
-    if not _has_bcc():
-        unavailable("needs bcc (python3-bpfcc)")
-    if not Path("/sys/kernel/tracing/events").is_dir():
-        unavailable("needs tracefs mounted at /sys/kernel/tracing")
+    require_root()
 
 
 @pytest.fixture
 def docker_daemon(root: None) -> None:
     """The test needs the local Docker daemon and the test image."""
-    if shutil.which("docker") is None:
-        unavailable("needs the docker client")
-    probe = subprocess.run(
-        ["docker", "image", "inspect", TEST_IMAGE], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        unavailable(f"needs a running Docker daemon and the image {TEST_IMAGE}")
+    require_docker()
+
+
+@pytest.fixture
+def containers(docker_daemon: None) -> Iterator[Containers]:
+    """This test's containers: named after a tag of its own, all removed after it."""
+    made = Containers()
+    before = KernelState.now()
+    try:
+        yield made
+        assert_nothing_left(before, "while the test's containers still ran")
+    finally:
+        made.remove_all()
+
+
+@pytest.fixture
+def restores_dockerd(containers: Containers) -> Iterator[None]:
+    """Whatever the test did to the daemon, it runs again after the test (and before the
+    test's containers are removed: the daemon must answer for that)."""
+    try:
+        yield
+    finally:
+        start_dockerd()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -69,19 +63,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("vmkernel") is not None:
             item.add_marker(skip)
-
-
-def our_tc_filters() -> list[str]:
-    """tc filters anywhere on the host that this process added (named engine_<pid>.<start>_)."""
-    out = subprocess.run(
-        [
-            "sh",
-            "-c",
-            "for l in $(ls /sys/class/net); do tc filter show dev $l ingress;"
-            " tc filter show dev $l egress; done 2>/dev/null",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    return [line for line in out.splitlines() if f"engine_{os.getpid()}." in line]

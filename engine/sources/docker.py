@@ -7,6 +7,7 @@ event stream is then closed from the trio side, which unblocks that thread, so n
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -43,7 +44,29 @@ _CONNECTION_ERRORS = (docker.errors.DockerException, requests.exceptions.Request
 
 def default_client() -> Any:
     """A low-level client configured like the docker CLI (DOCKER_HOST...); contacts the daemon."""
-    return docker.APIClient(**docker.utils.kwargs_from_env())
+    kwargs = docker.utils.kwargs_from_env()
+    _check_unix_socket(kwargs.get("base_url") or DEFAULT_SOCKET)
+    return docker.APIClient(**kwargs)
+
+
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+
+
+def _check_unix_socket(url: str) -> None:
+    """Fail before the SDK tries a daemon's unix socket that nobody listens on: the SDK's
+    failed connect leaves its socket open until the garbage collector finds it (docker 7.x),
+    one fd per reconnect attempt while the daemon is away."""
+    path = url.removeprefix("unix://") if url.startswith("unix://") else None
+    if path is None:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.settimeout(2.0)
+        probe.connect(path)
+    except OSError as exc:
+        raise docker.errors.DockerException(f"cannot reach {url}: {exc.strerror}") from None
+    finally:
+        probe.close()
 
 
 @attrs.define

@@ -18,15 +18,11 @@ import trio
 
 from engine import open_engine
 from engine.world.state import NetnsTarget
-from tests.conftest import EXAMPLES, TEST_IMAGE
-from tests.faults.kernel_state import (
-    NamedNetns,
-    arun,
-    filters_of,
-    open_fds,
-    remove_containers,
-    tag,
-)
+from tests.support.commands import arun
+from tests.support.constants import EXAMPLES
+from tests.support.docker import Containers
+from tests.support.netns import NamedNetns
+from tests.support.recorder import Recorder, recording
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +61,6 @@ def gadgets(root: None, tmp_path: Path) -> list[str]:
     return [str(EXAMPLES / "tc_bytes.c"), str(socket)]
 
 
-async def _collect(eng: Any, records: list[dict[str, Any]]) -> None:
-    async for record in eng.events():
-        records.append(record.to_json())
-
-
 @attrs.define
 class Case:
     step: str
@@ -98,6 +89,17 @@ class Case:
             for r in records[self.first : self.last]
         )
 
+    async def wait_removed(self, rec: Recorder) -> None:
+        await rec.until(lambda: self.removed(rec.records), 10, f"{self}: netns_removed")
+
+    async def wait_settled(self, rec: Recorder) -> None:
+        # A missing veth is waited for a few seconds before attach_failed.
+        await rec.until(
+            lambda: self.settled(rec.records, stopped=False),
+            20,
+            lambda: f"{self}: {self.story(rec.records)}",
+        )
+
     def __str__(self) -> str:
         return f"{self.damage} removed before {self.step}"
 
@@ -112,8 +114,6 @@ async def test_named_netns_damaged_at_every_step(gadgets: list[str]) -> None:
     # Planned by name before the netns exists, so that the engine cannot reach it first.
     # Cases run one after the other: a destroyed netns's inode may be given to the next one.
     planned: dict[str, Case] = {}
-    records: list[dict[str, Any]] = []
-
     stale: list[str] = []
 
     async def damage_at(step: str, target: NetnsTarget) -> None:
@@ -127,49 +127,42 @@ async def test_named_netns_damaged_at_every_step(gadgets: list[str]) -> None:
         else:
             await arun("ip", "link", "del", case.netns.host_if)
 
-    fds = open_fds()
     try:
         with trio.fail_after(150):
             async with (
                 open_engine(*gadgets, iter_interval=3600) as eng,
-                trio.open_nursery() as nursery,
+                recording(eng) as rec,
             ):
                 # Every damaged netns is made after this: the seam sees all their attaches.
                 eng.per_netns.attach_step = damage_at
-                nursery.start_soon(_collect, eng, records)
                 for step in STEPS:
                     for damage in ("netns", "veth"):
                         case = await _run_case(
-                            eng, step, damage=damage, planned=planned, records=records, stale=stale
+                            eng, rec, step, damage=damage, planned=planned, stale=stale
                         )
                         if damage == "netns":
                             # One fault at a time: the next netns may get this one's inode.
-                            with trio.fail_after(10):
-                                while not case.removed(records):  # noqa: ASYNC110
-                                    await trio.sleep(0.05)
-                eng.stop()
+                            await case.wait_removed(rec)
     finally:
         for case in planned.values():
             case.netns.remove()
     for case in planned.values():
         if case.netns.name not in stale:
-            assert case.settled(records, stopped=True), (str(case), case.story(records))
-    assert filters_of(os.getpid()) == []
-    assert open_fds() <= fds  # fewer: an earlier test's garbage was collected meanwhile
+            assert case.settled(rec.records, stopped=True), (str(case), case.story(rec.records))
 
 
 async def _run_case(
     eng: Any,
+    rec: Recorder,
     step: str,
     *,
     damage: str,
     planned: dict[str, Case],
-    records: list[dict[str, Any]],
     stale: list[str],
 ) -> Case:
     """One netns made, damaged at ``step`` by the seam, and its story settled."""
     while True:
-        case = Case(step, damage, NamedNetns.named(), len(records))
+        case = Case(step, damage, NamedNetns.named(), len(rec.records))
         planned[case.netns.name] = case
         await trio.to_thread.run_sync(case.netns.create)
         inode = case.netns.inode
@@ -182,21 +175,15 @@ async def _run_case(
             # process reached is not forgotten, so a new one given its inode goes unseen.
             stale.append(case.netns.name)
             continue
-        # A missing veth is waited for a few seconds before attach_failed.
-        with trio.move_on_after(20):
-            while not case.settled(records, stopped=False):  # noqa: ASYNC110
-                await trio.sleep(0.05)
-        assert case.settled(records, stopped=False), (str(case), case.story(records))
+        await case.wait_settled(rec)
         return case
 
 
-async def test_container_killed_at_every_step(gadgets: list[str], docker_daemon: None) -> None:
-    prefix = f"engine-test-{tag()}-kill"
-    names = {step: f"{prefix}-{step}" for step in STEPS}
+async def test_container_killed_at_every_step(gadgets: list[str], containers: Containers) -> None:
+    names = {step: containers.name(step) for step in STEPS}
     # By container: a killed container's netns inode may go to the next one at once.
     steps_of: dict[str, str] = {}
     killed: set[str] = set()
-    records: list[dict[str, Any]] = []
 
     async def kill_at(step: str, target: NetnsTarget) -> None:
         # A netns may be traced before Docker says whose it is: then its sandbox path tells.
@@ -207,40 +194,38 @@ async def test_container_killed_at_every_step(gadgets: list[str], docker_daemon:
                 steps_of[name] = step
                 await arun("docker", "kill", name)
 
-    fds = open_fds()
-    try:
-        with trio.fail_after(150):
-            async with (
-                # Selected by name, a netns is a target only once its container is known: then
-                # the seam can tell which container it belongs to.
-                open_engine(*gadgets, select=[f"name={prefix}-*"], iter_interval=3600) as eng,
-                trio.open_nursery() as nursery,
-            ):
-                eng.per_netns.attach_step = kill_at  # the containers are started after this
-                nursery.start_soon(_collect, eng, records)
-                for step in STEPS:
-                    await arun("docker", "run", "-d", "--name", names[step], *_IMAGE_SLEEP)
-                with trio.move_on_after(60):
-                    while len(killed) < len(STEPS) or any(  # noqa: ASYNC110
-                        _unfinished(stories(records, container=c)) for c in steps_of
-                    ):
-                        await trio.sleep(0.1)
-                assert len(killed) == len(STEPS), (steps_of, names)
-                assert not any(_unfinished(stories(records, container=c)) for c in steps_of), {
-                    c: stories(records, container=c) for c in steps_of
-                }
-                eng.stop()
-    finally:
-        remove_containers(list(names.values()))
+    with trio.fail_after(150):
+        async with (
+            # Selected by name, a netns is a target only once its container is known: then
+            # the seam can tell which container it belongs to.
+            open_engine(*gadgets, select=containers.selection, iter_interval=3600) as eng,
+            recording(eng) as rec,
+        ):
+            eng.per_netns.attach_step = kill_at  # the containers are started after this
+            for step in STEPS:
+                await containers.run(step, options=["--rm"])
+
+            def finished() -> bool:
+                # Killed ones have no record to wait on: the seam runs with the attaches.
+                return len(killed) == len(STEPS) and not any(
+                    _unfinished(stories(rec.records, container=c)) for c in steps_of
+                )
+
+            await rec.until(
+                finished,
+                60,
+                lambda: (
+                    f"{steps_of} killed of {names}: "
+                    f"{ {c: stories(rec.records, container=c) for c in steps_of} }"
+                ),
+            )
     assert len(steps_of) == len(STEPS)
     for name, step in steps_of.items():
-        story = stories(records, container=name)
+        story = stories(rec.records, container=name)
         # The engine may learn of the death before it tries a program: then that program has
         # no record at all (the container_removed record tells the story); never half of one.
         for program, seen in story.items():
             assert seen in (["attach_failed"], ["attached", "detached"]), (step, program, seen)
-    assert filters_of(os.getpid()) == []
-    assert open_fds() <= fds  # fewer: an earlier test's garbage was collected meanwhile
 
 
 async def _owners(path: str, names: dict[str, str]) -> list[str]:
@@ -260,6 +245,3 @@ async def _owners(path: str, names: dict[str, str]) -> list[str]:
 
 def _unfinished(story: dict[str, list[str]]) -> bool:
     return any(seen == ["attached"] for seen in story.values())
-
-
-_IMAGE_SLEEP = ("--rm", TEST_IMAGE, "sleep", "600")

@@ -17,7 +17,7 @@ import trio
 from engine import open_engine
 from engine.cli.main import main
 from engine.errors import CompileError, TargetNotFoundError, UntrustedFileError, VerifierError
-from tests.conftest import EXAMPLES, ROOT
+from tests.support.constants import EXAMPLES, ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.faults.kernel_state import FLOOD, NamedNetns, engine_process, hammer
+from tests.faults.flood import FLOOD, hammer
+from tests.support.netns import NamedNetns
+from tests.support.process import engine_process
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +29,15 @@ async def test_flood_keeps_the_engine_responsive(root: None, tmp_path: Path) -> 
     netns = NamedNetns.named()
     try:
         with trio.fail_after(90):
-            async with hammer(), engine_process(str(gadget)) as engine:
-                await engine.wait_until(lambda e: e.events > 10_000)
+            async with hammer(), engine_process(str(gadget), keep_events=False) as engine:
+                await engine.until(lambda: engine.events_seen > 10_000, 60, "a flood")
                 await trio.to_thread.run_sync(netns.create)
-                with trio.fail_after(5):
-                    await engine.wait_until(
-                        lambda e: any(r.get("name") == netns.name for r in e.of_type("netns_added"))
-                    )
-                await engine.wait_until(lambda e: len(e.of_type("lost")) > 0)
+                await engine.until(
+                    lambda: any(r.get("name") == netns.name for r in engine.of_type("netns_added")),
+                    5,
+                    f"netns_added for {netns.name}",
+                )
+                await engine.until(lambda: engine.of_type("lost"), 30, "a lost record")
                 asked = trio.current_time()
                 engine.process.send_signal(signal.SIGINT)
                 with trio.fail_after(10):

@@ -11,23 +11,15 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from typing import Any
 
 import pytest
 import trio
 
 from engine import open_engine
-from tests.conftest import EXAMPLES, TEST_IMAGE
-from tests.faults.kernel_state import (
-    arun,
-    fd_targets,
-    filters_of,
-    own_bpf_objects,
-    remove_containers,
-    rss_kib,
-    tag,
-    tracefs_probes,
-)
+from tests.support.constants import EXAMPLES
+from tests.support.docker import Containers
+from tests.support.kernel_state import KernelState, left_behind, rss_kib
+from tests.support.recorder import Recorder, recording, unpaired
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -46,116 +38,53 @@ GADGETS = (
     "python_usdt.c",
 )
 RSS_GROWTH_KIB = 32 * 1024
-DOCKER_API = "socket (unix)"
-DOCKER_SDK_POOLS = 25  # docker.constants.DEFAULT_NUM_POOLS
+# The docker SDK keeps a connection pool per URL (/containers/<id>/json...), up to 25
+# (docker.constants.DEFAULT_NUM_POOLS), each with its socket: bounded, so allowed while the
+# engine runs.
+DOCKER_SDK_POOLS = Counter({"socket (unix)": 25})
 
 
-def snapshot() -> dict[str, Any]:
-    return {
-        "fds": fd_targets(),
-        "bpf": own_bpf_objects(),
-        "filters": filters_of(os.getpid()),
-        "probes": tracefs_probes(f"bcc_{os.getpid()}"),
-    }
-
-
-async def test_container_cycles_leave_everything_flat(docker_daemon: None) -> None:
-    prefix = f"engine-test-{tag()}-soak"
-    records: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    made: list[str] = []
+async def test_container_cycles_leave_everything_flat(containers: Containers) -> None:
+    failed: list[dict[str, object]] = []
     gadgets = [EXAMPLES / name for name in GADGETS]
-    try:
-        # pytest records every warning it sees; bcc warns on each str table name (a
-        # DeprecationWarning per lookup), and that record would grow with every cycle.
-        with warnings.catch_warnings(), trio.fail_after(120 + 6 * CYCLES):
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module="bcc")
-            async with (
-                open_engine(*gadgets, select=[f"name={prefix}-*"], iter_interval=3600) as eng,
-                trio.open_nursery() as nursery,
-            ):
-
-                async def collect() -> None:
-                    async for record in eng.events():
-                        if record.to_json()["type"] != "event":
-                            records.append(record.to_json())
-
-                nursery.start_soon(collect)
-                for cycle in range(CYCLES):
-                    if cycle == WARM_UP:
-                        await _settled(eng)
-                        before, rss_before = snapshot(), rss_kib()
-                    name = f"{prefix}-{cycle}"
-                    made.append(name)
-                    await _cycle(name, records)
-                    # Other containers on the machine are traced for a moment, until Docker
-                    # says they are not selected: their attachments may fail as they come and
-                    # go. Ours never do. Records are kept per cycle, so that the test's own
-                    # memory stays flat.
-                    failed += [
-                        r
-                        for r in records
-                        if r["type"] == "attach_failed" and r["container"] == name
-                    ]
-                    records.clear()
-                await _settled(eng)
-                after = await _same_as(before)
-                rss_after = rss_kib()
-                eng.stop()
-    finally:
-        remove_containers(made)
-    assert _grown(before, after) == {}
+    # pytest records every warning it sees; bcc warns on each str table name (a
+    # DeprecationWarning per lookup), and that record would grow with every cycle.
+    with warnings.catch_warnings(), trio.fail_after(120 + 6 * CYCLES):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="bcc")
+        async with (
+            open_engine(*gadgets, select=containers.selection, iter_interval=3600) as eng,
+            recording(eng, keep_events=False) as rec,
+        ):
+            for cycle in range(CYCLES):
+                if cycle == WARM_UP:
+                    before, rss_before = KernelState.now(), rss_kib()
+                name = await _cycle(containers, cycle, rec)
+                # Other containers on the machine are traced for a moment, until Docker says
+                # they are not selected: their attachments may fail as they come and go. Ours
+                # never do. Records are kept per cycle, so that the test's memory stays flat.
+                failed += [r for r in rec.of_type("attach_failed") if r["container"] == name]
+                rec.records.clear()
+            # A detach still finishing in a worker thread holds a netlink socket and an epoll
+            # fd for a moment; a leak holds them for good.
+            left = await trio.to_thread.run_sync(
+                lambda: left_behind(before, allowed_fds=DOCKER_SDK_POOLS)
+            )
+            rss_after = rss_kib()
+    assert not left, str(left)
     assert rss_after - rss_before < RSS_GROWTH_KIB, (rss_before, rss_after)
     assert failed == [], "\n".join(map(str, failed[:5]))
-    assert filters_of(os.getpid()) == []
 
 
-async def _settled(eng: Any) -> None:
-    """Until no netns is traced: ours are gone, and any other container's netns traced
-    while Docker had not yet said whose it is has been let go."""
-    with trio.fail_after(60):
-        while eng.per_netns.running:  # noqa: ASYNC110
-            await trio.sleep(0.05)
-
-
-async def _same_as(before: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot without growth over ``before``, if one comes within a few seconds: a detach
-    still finishing in a worker thread holds a netlink socket and an epoll fd for a moment;
-    a leak holds them for good."""
-    with trio.move_on_after(5):
-        while True:
-            after = snapshot()
-            if _grown(before, after) == {}:
-                return after
-            await trio.sleep(0.1)
-    return after
-
-
-def _grown(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """What ``after`` holds more of than ``before``. The docker SDK keeps a connection pool
-    per URL (/containers/<id>/json...), up to 25, each with its socket: bounded, so allowed.
-    One fd fewer can be a transient fd open at the first snapshot."""
-    fds = Counter(after["fds"]) - Counter(before["fds"])
-    if fds[DOCKER_API] <= DOCKER_SDK_POOLS:
-        del fds[DOCKER_API]
-    grown: dict[str, Any] = {k: after[k] for k in before if k != "fds" and after[k] != before[k]}
-    if fds:
-        grown["fds"] = fds
-    return grown
-
-
-async def _cycle(name: str, records: list[dict[str, Any]]) -> None:
+async def _cycle(containers: Containers, cycle: int, rec: Recorder) -> str:
     """One container: started, every per-netns program attached, removed, all detached."""
+    name = containers.name(str(cycle))
 
-    def about(kind: str) -> list[dict[str, Any]]:
-        return [r for r in records if r["type"] == kind and r.get("container") == name]
+    def about(kind: str) -> list[dict[str, object]]:
+        return [r for r in rec.of_type(kind) if r.get("container") == name]
 
-    await arun("docker", "run", "-d", "--name", name, TEST_IMAGE, "sleep", "600")
-    with trio.fail_after(30):
-        # tc_bytes' two classifiers and dns's socket filter (iterators just run).
-        while len(about("attached")) < 3:  # noqa: ASYNC110
-            await trio.sleep(0.02)
-    await arun("docker", "rm", "-f", name)
-    with trio.fail_after(30):
-        while len(about("detached")) < len(about("attached")):  # noqa: ASYNC110
-            await trio.sleep(0.02)
+    await containers.run(str(cycle))
+    # tc_bytes' two classifiers and dns's socket filter (iterators just run).
+    await rec.until(lambda: len(about("attached")) >= 3, 30, f"{name} attached")
+    await containers.remove(name)
+    await rec.until(lambda: not unpaired(rec.records), 30, f"{name} detached")
+    return name

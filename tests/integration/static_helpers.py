@@ -1,75 +1,14 @@
-"""Shared by the static-program tests on the host and in the VM: leftovers and event waits."""
+"""Shared by the static-program tests on the host and in the VM: event waits. What is left
+behind is checked after every test (tests/support/leaks.py)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import attrs
 import trio
 
-from engine.bcc.loader import LoadedGadget
 from engine.engine import Engine
-
-TRACEFS = Path("/sys/kernel/tracing")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def _bpftool(what: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["bpftool", "-j", what, "show"], capture_output=True, text=True, check=True
-    ).stdout
-    return list(json.loads(out or "[]"))
-
-
-@attrs.frozen
-class Attached:
-    """What the kernel holds before a test: its tracefs probe events and program ids."""
-
-    kprobe_events: str
-    uprobe_events: str
-    programs: frozenset[int]
-
-    @classmethod
-    def now(cls) -> Attached:
-        programs = frozenset(p["id"] for p in _bpftool("prog"))
-        return cls(_read(TRACEFS / "kprobe_events"), _read(TRACEFS / "uprobe_events"), programs)
-
-
-def program_ids(loaded: Sequence[LoadedGadget]) -> frozenset[int]:
-    """The kernel ids of the programs loaded (read from our own fds' fdinfo)."""
-    ids = set()
-    for gadget in loaded:
-        for program in gadget.programs.values():
-            info = Path(f"/proc/self/fdinfo/{program.fd}").read_text()
-            (line,) = [x for x in info.splitlines() if x.startswith("prog_id:")]
-            ids.add(int(line.split()[1]))
-    return frozenset(ids)
-
-
-async def assert_nothing_left(before: Attached, ours: frozenset[int]) -> None:
-    """No probe event of ours in tracefs, none of our programs loaded (so no link either:
-    a link or an attached perf event holds its program)."""
-    assert ours, "the test saw no programs of its own"
-    # The kernel frees a closed program after an RCU grace period: give it a moment.
-    for _ in range(30):
-        left = ours & Attached.now().programs
-        if not left:
-            break
-        await trio.sleep(0.1)
-    assert left == frozenset(), f"programs still loaded: {sorted(left)}"
-    after = Attached.now()
-    assert after.kprobe_events == before.kprobe_events
-    assert after.uprobe_events == before.uprobe_events
 
 
 async def collect_until(

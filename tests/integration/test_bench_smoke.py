@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.constants import ROOT
+
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_smoke_run_writes_sane_results(root: None, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from engine.gadget.scanner import SourceScan
 from engine.kernel.btf import Btf, BtfType, Kind
 from engine.kernel.layouts import btf_prelude
-from tests.conftest import EXAMPLES
+from tests.support.constants import EXAMPLES
 
 pytestmark = pytest.mark.integration
 

@@ -13,71 +13,18 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import termios
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import attrs
 import pytest
 import trio
 
+from tests.support.constants import EXAMPLES, ROOT
+from tests.support.process import ENGINE, engine_process
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-EXECSNOOP = str(ROOT / "examples" / "execsnoop.c")
-ENGINE = [sys.executable, "-m", "engine", "run", EXECSNOOP]
-
-
-@attrs.define
-class EngineProcess:
-    """A running `engine run` whose stderr is collected line by line."""
-
-    process: trio.Process
-    stderr: list[str] = attrs.Factory(list)
-    _changed: trio.Event = attrs.Factory(trio.Event)
-
-    async def collect(self, stream: trio.abc.ReceiveStream) -> None:
-        buffer = b""
-        async for chunk in stream:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            self.stderr.extend(line.decode(errors="replace") for line in lines)
-            self._changed.set()
-            self._changed = trio.Event()
-        if buffer:
-            self.stderr.append(buffer.decode(errors="replace"))
-        self._changed.set()
-
-    async def wait_for(self, pattern: str) -> str:
-        """The first stderr line matching ``pattern`` (waits for it)."""
-        while True:
-            for line in self.stderr:
-                if re.search(pattern, line):
-                    return line
-            await self._changed.wait()
-
-
-@asynccontextmanager
-async def engine_process(
-    *args: str, stdout: Any = subprocess.DEVNULL
-) -> AsyncIterator[EngineProcess]:
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            [*ENGINE, *args], stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT
-        )
-        running = EngineProcess(process)
-        assert process.stderr is not None
-        nursery.start_soon(running.collect, process.stderr)
-        try:
-            yield running
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+EXECSNOOP = str(EXAMPLES / "execsnoop.c")
 
 
 async def _exec_probe(tmp_path: Path) -> str:
@@ -108,12 +55,12 @@ async def test_run_on_a_terminal_shows_the_live_table(root: None, tmp_path: Path
         with trio.fail_after(60):
             async with (
                 trio.open_nursery() as nursery,
-                engine_process("--duration", "3", stdout=child_fd) as engine,
+                engine_process(EXECSNOOP, "--duration", "3", stdout=child_fd) as engine,
             ):
                 os.close(child_fd)
                 child_fd = -1
                 nursery.start_soon(trio.to_thread.run_sync, read_terminal)
-                await engine.wait_for(r"attached 1 program in")
+                await engine.line(r"attached 1 program in")
                 probe = await _exec_probe(tmp_path)
                 assert await engine.process.wait() == 0
     finally:
@@ -135,7 +82,7 @@ async def test_run_on_a_terminal_shows_the_live_table(root: None, tmp_path: Path
 async def test_run_into_a_pipe_gives_json_lines(root: None) -> None:
     with trio.fail_after(60):
         result = await trio.run_process(
-            f"{' '.join(ENGINE)} --duration 1.5 | cat",
+            f"{' '.join(ENGINE)} {EXECSNOOP} --duration 1.5 | cat",
             shell=True,
             capture_stdout=True,
             capture_stderr=True,
@@ -163,12 +110,12 @@ async def test_run_into_a_pipe_gives_json_lines(root: None) -> None:
 
 async def test_sigint_stops_with_a_summary_line(root: None, tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with engine_process(stdout=subprocess.DEVNULL) as engine:
-            await engine.wait_for(r"attached 1 program in")
+        async with engine_process(EXECSNOOP, stdout=subprocess.DEVNULL) as engine:
+            await engine.line(r"attached 1 program in")
             await _exec_probe(tmp_path)
             engine.process.send_signal(signal.SIGINT)
             assert await engine.process.wait() == 0
-            summary = await engine.wait_for(r"^engine: stopped")
+            summary = await engine.line(r"^engine: stopped")
     assert re.fullmatch(
         r"engine: stopped \(SIGINT\) after \d+\.\ds: \d+ records, [1-9]\d* events delivered, "
         r"0 lost",
@@ -195,15 +142,20 @@ def _scrape(port: int) -> str:
 async def test_metrics_endpoint_serves_counters(root: None, tmp_path: Path) -> None:
     port = _free_loopback_port()
     with trio.fail_after(60):
-        async with engine_process("--metrics", f"127.0.0.1:{port}") as engine:
-            await engine.wait_for(rf"metrics on http://127\.0\.0\.1:{port}/metrics")
-            await engine.wait_for(r"attached 1 program in")
-            await _exec_probe(tmp_path)
-            await trio.sleep(0.5)
+        async with engine_process(EXECSNOOP, "--metrics", f"127.0.0.1:{port}") as engine:
+            await engine.line(rf"metrics on http://127\.0\.0\.1:{port}/metrics")
+            await engine.line(r"attached 1 program in")
+            probe = await _exec_probe(tmp_path)
+            # Counted before it is written out: once its record is here, the metrics have it.
+            await engine.until(
+                lambda: [e for e in engine.events() if e["data"]["filename"] == probe],
+                10,
+                "the probe's exec",
+            )
             reply = await trio.to_thread.run_sync(_scrape, port)
             engine.process.send_signal(signal.SIGTERM)
             assert await engine.process.wait() == 0
-            await engine.wait_for(r"^engine: stopped \(SIGTERM\)")
+            await engine.line(r"^engine: stopped \(SIGTERM\)")
     head, _, body = reply.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 200 OK")
     assert "text/plain; version=0.0.4" in head
@@ -224,7 +176,7 @@ async def test_metrics_address_in_use_is_one_line_exit_2(root: None) -> None:
         port = taken.getsockname()[1]
         with trio.fail_after(60):
             result = await trio.run_process(
-                [*ENGINE, "--metrics", f"127.0.0.1:{port}", "--duration", "1"],
+                [*ENGINE, EXECSNOOP, "--metrics", f"127.0.0.1:{port}", "--duration", "1"],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,

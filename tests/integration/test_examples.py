@@ -5,38 +5,21 @@ addresses, ports, counts) and on what the hook script printed."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
 
-import attrs
 import pytest
 import trio
-import trio.lowlevel
+
+from tests.support.constants import BRIDGE, EXAMPLES
+from tests.support.docker import Containers
+from tests.support.process import EngineProcess, engine_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
-IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
-BRIDGE = "172.17.0.1"  # the docker bridge: test traffic goes nowhere else
-
-Record = dict[str, Any]
-
-
-def docker(*args: str) -> str:
-    return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def http_get(ip: str, port: int = 8080) -> str:
@@ -44,132 +27,25 @@ def http_get(ip: str, port: int = 8080) -> str:
     return f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {ip} {port} >/dev/null"
 
 
-def ip_of(name: str) -> str:
-    return docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)
-
-
-@attrs.define
-class Containers:
-    """Test containers named engine-test-<tag>-<role>; all removed after the test."""
-
-    tag: str = attrs.Factory(lambda: uuid.uuid4().hex[:6])
-    made: list[str] = attrs.Factory(list)
-
-    def name(self, role: str) -> str:
-        return f"engine-test-{self.tag}-{role}"
-
-    def start(self, role: str, *command: str) -> str:
-        name = self.name(role)
-        self.made.append(name)
-        docker("run", "-d", "--name", name, IMAGE, *command)
-        return name
-
-    async def exec(self, name: str, *command: str, check: bool = True) -> str:
-        def run() -> str:
-            done = subprocess.run(
-                ["docker", "exec", name, *command], capture_output=True, text=True, check=check
-            )
-            return done.stdout + done.stderr
-
-        return await trio.to_thread.run_sync(run)
-
-
-@pytest.fixture
-def containers(docker_daemon: None) -> Iterator[Containers]:
-    made = Containers()
-    yield made
-    for _ in range(3):  # a busy daemon sometimes fails a removal: try again, then complain
-        left = [n for n in made.made if docker("ps", "-aq", "--filter", f"name=^{n}$")]
-        if not left:
-            return
-        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
-    assert not [n for n in made.made if docker("ps", "-aq", "--filter", f"name=^{n}$")]
-
-
-@attrs.define
-class EngineRun:
-    """A running `engine run ... --output json`: its JSON records and its stderr lines."""
-
-    process: trio.Process
-    records: list[Record] = attrs.Factory(list)
-    stderr: list[str] = attrs.Factory(list)
-    _changed: trio.Event = attrs.Factory(trio.Event)
-
-    async def collect(self, stream: trio.abc.ReceiveStream, into: Callable[[str], None]) -> None:
-        buffer = b""
-        async for chunk in stream:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                into(line.decode(errors="replace"))
-            self._changed.set()
-            self._changed = trio.Event()
-        if buffer:
-            into(buffer.decode(errors="replace"))
-        self._changed.set()
-
-    async def wait_for(self, found: Callable[[EngineRun], Any]) -> Any:
-        """The first true value of ``found(self)``, re-checked as output arrives."""
-        while not (value := found(self)):
-            if self.process.returncode is not None:
-                raise AssertionError(f"engine exited early: {self.stderr}")
-            await self._changed.wait()
-        return value
-
-    async def stop(self) -> None:
-        """Ctrl-C, as a person would stop it; the hooks' final lines are then printed."""
-        self.process.send_signal(signal.SIGINT)
-        await self.process.wait()
-        await trio.lowlevel.checkpoint()  # let the readers take the last output
-        assert self.process.returncode == 0, self.stderr
-
-    def events(self, source: str | None = None) -> list[Record]:
-        return [
-            r
-            for r in self.records
-            if r["type"] == "event" and (source is None or r["source"] == source)
-        ]
-
-    def lines(self, pattern: str) -> list[str]:
-        return [line for line in self.stderr if re.search(pattern, line)]
-
-
-@asynccontextmanager
-async def engine_run(
+def example(
     gadget: str, hook: str, *args: str, env: dict[str, str] | None = None
-) -> AsyncIterator[EngineRun]:
-    command = [sys.executable, "-m", "engine", "run", str(EXAMPLES / gadget)]
-    command += ["--hook", str(EXAMPLES / hook), "--output", "json", *args]
-    async with trio.open_nursery() as nursery:
-        process = await trio.lowlevel.open_process(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
-        run = EngineRun(process)
-        assert process.stdout is not None and process.stderr is not None
-        nursery.start_soon(run.collect, process.stdout, lambda s: run.records.append(json.loads(s)))
-        nursery.start_soon(run.collect, process.stderr, run.stderr.append)
-        try:
-            yield run
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+) -> AbstractAsyncContextManager[EngineProcess]:
+    """``engine run examples/GADGET --hook examples/HOOK ...``, as its top comment says."""
+    return engine_process(str(EXAMPLES / gadget), "--hook", str(EXAMPLES / hook), *args, env=env)
 
 
-def attached(program: str, container: str | None = None) -> Callable[[EngineRun], bool]:
+def selecting(containers: Containers) -> list[str]:
+    """The options that select this test's containers."""
+    return ["--select", *containers.selection]
+
+
+def attached(run: EngineProcess, program: str, container: str | None = None) -> Callable[[], bool]:
     """``program`` is attached (in ``container``'s netns when given)."""
 
-    def found(run: EngineRun) -> bool:
+    def found() -> bool:
         return any(
-            r["type"] == "attached"
-            and r["program"] == program
-            and (container is None or r["container"] == container)
-            for r in run.records
+            r["program"] == program and (container is None or r["container"] == container)
+            for r in run.of_type("attached")
         )
 
     return found
@@ -179,19 +55,18 @@ async def test_execsnoop_counts_execs_per_container(containers: Containers) -> N
     busy = containers.start("busy", "sleep", "300")
     quiet = containers.start("quiet", "sleep", "300")
     with trio.fail_after(30):
-        async with engine_run(
+        async with example(
             "execsnoop.c",
             "execsnoop_hook.py",
-            "--select",
-            f"name={containers.name('*')}",
+            *selecting(containers),
             env={"EXECSNOOP_INTERVAL": "0.5"},
         ) as run:
-            await run.wait_for(attached("trace_execve"))
+            await run.until(attached(run, "trace_execve"))
             for _ in range(3):
                 await containers.exec(busy, "/bin/true")
             await containers.exec(quiet, "/bin/true")
-            await run.wait_for(lambda r: r.lines(rf"\b{busy}=\d+"))
-            await run.stop()
+            await run.until(lambda: run.lines(rf"\b{busy}=\d+"))
+            assert await run.stop() == 0, run.stderr
     true_execs = [e for e in run.events("events") if e["data"]["filename"] == "/bin/true"]
     assert sorted(e["container"]["name"] for e in true_execs) == [busy] * 3 + [quiet]
     # The last line is the final summary: the hook counted exactly the events the engine wrote.
@@ -210,20 +85,20 @@ async def test_tcpconnect_reports_connections_of_the_selected_container(
 ) -> None:
     server = containers.start("server", "httpd", "-f", "-p", "8080")
     client = containers.start("client", "sleep", "300")
-    server_ip, client_ip = ip_of(server), ip_of(client)
+    server_ip, client_ip = await containers.address(server), await containers.address(client)
     with trio.fail_after(30):
-        async with engine_run(
+        async with example(
             "tcpconnect.c", "tcpconnect_hook.py", "--select", f"name={client}"
         ) as run:
-            await run.wait_for(attached("tcp_state"))
+            await run.until(attached(run, "tcp_state"))
             for _ in range(2):
                 await containers.exec(client, "sh", "-c", http_get(server_ip))
             # Nothing listens on the bridge's port 1: refused.
             await containers.exec(client, "nc", "-w", "1", BRIDGE, "1", check=False)
             # The server is not selected: its connection is dropped in the kernel.
             await containers.exec(server, "sh", "-c", http_get(server_ip))
-            await run.wait_for(lambda r: len(r.events("connections")) >= 3)
-            await run.stop()
+            await run.until(lambda: len(run.events("connections")) >= 3)
+            assert await run.stop() == 0, run.stderr
     events = [e for e in run.events("connections")]
     assert {e["container"]["name"] for e in events} == {client}, events
     established = [e["data"] for e in events if e["data"]["result"] == "established"]
@@ -254,30 +129,24 @@ async def test_tcpconnect_reports_connections_of_the_selected_container(
 
 async def test_first_connection_of_each_new_container(containers: Containers) -> None:
     server = containers.start("server", "httpd", "-f", "-p", "8080")
-    server_ip = ip_of(server)
+    server_ip = await containers.address(server)
     fetch = http_get(server_ip)
     with trio.fail_after(40):
-        async with engine_run(
-            "tcpconnect.c", "tcpconnect_first_hook.py", "--select", f"name={containers.name('*')}"
+        async with example(
+            "tcpconnect.c", "tcpconnect_first_hook.py", *selecting(containers)
         ) as run:
-            await run.wait_for(attached("tcp_state"))
+            await run.until(attached(run, "tcp_state"))
             # Started while the engine runs; each connects a second later, twice.
             web = containers.name("web")
             refused = containers.name("refused")
-            await trio.to_thread.run_sync(
-                containers.start, "web", "sh", "-c", f"sleep 1; {fetch}; {fetch}; sleep 300"
-            )
-            await trio.to_thread.run_sync(
-                containers.start, "refused", "sh", "-c", f"sleep 1; nc -w 1 {BRIDGE} 1; sleep 300"
-            )
-            silent = await trio.to_thread.run_sync(containers.start, "silent", "sleep", "300")
-            await run.wait_for(lambda r: len(r.lines(r"^first-connect: ")) >= 2)
-            await trio.to_thread.run_sync(docker, "rm", "-f", silent)
-            await run.wait_for(lambda r: r.lines(rf"^first-connect: {silent} "))
-            await run.wait_for(
-                lambda r: [e for e in r.events() if e["container"]["name"] == web][1:]
-            )
-            await run.stop()
+            await containers.run("web", "sh", "-c", f"sleep 1; {fetch}; {fetch}; sleep 300")
+            await containers.run("refused", "sh", "-c", f"sleep 1; nc -w 1 {BRIDGE} 1; sleep 300")
+            silent = await containers.run("silent")
+            await run.until(lambda: len(run.lines(r"^first-connect: ")) >= 2)
+            await containers.remove(silent)
+            await run.until(lambda: run.lines(rf"^first-connect: {silent} "))
+            await run.until(lambda: [e for e in run.events() if e["container"]["name"] == web][1:])
+            assert await run.stop() == 0, run.stderr
     lines = run.lines(r"^first-connect: ")
     assert len(lines) == 3, lines
     [web_line] = [line for line in lines if line.startswith(f"first-connect: {web} ")]
@@ -304,20 +173,18 @@ async def test_dns_queries_named_by_their_containers(containers: Containers) -> 
     # Nothing answers on the server: its netns still sees the query arrive (then refuses it).
     server = containers.start("server", "sleep", "300")
     client = containers.start("client", "sleep", "300")
-    server_ip, client_ip = ip_of(server), ip_of(client)
+    server_ip, client_ip = await containers.address(server), await containers.address(client)
     with trio.fail_after(30):
-        async with engine_run(
-            "dns.c", "dns_hook.py", "--select", f"name={containers.name('*')}"
-        ) as run:
-            await run.wait_for(attached("dns_queries", client))
-            await run.wait_for(attached("dns_queries", server))
+        async with example("dns.c", "dns_hook.py", *selecting(containers)) as run:
+            await run.until(attached(run, "dns_queries", client))
+            await run.until(attached(run, "dns_queries", server))
             for name, qtype in (("www.engine-test.example", "a"), ("db.engine-test", "aaaa")):
                 await containers.exec(
                     client, "timeout", "1", "nslookup", f"-type={qtype}", name, server_ip,
                     check=False,
                 )  # fmt: skip
-            await run.wait_for(lambda r: len(r.lines("^dns: ")) >= 4)
-            await run.stop()
+            await run.until(lambda: len(run.lines("^dns: ")) >= 4)
+            assert await run.stop() == 0, run.stderr
     queries = [e["data"] | {"who": e["container"]["name"]} for e in run.events("queries")]
     sent = [q for q in queries if q["outgoing"]]
     received = [q for q in queries if not q["outgoing"]]
@@ -351,22 +218,21 @@ async def test_tc_bytes_table_per_container(containers: Containers) -> None:
     pinger = containers.start("ping", "sleep", "300")
     quiet = containers.start("quiet", "sleep", "300")
     with trio.fail_after(30):
-        async with engine_run(
+        async with example(
             "tc_bytes.c",
             "tc_bytes_hook.py",
-            "--select",
-            f"name={containers.name('*')}",
+            *selecting(containers),
             env={"TC_BYTES_INTERVAL": "0.5"},
         ) as run:
             for name in (pinger, quiet):
                 for program in ("into_container", "out_of_container"):
-                    await run.wait_for(attached(program, name))
+                    await run.until(attached(run, program, name))
             await containers.exec(pinger, "ping", "-c", "4", "-i", "0.2", BRIDGE)
             # A periodic table that has the pings in it, then Ctrl-C for the final one.
-            await run.wait_for(
-                lambda r: table_rows(r.lines("^tc_bytes: ")).get(pinger, (0, 0, 0, 0))[2] >= 4
+            await run.until(
+                lambda: table_rows(run.lines("^tc_bytes: ")).get(pinger, (0, 0, 0, 0))[2] >= 4
             )
-            await run.stop()
+            assert await run.stop() == 0, run.stderr
     packets = run.events("packets")
     icmp: dict[tuple[str, int], int] = {}
     expected: dict[str, list[int]] = {}
@@ -407,12 +273,12 @@ async def test_getaddrinfo_lookups_and_outcomes(root: None, tmp_path: Path) -> N
         "    pass\n"
     )  # numeric only: no lookup leaves the machine
     with trio.fail_after(30):
-        async with engine_run("getaddrinfo_uprobe.c", "getaddrinfo_uprobe_hook.py") as run:
-            await run.wait_for(attached("lookup_start"))
-            await run.wait_for(attached("lookup_done"))
+        async with example("getaddrinfo_uprobe.c", "getaddrinfo_uprobe_hook.py") as run:
+            await run.until(attached(run, "lookup_start"))
+            await run.until(attached(run, "lookup_done"))
             pid = await run_python_as(comm, code, tmp_path)
-            await run.wait_for(lambda r: len(r.lines(rf"\(pid {pid}\)")) >= 2)
-            await run.stop()
+            await run.until(lambda: len(run.lines(rf"\(pid {pid}\)")) >= 2)
+            assert await run.stop() == 0, run.stderr
     ours = [(e["data"]["host"], e["data"]["ret"]) for e in run.events() if e["data"]["pid"] == pid]
     assert ours == [("127.0.0.1", 0), ("not-a-number", socket.EAI_NONAME)]
     assert run.lines(rf"\(pid {pid}\)") == [
@@ -433,13 +299,13 @@ async def test_python_usdt_counts_calls_per_process(root: None, tmp_path: Path) 
         "sorted(range(200), key=engine_key)\n"
     )
     with trio.fail_after(40):
-        async with engine_run(
+        async with example(
             "python_usdt.c", "python_usdt_hook.py", env={"PYTHON_USDT_INTERVAL": "0.5"}
         ) as run:
-            await run.wait_for(attached("on_python_call"))
+            await run.until(attached(run, "on_python_call"))
             pid = await run_python_as(comm, code, tmp_path)
-            await run.wait_for(lambda r: r.lines(rf"^python_usdt: pid {pid}: engine_key=200 "))
-            await run.stop()
+            await run.until(lambda: run.lines(rf"^python_usdt: pid {pid}: engine_key=200 "))
+            assert await run.stop() == 0, run.stderr
     keys = [
         e["data"]
         for e in run.events("calls")

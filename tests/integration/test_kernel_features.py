@@ -7,9 +7,9 @@ import os
 import time
 
 import pytest
-from conftest import unavailable
 
 from engine.kernel.features import features_main, probe_features
+from tests.support.requirements import unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,12 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from engine import open_engine
-from tests.faults.kernel_state import fd_targets
+from tests.support.recorder import Recorder, recording
 
 pytestmark = pytest.mark.integration
 
@@ -45,50 +44,23 @@ def many_netns(root: None) -> Iterator[list[str]]:
         _batch(f"netns del {name}" for name in names if name in existing)
 
 
-def _ours_held() -> list[str]:
-    """The fds this test could leave: netns handles, BPF objects, sockets (but the Docker
-    client's unix sockets, a pool that lives on)."""
-    return [
-        t
-        for t in fd_targets()
-        if t.startswith(("net:[", "anon_inode:bpf", "socket")) and t != "socket (unix)"
-    ]
-
-
 async def test_engine_starts_and_traces_with_1000_netns_present(many_netns: list[str]) -> None:
     inodes = {os.stat(f"/run/netns/{name}").st_ino: name for name in many_netns}
-    held_before = _ours_held()
-    records: list[dict[str, Any]] = []
-    changed = trio.Event()
 
-    async def collect(eng: Any) -> None:
-        nonlocal changed
-        async for record in eng.events():
-            records.append(record.to_json())
-            changed.set()
-            changed = trio.Event()
-
-    async def until(check: Any, seconds: float) -> None:
-        with trio.fail_after(seconds):
-            while not check():
-                await changed.wait()
-
-    def per_inode(kind: str) -> Counter[int]:
-        return Counter(r["netns"] for r in records if r["type"] == kind and r["netns"] in inodes)
+    def per_inode(rec: Recorder, kind: str) -> Counter[int]:
+        return Counter(r["netns"] for r in rec.of_type(kind) if r["netns"] in inodes)
 
     traced = many_netns[0]
     traced_inode = os.stat(f"/run/netns/{traced}").st_ino
     with trio.fail_after(300):
-        async with (
-            # No selection: every netns is traced, these named ones too.
-            open_engine(GADGET, iter_interval=3600) as eng,
-            trio.open_nursery() as nursery,
-        ):
+        # No selection: every netns is traced, these named ones too.
+        async with open_engine(GADGET, iter_interval=3600) as eng, recording(eng) as rec:
             # start() returned: what existed is in the world already, not in some channel.
             assert set(inodes) <= set(eng.world.netns_paths)
-            nursery.start_soon(collect, eng)
-            await until(lambda: len(per_inode("attached")) == COUNT, 240)
-            assert not per_inode("attach_failed")
+            await rec.until(
+                lambda: len(per_inode(rec, "attached")) == COUNT, 240, "every netns attached"
+            )
+            assert not per_inode(rec, "attach_failed")
 
             await trio.run_process(["ip", "-n", traced, "link", "set", "lo", "up"])
             send_one = (
@@ -96,13 +68,10 @@ async def test_engine_starts_and_traces_with_1000_netns_present(many_netns: list
                 ".sendto(b'x', ('127.0.0.1', 9))"
             )
             await trio.run_process(["ip", "netns", "exec", traced, "python3", "-c", send_one])
-            await until(
-                lambda: any(
-                    r["type"] == "event" and r["data"]["netns_id"] == traced_inode for r in records
-                ),
+            await rec.until(
+                lambda: any(r["data"]["netns_id"] == traced_inode for r in rec.events()),
                 30,
+                "the traced netns's packet",
             )
-            eng.stop()
-    assert per_inode("attached") == Counter(dict.fromkeys(inodes, 1))
-    assert per_inode("detached") == Counter(dict.fromkeys(inodes, 1))
-    assert _ours_held() == held_before
+    assert per_inode(rec, "attached") == Counter(dict.fromkeys(inodes, 1))
+    assert per_inode(rec, "detached") == Counter(dict.fromkeys(inodes, 1))

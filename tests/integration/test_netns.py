@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -14,15 +14,10 @@ import trio
 from engine.netns import NetnsHandle, NetnsId, host_netns_id, in_netns, run_in_netns
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
 from engine.sources.netns import NetnsSource
-
-TEST_IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
+from tests.support.commands import arun, run
+from tests.support.docker import Containers
 
 pytestmark = pytest.mark.integration
-
-
-async def sh(*argv: str, check: bool = True) -> str:
-    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=check)
-    return done.stdout.decode().strip()
 
 
 def _thread_netns() -> NetnsId:
@@ -32,9 +27,9 @@ def _thread_netns() -> NetnsId:
 @pytest.fixture
 def named_netns(root: None) -> Iterator[str]:
     name = f"engine-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
+    run("ip", "netns", "add", name)
     yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
+    run("ip", "netns", "del", name, check=False)
 
 
 async def test_in_netns_runs_inside_and_leaks_nowhere(named_netns: str) -> None:
@@ -100,64 +95,39 @@ async def _next_matching(
     raise AssertionError("source ended")
 
 
-async def test_source_hands_back_what_exists_at_start(root: None) -> None:
-    """The netns that exist at start come back from start(), not through the channel: with
-    more of them than the channel has slots, a start that sent them would never return."""
-    names = [f"engine-test-{uuid.uuid4().hex[:8]}" for _ in range(3)]
-    send, receive = trio.open_memory_channel[NetnsEvent](0)  # nobody reads it
-    try:
-        for name in names:
-            await sh("ip", "netns", "add", name)
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(10):
-                snapshot = await nursery.start(NetnsSource().run, send)
-            assert all(isinstance(r, NetnsAdded) for r in snapshot)
-            found = {r.name: r.netns_id for r in snapshot if r.name in names}
-            assert found == {n: NetnsId.of_path(f"/run/netns/{n}") for n in names}
-            with pytest.raises(trio.WouldBlock):
-                receive.receive_nowait()
-            nursery.cancel_scope.cancel()
-    finally:
-        for name in names:
-            await sh("ip", "netns", "del", name, check=False)
+@asynccontextmanager
+async def source_events() -> AsyncIterator[trio.MemoryReceiveChannel[NetnsEvent]]:
+    """A running NetnsSource's events; stopped when the block ends."""
+    send, receive = trio.open_memory_channel[NetnsEvent](1000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(NetnsSource().run, send)
+        yield receive
+        nursery.cancel_scope.cancel()
 
 
 async def test_source_sees_named_netns_come_and_go(root: None) -> None:
     name = f"engine-test-{uuid.uuid4().hex[:8]}"
-    send, receive = trio.open_memory_channel[NetnsEvent](1000)
-    source = NetnsSource()
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(source.run, send)
+        async with source_events() as receive:
             with trio.fail_after(10):
-                await sh("ip", "netns", "add", name)
+                await arun("ip", "netns", "add", name)
                 added = await _next_matching(receive, NetnsAdded, None)
                 while not (isinstance(added, NetnsAdded) and added.name == name):
                     added = await _next_matching(receive, NetnsAdded, None)
                 assert added.netns_id == NetnsId.of_path(f"/run/netns/{name}")
-                await sh("ip", "netns", "del", name)
+                await arun("ip", "netns", "del", name)
                 await _next_matching(receive, NetnsRemoved, added.netns_id)
-            nursery.cancel_scope.cancel()
     finally:
-        await sh("ip", "netns", "del", name, check=False)
+        await arun("ip", "netns", "del", name, check=False)
 
 
-async def test_source_sees_a_container_netns(docker_daemon: None) -> None:
-    name = f"engine-test-{uuid.uuid4().hex[:8]}"
-    send, receive = trio.open_memory_channel[NetnsEvent](1000)
-    source = NetnsSource()
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(source.run, send)
-            with trio.fail_after(20):
-                await sh("docker", "run", "-d", "--name", name, TEST_IMAGE, "sleep", "600")
-                pid = await sh("docker", "inspect", "-f", "{{.State.Pid}}", name)
-                netns = NetnsId.of_path(f"/proc/{pid}/ns/net")
-                added = await _next_matching(receive, NetnsAdded, netns)
-                assert isinstance(added, NetnsAdded)
-                assert added.name is None
-                await sh("docker", "rm", "-f", name)
-                await _next_matching(receive, NetnsRemoved, netns)
-            nursery.cancel_scope.cancel()
-    finally:
-        await sh("docker", "rm", "-f", name, check=False)
+async def test_source_sees_a_container_netns(containers: Containers) -> None:
+    async with source_events() as receive:
+        with trio.fail_after(20):
+            name = await containers.run("netns")
+            netns = NetnsId.of_path(f"/proc/{await containers.pid(name)}/ns/net")
+            added = await _next_matching(receive, NetnsAdded, netns)
+            assert isinstance(added, NetnsAdded)
+            assert added.name is None
+            await containers.remove(name)
+            await _next_matching(receive, NetnsRemoved, netns)

@@ -6,14 +6,13 @@ nothing else. Counters count ICMP only, so ARP and IPv6 chatter do not disturb e
 
 from __future__ import annotations
 
-import os
 import signal
 import struct
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -30,11 +29,12 @@ from engine.attach import (
 from engine.attach.iterator import IterLink
 from engine.errors import AttachError
 from engine.netns import NetnsHandle
+from tests.support.commands import arun
+from tests.support.constants import BRIDGE
+from tests.support.docker import Containers
+from tests.support.kernel_state import tc_filters
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
-
-TEST_IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
-BRIDGE = "172.17.0.1"
 
 COUNTERS = r"""
 #include <uapi/linux/bpf.h>
@@ -81,11 +81,6 @@ int bpf_iter__tcp(struct bpf_iter__tcp *ctx) {
 """
 
 
-async def sh(*argv: str, check: bool = True) -> str:
-    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=check)
-    return done.stdout.decode().strip()
-
-
 @pytest.fixture(scope="module")
 def counters() -> Iterator[Any]:
     """The counting programs, compiled and loaded once (load_func fds are cached by bcc)."""
@@ -114,54 +109,33 @@ def fd_of(bpf: Any, name: str) -> int:
     return fd
 
 
+@attrs.frozen
 class Container:
-    def __init__(self, name: str, pid: int, ip: str) -> None:
-        self.name, self.pid, self.ip = name, pid, ip
+    name: str
+    pid: int
+    ip: str
 
 
-async def start(*extra: str) -> Container:
-    name = f"engine-test-{uuid.uuid4().hex[:8]}"
-    await sh("docker", "run", "-d", "--name", name, *extra, TEST_IMAGE, "sleep", "600")
-    pid = int(await sh("docker", "inspect", "-f", "{{.State.Pid}}", name))
-    ip = await sh("docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", name)
-    return Container(name, pid, ip)
+async def start(containers: Containers, role: str, *options: str) -> Container:
+    name = await containers.run(role, options=options)
+    return Container(name, await containers.pid(name), await containers.address(name))
 
 
 @pytest.fixture
-async def containers(docker_daemon: None) -> AsyncIterator[list[Container]]:
-    made: list[Container] = []
-    try:
-        with trio.fail_after(30):
-            made = [await start(), await start()]
-        yield made
-    finally:
-        for c in made:
-            await sh("docker", "rm", "-f", c.name, check=False)
+async def pair(containers: Containers) -> list[Container]:
+    with trio.fail_after(30):
+        return [await start(containers, "one"), await start(containers, "two")]
 
 
-async def tc_lines(dev: str) -> list[str]:
-    lines = []
-    for hook in ("ingress", "egress"):
-        out = await sh("tc", "filter", "show", "dev", dev, hook, check=False)
-        lines += [f"{hook}: {line}" for line in out.splitlines()]
-    return lines
-
-
-async def tc_filters(dev: str) -> list[str]:
+async def bpf_filters(dev: str) -> list[str]:
     """Our filters (and other bpf ones) on `dev`: one line per filter."""
-    return [line for line in await tc_lines(dev) if " bpf " in line and "handle" in line]
+    lines = await trio.to_thread.run_sync(tc_filters, dev)
+    return [line for line in lines if " bpf " in line and "handle" in line]
 
 
 async def others(dev: str) -> list[str]:
     """The other tool's filters on `dev` (u32: this kernel has no matchall)."""
-    return [line for line in await tc_lines(dev) if " u32 " in line]
-
-
-@pytest.fixture
-def no_fd_leak(root: None) -> Iterator[None]:
-    before = sorted(os.listdir("/proc/self/fd"))
-    yield
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    return [line for line in await trio.to_thread.run_sync(tc_filters, dev) if " u32 " in line]
 
 
 def reset(bpf: Any) -> None:
@@ -171,16 +145,16 @@ def reset(bpf: Any) -> None:
 
 async def ping(c: Container, dest: str, count: int) -> None:
     assert dest == BRIDGE or dest.startswith("172.17.")
-    await sh("docker", "exec", c.name, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dest)
+    await arun("docker", "exec", c.name, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dest)
 
 
 async def test_tc_counts_exactly_what_enters_and_leaves(
-    counters: Any, containers: list[Container], no_fd_leak: None
+    counters: Any, pair: list[Container]
 ) -> None:
     ingress = fd_of(counters, "tc_ingress")
     egress = fd_of(counters, "tc_egress")
     reset(counters)
-    c1, c2 = containers
+    c1, c2 = pair
     with trio.fail_after(30):
         async with NetnsHandle.from_pid(c1.pid) as handle:
             started = trio.current_time()
@@ -190,22 +164,20 @@ async def test_tc_counts_exactly_what_enters_and_leaves(
                 attach_classifier(egress, "tc_egress", peer, Direction.EGRESS),
             ):
                 print(f"\nfind peers + 2 tc attaches: {trio.current_time() - started:.4f} s")
-                assert len(await tc_filters(peer.host_ifname)) == 2
+                assert len(await bpf_filters(peer.host_ifname)) == 2
                 await ping(c1, BRIDGE, 5)  # 5 requests leave c1, 5 replies enter it
                 await ping(c2, c1.ip, 3)  # 3 requests enter c1, 3 replies leave it
-            assert await tc_filters(peer.host_ifname) == []
+            assert await bpf_filters(peer.host_ifname) == []
     assert counters[b"counts"][0].value == 5 + 3
     assert counters[b"counts"][1].value == 5 + 3
     await ping(c1, BRIDGE, 1)
     assert counters[b"counts"][0].value == 8  # detached: counts no more
 
 
-async def test_socket_filter_counts_its_netns_only(
-    counters: Any, containers: list[Container], no_fd_leak: None
-) -> None:
+async def test_socket_filter_counts_its_netns_only(counters: Any, pair: list[Container]) -> None:
     prog = fd_of(counters, "sock_count")
     reset(counters)
-    c1, c2 = containers
+    c1, c2 = pair
     with trio.fail_after(30):
         async with NetnsHandle.from_pid(c1.pid) as handle:
             started = trio.current_time()
@@ -219,24 +191,24 @@ async def test_socket_filter_counts_its_netns_only(
 
 
 async def test_other_tools_filter_survives_attach_detach_and_cleanup(
-    counters: Any, containers: list[Container], no_fd_leak: None
+    counters: Any, pair: list[Container]
 ) -> None:
     prog = fd_of(counters, "tc_ingress")
-    c1, _ = containers
+    c1, _ = pair
     async with NetnsHandle.from_pid(c1.pid) as handle:
         (peer,) = await find_host_peers(handle, "tc_ingress")
     dev = peer.host_ifname
     # Any engine running on the machine with a classifier gadget may have added clsact to
     # this new veth already (engine/preattach.py): the other tool adds it only if absent.
-    await sh("tc", "qdisc", "add", "dev", dev, "clsact", check=False)
-    assert "clsact" in await sh("tc", "qdisc", "show", "dev", dev)
+    await arun("tc", "qdisc", "add", "dev", dev, "clsact", check=False)
+    assert "clsact" in await arun("tc", "qdisc", "show", "dev", dev)
     for hook in ("ingress", "egress"):
-        await sh(
+        await arun(
             "tc", "filter", "add", "dev", dev, hook, "pref", "1", "protocol", "all",
             "u32", "match", "u32", "0", "0", "flowid", "1:1",
         )  # fmt: skip
     theirs = await others(dev)
-    assert {line.split(":")[0] for line in theirs if "flowid 1:1" in line} == {"ingress", "egress"}
+    assert {line.split()[1] for line in theirs if "flowid 1:1" in line} == {"ingress:", "egress:"}
 
     # A previous engine killed with SIGKILL leaves a filter behind.
     killed = await trio.lowlevel.open_process(
@@ -248,19 +220,19 @@ async def test_other_tools_filter_survives_attach_detach_and_cleanup(
     killed.send_signal(signal.SIGKILL)
     await killed.wait()
     await killed.stdout.aclose()
-    assert len(await tc_filters(dev)) == 1
+    assert len(await bpf_filters(dev)) == 1
 
     async with attach_classifier(prog, "tc_ingress", peer, Direction.INGRESS) as ours:
         assert ours.name.startswith(f"engine_{current_owner()}_")
         assert await remove_orphan_filters(owner_alive) == 1
-        after = await tc_filters(dev)
+        after = await bpf_filters(dev)
         assert len(after) == 1
         assert ours.name in after[0]
         assert await others(dev) == theirs
         assert await remove_orphan_filters(owner_alive) == 0
-    assert await tc_filters(dev) == []
+    assert await bpf_filters(dev) == []
     assert await others(dev) == theirs
-    assert "clsact" in await sh("tc", "qdisc", "show", "dev", dev)
+    assert "clsact" in await arun("tc", "qdisc", "show", "dev", dev)
 
 
 ORPHAN_MAKER = """
@@ -280,30 +252,24 @@ trio.run(main)
 """
 
 
-async def test_no_peer_is_a_clear_error(docker_daemon: None, no_fd_leak: None) -> None:
-    made = []
-    try:
-        with trio.fail_after(30):
-            for mode in ("host", "none"):
-                c = await start("--network", mode)
-                made.append(c)
-                async with NetnsHandle.from_pid(c.pid) as handle:
-                    with pytest.raises(AttachError) as caught:
-                        await find_host_peers(handle, "tc_ingress")
-                    assert caught.value.netns == str(handle.id)
-    finally:
-        for c in made:
-            await sh("docker", "rm", "-f", c.name, check=False)
+async def test_no_peer_is_a_clear_error(containers: Containers) -> None:
+    with trio.fail_after(30):
+        for mode in ("host", "none"):
+            c = await start(containers, mode, "--network", mode)
+            async with NetnsHandle.from_pid(c.pid) as handle:
+                with pytest.raises(AttachError) as caught:
+                    await find_host_peers(handle, "tc_ingress")
+                assert caught.value.netns == str(handle.id)
 
 
 async def test_interface_gone_mid_attach_leaves_nothing(
-    counters: Any, containers: list[Container], no_fd_leak: None
+    counters: Any, pair: list[Container]
 ) -> None:
     prog = fd_of(counters, "tc_egress")
-    c1, _ = containers
+    c1, _ = pair
     async with NetnsHandle.from_pid(c1.pid) as handle:
         (peer,) = await find_host_peers(handle, "tc_egress")
-        await sh("docker", "network", "disconnect", "bridge", c1.name)
+        await arun("docker", "network", "disconnect", "bridge", c1.name)
         with pytest.raises(AttachError) as caught:
             async with attach_classifier(prog, "tc_egress", peer, Direction.EGRESS):
                 pass
@@ -317,12 +283,10 @@ def ports(records: bytes) -> set[int]:
     return {port for (port,) in struct.iter_unpack("=H", records)}
 
 
-async def test_iter_tcp_lists_only_its_netns(
-    iter_tcp: Any, containers: list[Container], no_fd_leak: None
-) -> None:
+async def test_iter_tcp_lists_only_its_netns(iter_tcp: Any, pair: list[Container]) -> None:
     prog = fd_of(iter_tcp, "bpf_iter__tcp")
-    c1, c2 = containers
-    await sh("docker", "exec", "-d", c1.name, "nc", "-l", "-p", "7777")
+    c1, c2 = pair
+    await arun("docker", "exec", "-d", c1.name, "nc", "-l", "-p", "7777")
     with trio.fail_after(30):
         async with (
             NetnsHandle.from_pid(c1.pid) as h1,
@@ -340,12 +304,10 @@ async def test_iter_tcp_lists_only_its_netns(
             assert ports(await run_iter_in_netns(prog, h1, program="tcp")) == {7777}
 
 
-async def test_cancellation_always_detaches(
-    counters: Any, containers: list[Container], no_fd_leak: None
-) -> None:
+async def test_cancellation_always_detaches(counters: Any, pair: list[Container]) -> None:
     tc_prog = fd_of(counters, "tc_ingress")
     sock_prog = fd_of(counters, "sock_count")
-    c1, _ = containers
+    c1, _ = pair
     async with NetnsHandle.from_pid(c1.pid) as handle:
         (peer,) = await find_host_peers(handle, "tc_ingress")
         with trio.move_on_after(0.2) as scope:
@@ -353,7 +315,7 @@ async def test_cancellation_always_detaches(
                 attach_classifier(tc_prog, "tc_ingress", peer, Direction.INGRESS),
                 attach_socket_filter(sock_prog, "sock_count", handle),
             ):
-                assert len(await tc_filters(peer.host_ifname)) == 1
+                assert len(await bpf_filters(peer.host_ifname)) == 1
                 await trio.sleep_forever()
         assert scope.cancelled_caught
-        assert await tc_filters(peer.host_ifname) == []
+        assert await bpf_filters(peer.host_ifname) == []

@@ -7,17 +7,12 @@ number, so a missed packet (a gap) or a packet seen twice shows up as exactly th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -37,38 +32,32 @@ from engine.attach import (
 from engine.bcc.loader import load_gadget
 from engine.gadget.model import Gadget
 from engine.netns import NetnsHandle
+from tests.support.commands import adocker
+from tests.support.constants import BRIDGE, GADGETS
+from tests.support.docker import Containers
+from tests.support.kernel_state import engine_filters
+from tests.support.process import EngineProcess, spawn
+from tests.support.recorder import recording
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-ROOT = Path(__file__).resolve().parents[2]
-GADGETS = Path(__file__).resolve().parent / "gadgets"
 ICMP_ECHO = GADGETS / "icmp_echo.c"  # requests and replies, both directions, ring buffer
 ECHO_REPLIES = GADGETS / "echo_replies.c"  # replies into the container, perf buffer
 BROKEN = GADGETS / "broken.c"  # does not compile
-IMAGE = os.environ.get("ENGINE_TEST_IMAGE", "engine-test:latest")
-BRIDGE = "172.17.0.1"  # the docker bridge: test traffic goes nowhere else
 REQUEST, REPLY = 8, 0
 INTO, OUT_OF = 0, 1
 
 
-async def sh(*argv: str, check: bool = True) -> str:
-    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=check)
-    return str(done.stdout.decode().strip())
-
-
-async def ping(container: str, count: int, interval: float = 0.2) -> None:
-    await sh("docker", "exec", container, "ping", "-c", str(count), "-i", str(interval), BRIDGE)
+async def ping(container: str, count: int) -> None:
+    await adocker("exec", container, "ping", "-c", str(count), "-i", "0.2", BRIDGE)
 
 
 @pytest.fixture
-def container(docker_daemon: None) -> Iterator[str]:
-    name = f"engine-test-{uuid.uuid4().hex[:8]}-several"
-    subprocess.run(["docker", "run", "-d", "--name", name, IMAGE, "sleep", "300"], check=True)
-    yield name
-    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+async def container(containers: Containers) -> str:
+    return await containers.run("several")
 
 
-_FILTER = re.compile(r"pref (\d+) bpf .*handle 0x1 (engine_\S+)")
+_FILTER = re.compile(r"^\S+ (\w+): .*pref (\d+) bpf .*handle 0x1 (engine_\S+)")
 
 
 @attrs.frozen
@@ -78,13 +67,10 @@ class Listed:
     name: str
 
 
-async def engine_filters(dev: str) -> list[Listed]:
+async def listed_filters(dev: str) -> list[Listed]:
     """Every engine filter on both clsact hooks of ``dev``."""
-    found = []
-    for hook in ("ingress", "egress"):
-        out = await sh("tc", "filter", "show", "dev", dev, hook, check=False)
-        found += [Listed(hook, int(m[1]), m[2]) for m in map(_FILTER.search, out.splitlines()) if m]
-    return found
+    lines = await trio.to_thread.run_sync(engine_filters, dev)
+    return [Listed(m[1], int(m[2]), m[3]) for m in map(_FILTER.search, lines) if m]
 
 
 def owned_by(filters: list[Listed], pid: int) -> list[Listed]:
@@ -121,56 +107,48 @@ def attached_to(records: list[dict[str, Any]], container: str) -> set[tuple[str,
 
 
 async def test_two_gadgets_in_one_engine_both_see_every_packet(container: str) -> None:
-    records: list[dict[str, Any]] = []
     with trio.fail_after(40):
         async with (
             open_engine(
                 ICMP_ECHO, ECHO_REPLIES, select=[f"name={container}"], iter_interval=3600
             ) as eng,
-            trio.open_nursery() as nursery,
+            recording(eng) as rec,
         ):
-
-            async def collect() -> None:
-                async for record in eng.events():
-                    records.append(record.to_json())
-
-            nursery.start_soon(collect)
-            while len(attached_to(records, container)) < 3:  # noqa: ASYNC110 - polls a list
-                await trio.sleep(0.02)
-            (veth,) = {r["interface"] for r in records if r["type"] == "attached"}
-            filters = await engine_filters(veth)
+            await rec.until(lambda: len(attached_to(rec.records, container)) == 3, 30, "attached")
+            (veth,) = {r["interface"] for r in rec.of_type("attached")}
+            filters = await listed_filters(veth)
             # Both gadgets' `into_container` on the same hook: same name, distinct priorities.
             # (Engines of other test runs on this host may have filters here too.)
             assert len(owned_by(filters, os.getpid())) == 3
             assert distinct_priorities(filters)
             await ping(container, 4)
-            while len(echoes(records, "echo_replies", container)) < 4:  # noqa: ASYNC110
-                await trio.sleep(0.02)
-            eng.stop()
-    assert owned_by(await engine_filters(veth), os.getpid()) == []
-    first = echoes(records, "icmp_echo", container)
-    second = echoes(records, "echo_replies", container)
+            await rec.until(
+                lambda: len(echoes(rec.records, "echo_replies", container)) >= 4, 10, "4 replies"
+            )
+    assert owned_by(await listed_filters(veth), os.getpid()) == []
+    first = echoes(rec.records, "icmp_echo", container)
+    second = echoes(rec.records, "echo_replies", container)
     every = Counter(range(4))
     assert seqs(first, type=REQUEST, direction=OUT_OF) == every, first
     assert seqs(first, type=REPLY, direction=INTO) == every, first
     assert seqs(second) == every, second
-    assert all(r["gadget"] in ("icmp_echo", "echo_replies") for r in records if "gadget" in r)
+    assert all(r["gadget"] in ("icmp_echo", "echo_replies") for r in rec.records if "gadget" in r)
 
 
 async def test_concurrent_attaches_on_one_hook_take_distinct_priorities(container: str) -> None:
     loaded = await load_gadget(Gadget.from_file(ICMP_ECHO))
     try:
         fd = loaded.program("into_container").fd
-        pid = (await sh("docker", "inspect", "-f", "{{.State.Pid}}", container)).strip()
+        pid = int(await adocker("inspect", "-f", "{{.State.Pid}}", container))
         with trio.fail_after(30):
-            async with NetnsHandle.from_pid(int(pid)) as handle:
+            async with NetnsHandle.from_pid(pid) as handle:
                 (peer,) = await find_host_peers(handle, "into_container")
                 names = [f"p{i}" for i in range(8)]
                 async with attached_at_once(fd, peer, names) as filters:
                     assert len({f.prio for f in filters}) == len(names)
-                    listed = owned_by(await engine_filters(peer.host_ifname), os.getpid())
+                    listed = owned_by(await listed_filters(peer.host_ifname), os.getpid())
                     assert sorted(f.prio for f in listed) == sorted(f.prio for f in filters)
-                assert owned_by(await engine_filters(peer.host_ifname), os.getpid()) == []
+                assert owned_by(await listed_filters(peer.host_ifname), os.getpid()) == []
     finally:
         loaded.close()
 
@@ -201,102 +179,55 @@ async def attached_at_once(
             release.set()
 
 
-@attrs.define
-class EngineProcess:
-    """``python -m engine run ... --output json`` with its stdout read as JSON lines."""
-
-    process: trio.Process
-    records: list[dict[str, Any]] = attrs.Factory(list)
-    stderr: list[str] = attrs.Factory(list)
-    _changed: trio.Event = attrs.Factory(trio.Event)
-    _read_all: trio.Event = attrs.Factory(trio.Event)
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-    async def read(self) -> None:
-        assert self.process.stdout is not None and self.process.stderr is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._lines, self.process.stderr, self.stderr.append)
-            await self._lines(
-                self.process.stdout, lambda line: self.records.append(json.loads(line))
-            )
-        self._read_all.set()
-
-    async def finished(self) -> int:
-        """The exit code, once everything the process wrote has been read."""
-        code = await self.process.wait()
-        await self._read_all.wait()
-        return int(code)
-
-    async def _lines(self, stream: trio.abc.ReceiveStream, take: Callable[[str], None]) -> None:
-        pending = b""
-        async for chunk in stream:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                take(line.decode())
-            self._changed.set()
-            self._changed = trio.Event()
-
-    async def wait_for(self, ready: Callable[[list[dict[str, Any]]], bool]) -> None:
-        while not ready(self.records):
-            if self.process.returncode is not None:
-                raise AssertionError(f"engine {self.pid} ended: {self.stderr}")
-            with trio.move_on_after(0.2):  # also notices the process ending
-                await self._changed.wait()
+Start = Callable[..., Any]
 
 
 @pytest.fixture
-async def engines(docker_daemon: None) -> AsyncIterator[Callable[..., Any]]:
-    """Starts engine processes; whatever happens, none is left running and no filter of a
-    dead one is left behind."""
+async def engines(docker_daemon: None) -> AsyncIterator[Start]:
+    """``await engines(*args)`` starts an engine process; whatever happens, none is left
+    running and no filter of a dead one is left behind."""
     started: list[EngineProcess] = []
     async with trio.open_nursery() as nursery:
 
         async def start(*args: str) -> EngineProcess:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "engine", "run", *args, "--output", "json"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=ROOT,
-            )
-            engine = EngineProcess(process)
-            started.append(engine)
-            nursery.start_soon(engine.read)
-            return engine
+            started.append(await spawn(nursery, *args))
+            return started[-1]
 
         try:
             yield start
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(20):
                 for engine in started:
-                    if engine.process.returncode is None:
-                        engine.process.send_signal(signal.SIGKILL)
-                    await engine.process.wait()
+                    await engine.close()
                 await remove_orphan_filters(owner_alive)
 
 
-async def test_engines_side_by_side_survive_a_killed_one(
-    container: str, engines: Callable[..., Any]
-) -> None:
-    select = f"name={container}"
+async def attached_all(engine: EngineProcess, container: str) -> None:
     programs = {("icmp_echo", "into_container"), ("icmp_echo", "out_of_container")}
+    await engine.until(lambda: attached_to(engine.records, container) == programs, 30, "attached")
 
-    def attached(records: list[dict[str, Any]]) -> bool:
-        return attached_to(records, container) == programs
 
+async def pinged(engine: EngineProcess, container: str, seen: int, ping_id: int = -1) -> None:
+    """Until ``engine`` has seen ``seen`` echoes (not of the ping run ``ping_id``)."""
+
+    def count() -> int:
+        return sum(d["id"] != ping_id for d in echoes(engine.records, "icmp_echo", container))
+
+    await engine.until(lambda: count() >= seen, 30, f"{seen} echoes")
+
+
+async def test_engines_side_by_side_survive_a_killed_one(container: str, engines: Start) -> None:
+    select = f"name={container}"
     with trio.fail_after(50):
         # Started together: their filters race for priorities on the same veth.
         first, second = (
             await engines(str(ICMP_ECHO), "--select", select),
             await engines(str(ICMP_ECHO), "--select", select),
         )
-        await first.wait_for(attached)
-        await second.wait_for(attached)
-        (veth,) = {r["interface"] for r in second.records if r["type"] == "attached"}
-        filters = await engine_filters(veth)
+        await attached_all(first, container)
+        await attached_all(second, container)
+        (veth,) = {r["interface"] for r in second.of_type("attached")}
+        filters = await listed_filters(veth)
         assert len(owned_by(filters, first.pid)) == 2
         assert len(owned_by(filters, second.pid)) == 2
         assert distinct_priorities(filters)
@@ -305,39 +236,29 @@ async def test_engines_side_by_side_survive_a_killed_one(
         async with trio.open_nursery() as nursery:
             # One ping run across the kill and the third engine's start-up and cleanup.
             nursery.start_soon(ping, container, 30)
-
-            def pinged(seen: int) -> Callable[[list[dict[str, Any]]], bool]:
-                return lambda records: len(echoes(records, "icmp_echo", container)) >= seen
-
-            await first.wait_for(pinged(4))
+            await pinged(first, container, 4)
             first.process.send_signal(signal.SIGKILL)
             await first.process.wait()
-            assert len(owned_by(await engine_filters(veth), first.pid)) == 2  # orphans now
+            assert len(owned_by(await listed_filters(veth), first.pid)) == 2  # orphans now
             third = await engines(str(ICMP_ECHO), "--select", select)
-            await third.wait_for(attached)
-            filters = await engine_filters(veth)
+            await attached_all(third, container)
+            filters = await listed_filters(veth)
             # The killed engine's filters, and only those, were removed by the third one.
             assert owned_by(filters, first.pid) == []
             assert owned_by(filters, second.pid) == survivor
             assert len(owned_by(filters, third.pid)) == 2
-            await third.wait_for(pinged(1))  # it saw the same ping run: they overlapped
+            await pinged(third, container, 1)  # it saw the same ping run: they overlapped
         long_run = echoes(second.records, "icmp_echo", container)
         (ping_id,) = {d["id"] for d in long_run}
-        await second.wait_for(pinged(60))
+        await pinged(second, container, 60)
 
         await ping(container, 3)
         for engine in (second, third):
-            await engine.wait_for(
-                lambda records: (
-                    sum(d["id"] != ping_id for d in echoes(records, "icmp_echo", container)) >= 6
-                )
-            )
-        for engine in (second, third):
-            engine.process.send_signal(signal.SIGINT)
-        assert await second.finished() == 0
-        assert await third.finished() == 0
-    assert owned_by(await engine_filters(veth), second.pid) == []
-    assert owned_by(await engine_filters(veth), third.pid) == []
+            await pinged(engine, container, 6, ping_id)
+        assert await second.stop() == 0
+        assert await third.stop() == 0
+    assert owned_by(await listed_filters(veth), second.pid) == []
+    assert owned_by(await listed_filters(veth), third.pid) == []
 
     every = Counter(range(30))
     kept = echoes(second.records, "icmp_echo", container)
@@ -351,33 +272,32 @@ async def test_engines_side_by_side_survive_a_killed_one(
     assert tail == Counter(range(min(tail), 30)), tail
     assert seqs([d for d in late if d["id"] != ping_id], type=REPLY) == Counter(range(3))
     for engine in (second, third):
-        assert all(r["gadget"] == "icmp_echo" for r in engine.records if r["type"] == "event")
+        assert all(r["gadget"] == "icmp_echo" for r in engine.events())
 
 
-async def test_a_broken_gadget_beside_a_good_one(
-    container: str, engines: Callable[..., Any]
-) -> None:
+async def test_a_broken_gadget_beside_a_good_one(container: str, engines: Start) -> None:
     select = f"name={container}"
     with trio.fail_after(30):
         run = await engines(str(BROKEN), str(ICMP_ECHO), "--select", select)
-        await run.wait_for(
-            lambda records: ("icmp_echo", "out_of_container") in attached_to(records, container)
+        await run.until(
+            lambda: ("icmp_echo", "out_of_container") in attached_to(run.records, container),
+            20,
+            "attached",
         )
         await ping(container, 2)
-        await run.wait_for(lambda records: len(echoes(records, "icmp_echo", container)) >= 4)
-        run.process.send_signal(signal.SIGINT)
-        assert await run.finished() == 0
-        (failed,) = [r for r in run.records if r["type"] == "gadget_failed"]
+        await run.until(lambda: len(echoes(run.records, "icmp_echo", container)) >= 4, 10, "4")
+        assert await run.stop() == 0
+        (failed,) = run.of_type("gadget_failed")
         assert failed["gadget"] == "broken"
         assert failed["path"] == str(BROKEN)
         assert failed["error_type"] == "CompileError"
         assert "no_such_name" in failed["error"]
-        assert any("gadget broken" in line for line in run.stderr)
-        events = [r for r in run.records if r["type"] == "event"]
+        assert run.lines("gadget broken")
+        events = run.events()
         assert events
         assert all(r["gadget"] == "icmp_echo" for r in events)
 
         strict = await engines("--all-or-nothing", str(BROKEN), str(ICMP_ECHO), "--select", select)
         assert await strict.finished() == 2
-        assert not [r for r in strict.records if r["type"] == "attached"]
-        assert any("broken.c" in line for line in strict.stderr)
+        assert not strict.of_type("attached")
+        assert strict.lines("broken.c")

@@ -1,24 +1,32 @@
-"""The code base is ruff- and mypy --strict-clean: checked by the tests, not only by nox."""
+"""The code base is ruff- and mypy --strict-clean: checked by the tests as `nox -s lint` checks
+it, on the same paths."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+import pytest
 
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
+from noxfile import SOURCES
+from tests.support.constants import ROOT
 
 
-def test_ruff() -> None:
-    result = _run(str(BIN / "ruff"), "check", "engine", "tests", "benchmarks", "noxfile.py")
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_mypy_strict() -> None:
-    result = _run(str(BIN / "mypy"), "--strict", "engine")
+@pytest.mark.parametrize(
+    "tool",
+    [
+        ["ruff", "check"],
+        ["ruff", "format", "--check"],
+        ["mypy", "--strict"],
+    ],
+    ids=" ".join,
+)
+def test_clean(tool: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", *tool, *SOURCES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

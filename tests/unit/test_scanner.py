@@ -200,4 +200,4 @@ def test_the_scan_follows_the_source() -> None:
     assert other.source != gadget.source
     assert other.scan.body("tp") == " return 1; }"
     with pytest.raises(TypeError):
-        attrs.evolve(gadget, source="int x;")
+        attrs.evolve(gadget, source="int x;")  # type: ignore[call-arg]

@@ -23,6 +23,7 @@ from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.maps import iterator_only_maps
 from engine.gadget.model import Gadget
 from engine.gadget.scanner import SourceScan
+from tests.support.requirements import unavailable
 
 CACHE = [
     ("libc.so.6", Path("/lib/x86_64-linux-gnu/libc.so.6")),
@@ -90,7 +91,7 @@ def test_a_missing_symbol_is_named() -> None:
 
 def test_python_usdt_probe_with_its_semaphore() -> None:
     if not PYTHON.exists():
-        pytest.skip("no /usr/bin/python3.11")
+        unavailable(f"needs {PYTHON} (with its USDT probes)")
     notes = subprocess.run(
         ["readelf", "-n", PYTHON], capture_output=True, text=True, check=True
     ).stdout
@@ -110,7 +111,7 @@ def test_python_usdt_probe_with_its_semaphore() -> None:
 
 def test_a_missing_usdt_probe_lists_what_the_file_has() -> None:
     if not PYTHON.exists():
-        pytest.skip("no /usr/bin/python3.11")
+        unavailable(f"needs {PYTHON} (with its USDT probes)")
     with pytest.raises(TargetMissing) as raised:
         find_usdt(str(PYTHON), "python", "nope")
     assert "no USDT probe python:nope in /usr/bin/python3.11" in str(raised.value)

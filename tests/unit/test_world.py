@@ -9,6 +9,7 @@ import pytest
 from engine.sources.containers import Container
 from engine.world.selection import Selection
 from engine.world.state import Verdict, World, preattached_key
+from tests.support.requirements import unavailable
 
 HOST_NETNS = 4026531840
 
@@ -67,7 +68,7 @@ def test_skb_netns_helper_offsets_from_btf() -> None:
     from engine.kernel.btf import VMLINUX_BTF, Btf
 
     if not Path(VMLINUX_BTF).exists():
-        pytest.skip("no kernel BTF")
+        unavailable("needs kernel BTF (/sys/kernel/btf/vmlinux)")
     btf = Btf.from_file()
     calls = Gadget.from_source('SEC("socket") int f(struct __sk_buff *s)'
                                " { return engine_skb_netns_id(s) != 0; }")  # fmt: skip

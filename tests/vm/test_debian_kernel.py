@@ -16,7 +16,9 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import ROOT, unavailable
+
+from tests.support.constants import ROOT
+from tests.support.requirements import unavailable
 
 pytestmark = pytest.mark.vm
 

@@ -16,8 +16,6 @@ import collections
 import os
 import sys
 
-import trio
-
 import engine
 
 INTERVAL = float(os.environ.get("EXECSNOOP_INTERVAL", "5"))
@@ -34,14 +32,5 @@ async def on_event(event: engine.Event) -> None:
     execs[event.container["name"] if event.container else "(host)"] += 1
 
 
-async def every_interval() -> None:
-    try:
-        while True:
-            await trio.sleep(INTERVAL)
-            report()
-    finally:
-        report()  # the final counts, when the engine stops
-
-
 def setup(eng: engine.Engine) -> None:
-    eng.start_soon(every_interval)
+    eng.every(INTERVAL, report)  # and the final counts, when the engine stops

@@ -16,8 +16,6 @@ import collections
 import socket
 import sys
 
-import trio
-
 import engine
 
 # glibc's return codes by value, named as Python's socket module names them.
@@ -44,16 +42,13 @@ async def on_event(event: engine.Event) -> None:
     say(f"{comm} (pid {data['pid']}) {data['host']} -> {result}")
 
 
-async def summary_at_stop() -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        parts = [
-            f"{comm} looked up {n} name{'s' if n != 1 else ''}, {failures[comm]} failed"
-            for comm, n in lookups.most_common()
-        ]
-        say("; ".join(parts) or "no lookups")
+def summary() -> None:
+    parts = [
+        f"{comm} looked up {n} name{'s' if n != 1 else ''}, {failures[comm]} failed"
+        for comm, n in lookups.most_common()
+    ]
+    say("; ".join(parts) or "no lookups")
 
 
 def setup(eng: engine.Engine) -> None:
-    eng.start_soon(summary_at_stop)
+    eng.every(None, summary)  # once, when the engine stops

@@ -17,8 +17,6 @@ import collections
 import os
 import sys
 
-import trio
-
 import engine
 
 INTERVAL = float(os.environ.get("PYTHON_USDT_INTERVAL", "5"))
@@ -39,14 +37,5 @@ def report() -> None:
     sys.stderr.flush()
 
 
-async def every_interval() -> None:
-    try:
-        while True:
-            await trio.sleep(INTERVAL)
-            report()
-    finally:
-        report()  # the final counts, when the engine stops
-
-
 def setup(eng: engine.Engine) -> None:
-    eng.start_soon(every_interval)
+    eng.every(INTERVAL, report)  # and the final counts, when the engine stops

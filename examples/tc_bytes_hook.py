@@ -20,8 +20,6 @@ import os
 import sys
 from typing import Any
 
-import trio
-
 import engine
 
 INTERVAL = float(os.environ.get("TC_BYTES_INTERVAL", "5"))
@@ -57,15 +55,6 @@ async def report(traffic: engine.MapView) -> None:
     sys.stderr.flush()
 
 
-async def every_interval(traffic: engine.MapView) -> None:
-    try:
-        while True:
-            await trio.sleep(INTERVAL)
-            await report(traffic)
-    finally:
-        with trio.CancelScope(shield=True):  # the final table, when the engine stops
-            await report(traffic)
-
-
 def setup(eng: engine.Engine) -> None:
-    eng.start_soon(every_interval, eng.map("tc_bytes", "traffic"))
+    traffic = eng.map("tc_bytes", "traffic")
+    eng.every(INTERVAL, lambda: report(traffic))  # and the final table, when the engine stops

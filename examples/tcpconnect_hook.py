@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import trio
 
 import engine
 
@@ -63,14 +62,5 @@ async def on_event(event: engine.Event) -> None:
     tally.total_ns += event.data["latency_ns"]
 
 
-async def every_interval() -> None:
-    try:
-        while True:
-            await trio.sleep(INTERVAL)
-            report()
-    finally:
-        report()  # the final counts, when the engine stops
-
-
 def setup(eng: engine.Engine) -> None:
-    eng.start_soon(every_interval)
+    eng.every(INTERVAL, report)  # and the final counts, when the engine stops

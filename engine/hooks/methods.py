@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -93,6 +95,29 @@ class HookMethods:
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Start a task in the engine's nursery (an error in it stops the engine)."""
         self._nursery.start_soon(fn, *args)
+
+    def every(
+        self, seconds: float | None, fn: Callable[[], object], *, at_stop: bool = True
+    ) -> None:
+        """Call ``fn`` every ``seconds`` (never, with None) and, with ``at_stop``, once more
+        when the engine stops, for a final report. ``fn`` may be a coroutine function."""
+
+        async def call() -> None:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+
+        async def repeat() -> None:
+            try:
+                while True:
+                    await trio.sleep(math.inf if seconds is None else seconds)
+                    await call()
+            finally:
+                if at_stop:
+                    with trio.CancelScope(shield=True):
+                        await call()
+
+        self._nursery.start_soon(repeat)
 
     def map(self, gadget: str, name: str) -> MapView:
         """A map of a loaded gadget by the gadget's name and the map's name in its source."""

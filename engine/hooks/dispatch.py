@@ -11,6 +11,7 @@ A hook that raises gives a ``hook_failed`` record and keeps running for the next
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,6 +71,21 @@ class Hooks:
     _nursery: trio.Nursery | None = None
     _registrations: list[_Registration] = attrs.Factory(list)
     _containers: dict[str, Container] = attrs.Factory(dict)
+    # ``wait_for`` callers: each predicate with the one-slot channel its match goes to.
+    _waiters: list[tuple[Callable[[Record], bool], trio.MemorySendChannel[Record]]] = (
+        attrs.Factory(list)
+    )
+
+    async def wait_for(self, predicate: Callable[[Record], bool]) -> Record:
+        """The first record from now on for which ``predicate`` is true."""
+        send, receive = trio.open_memory_channel[Record](1)
+        waiter = (predicate, send)
+        self._waiters.append(waiter)
+        try:
+            async with receive:
+                return await receive.receive()
+        finally:
+            self._waiters.remove(waiter)
 
     def bind(self, nursery: trio.Nursery) -> None:
         """Hooks run in ``nursery`` (the engine's) from now on."""
@@ -103,6 +119,10 @@ class Hooks:
             self._containers.pop(record.container.id, None)
         for registration in self._registrations:
             self._offer(registration, record)
+        for predicate, send in self._waiters:
+            if predicate(record):
+                with contextlib.suppress(trio.WouldBlock):  # matched before: the first counts
+                    send.send_nowait(record)
 
     def _offer(self, registration: _Registration, record: Record) -> None:
         argument = registration.select(record)

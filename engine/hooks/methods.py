@@ -96,6 +96,13 @@ class HookMethods:
         """Start a task in the engine's nursery (an error in it stops the engine)."""
         self._nursery.start_soon(fn, *args)
 
+    async def wait_for(self, predicate: Callable[[Record], bool]) -> Record:
+        """The first record from now on for which ``predicate`` is true: something to wait on
+        (wrap it in ``trio.fail_after``), e.g. ``await eng.wait_for(lambda r: isinstance(r,
+        ProgramAttached) and r.container == "web")``.
+        It sees every record, also those ``events()`` had no room for."""
+        return await self._hooks.wait_for(predicate)
+
     def every(
         self, seconds: float | None, fn: Callable[[], object], *, at_stop: bool = True
     ) -> None:

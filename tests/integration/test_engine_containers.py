@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import engine
 from tests.support.constants import BRIDGE, EXAMPLES
@@ -104,3 +105,29 @@ def icmp_of(events: list[dict[str, Any]], container: str | None = None) -> list[
         if r["data"]["protocol"] == 1
         and (container is None or (r["container"] or {}).get("name") == container)
     ]
+
+
+async def test_wait_for_a_container_attached(containers: Containers) -> None:
+    """``eng.wait_for`` is what a script (or a test) waits on: no polling of internals."""
+    name = containers.name("awaited")
+    with trio.fail_after(60):
+        async with engine.open_engine(
+            EXAMPLES / "dns.c", select=containers.selection, iter_interval=3600
+        ) as eng:
+            async with trio.open_nursery() as nursery:
+                got: list[engine.Record] = []
+
+                async def wait() -> None:
+                    got.append(
+                        await eng.wait_for(
+                            lambda r: isinstance(r, engine.ProgramAttached) and r.container == name
+                        )
+                    )
+
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                await containers.run("awaited")
+            (attached,) = got
+            assert isinstance(attached, engine.ProgramAttached)
+            assert attached.kind == "socket"
+            assert attached.netns is not None

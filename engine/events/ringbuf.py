@@ -13,10 +13,16 @@ offset in the data area is ``position & (size - 1)``.
 
 ``RingReader.read(limit)`` reads at most ``limit`` records, so a producer faster than the
 reader cannot keep it in one call forever (libbpf's consume loops while data keeps coming).
+
+The consumer position is written as one aligned 8-byte store (a ``ctypes.c_uint64`` over the
+page), never through ``struct.pack_into``: the kernel reads it while it reserves, and only a
+single store guarantees that it never sees half of an old and half of a new position (a torn
+position looks like a full ring, and the reservation fails).
 """
 
 from __future__ import annotations
 
+import ctypes as ct
 import mmap
 import struct
 
@@ -43,6 +49,11 @@ class RingReader:
     _consumer: mmap.mmap
     _producer: mmap.mmap
     _page: int
+    # The consumer position, as the one 8-byte word at the start of the consumer page.
+    _position: ct.c_uint64 = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._position = ct.c_uint64.from_buffer(self._consumer, 0)
 
     @classmethod
     def open(cls, fd: int, size: int) -> RingReader:
@@ -60,13 +71,12 @@ class RingReader:
     def available(self) -> int:
         """Bytes committed or reserved past the consumer position."""
         prod: int = _U64.unpack_from(self._producer, 0)[0]
-        cons: int = _U64.unpack_from(self._consumer, 0)[0]
-        return prod - cons
+        return prod - self._position.value
 
     def read(self, limit: int) -> list[bytes]:
         """Up to ``limit`` committed records, oldest first; frees their space in the ring."""
-        consumer, producer = self._consumer, self._producer
-        cons = _U64.unpack_from(consumer, 0)[0]
+        producer = self._producer
+        cons = self._position.value
         prod = _U64.unpack_from(producer, 0)[0]
         mask, base = self.size - 1, self._page
         out: list[bytes] = []
@@ -81,9 +91,13 @@ class RingReader:
                 out.append(producer[at + HEADER : at + HEADER + size])
             cons += record_span(size)
         # x86-64 keeps stores in order: the kernel sees the new position after our reads.
-        _U64.pack_into(consumer, 0, cons)
+        self._position.value = cons
         return out
 
     def close(self) -> None:
+        """Unmap both areas; idempotent."""
+        if self._consumer.closed:
+            return
+        del self._position  # the view pins the mapping: it must go before the unmap
         self._consumer.close()
         self._producer.close()

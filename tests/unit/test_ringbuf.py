@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import mmap
+import os
 import struct
+import time
 
 import pytest
 
@@ -37,6 +40,14 @@ class FakeRing:
         self._write(offset, struct.pack("<I4x", len(payload) | flags) + payload)
         self.position += record_span(len(payload))
         struct.pack_into("<Q", self.producer, 0, self.position)
+
+    def rewind(self, position: int) -> None:
+        """Both positions back to ``position``, the consumer's in one 8-byte store."""
+        self.position = position
+        struct.pack_into("<Q", self.producer, 0, position)
+        view = ctypes.c_uint64.from_buffer(self.consumer, 0)
+        view.value = position
+        del view
 
     def consumed(self) -> int:
         value: int = struct.unpack_from("<Q", self.consumer, 0)[0]
@@ -90,3 +101,76 @@ def test_a_record_wrapping_around_the_end_reads_whole() -> None:
 def test_size_must_be_a_power_of_two() -> None:
     with pytest.raises(ValueError, match="power of two"):
         RingReader.open(-1, 3000)
+
+
+# A position just below a carry into the fifth byte: a store written byte by byte passes
+# through values far below both the old and the new position (0xffffff00, then ...).
+BELOW_CARRY = (1 << 32) - 8
+
+
+def _watch_for_torn_positions(consumer: mmap.mmap, seconds: float) -> tuple[int, int]:
+    """In a child process: read the position as one 8-byte load, over and over, counting the
+    reads that saw a value below ``BELOW_CARRY`` (half an old and half a new position); the
+    counts come back through a pipe. Returns the child's pid and the pipe's read end."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        view = ctypes.c_uint64.from_buffer(consumer, 0)
+        torn = reads = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for _ in range(1000):
+                if view.value < BELOW_CARRY:
+                    torn += 1
+            reads += 1000
+        del view
+        os.write(write_end, struct.pack("<QQ", torn, reads))
+        os._exit(0)
+    os.close(write_end)
+    return child, read_end
+
+
+def _collect(child: int, read_end: int) -> tuple[int, int]:
+    os.waitpid(child, 0)
+    torn, reads = struct.unpack("<QQ", os.read(read_end, 16))
+    os.close(read_end)
+    return torn, reads
+
+
+def _cross_the_carry(ring: FakeRing, deadline: float) -> int:
+    crossings = 0
+    while time.monotonic() < deadline:
+        for _ in range(200):
+            ring.rewind(BELOW_CARRY)
+            ring.submit(b"")
+            assert ring.reader.read(1) == [b""]  # the store under test: to 1 << 32
+        crossings += 200
+    return crossings
+
+
+def test_the_kernel_never_sees_a_torn_consumer_position() -> None:
+    """A process reading the position as the kernel does (one 8-byte load) while the reader
+    moves it across a carry into its fifth byte sees only whole old or new positions. The
+    same watcher does catch a position written byte by byte (the control below), so a
+    reader that stored it so would fail here."""
+    ring = FakeRing()
+    ring.rewind(BELOW_CARRY)
+    child, read_end = _watch_for_torn_positions(ring.consumer, 0.4)
+    crossings = _cross_the_carry(ring, time.monotonic() + 0.4)
+    torn, reads = _collect(child, read_end)
+    assert crossings > 1000 and reads > 100_000
+    assert torn == 0
+
+
+def test_the_watcher_catches_a_position_written_byte_by_byte() -> None:
+    consumer = mmap.mmap(-1, PAGE)
+    struct.pack_into("<Q", consumer, 0, BELOW_CARRY)
+    child, read_end = _watch_for_torn_positions(consumer, 0.4)
+    deadline = time.monotonic() + 0.4
+    new, old = (1 << 32).to_bytes(8, "little"), BELOW_CARRY.to_bytes(8, "little")
+    while time.monotonic() < deadline:
+        for value in (new, old):
+            for i in range(8):
+                consumer[i] = value[i]
+    torn, _reads = _collect(child, read_end)
+    assert torn > 0

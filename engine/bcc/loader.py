@@ -28,6 +28,7 @@ from engine.bcc import libbcc
 from engine.bcc.targets import TargetMissing, check_target, find_usdt
 from engine.bcc.usdt import argument_readers
 from engine.errors import (
+    BtfError,
     CompileError,
     TargetNotFoundError,
     UnsupportedProgramError,
@@ -37,9 +38,11 @@ from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.model import Gadget, ProgramSpec
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
+from engine.kernel.btf import Btf
 from engine.kernel.features import probe_features
 from engine.kernel.headers import process_headers
 from engine.kernel.layouts import btf_prelude
+from engine.kernel.plain_structs import explain, rewrite_plain_structs
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +196,29 @@ BuildSource = Callable[[Gadget], str]
 
 
 def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
-    """The text bcc compiles: true layouts, our prelude, then the gadget with its own lines."""
-    layouts = btf_prelude(_PRELUDE_SCAN, gadget.scan, gadget_path=gadget.path)
+    """The text bcc compiles: true layouts, our prelude, then the gadget with its own lines.
+
+    When bcc's headers are not the running kernel's, the gadget's plain kernel structs are
+    read through true layouts too (engine.kernel.plain_structs); with matching headers the
+    gadget is compiled as written.
+    """
+    btf = _btf_when_headers_mismatch()
+    scan = gadget.scan if btf is None else rewrite_plain_structs(gadget.scan, btf)
+    layouts = btf_prelude(_PRELUDE_SCAN, scan, btf=btf, gadget_path=gadget.path)
     path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')
-    return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + gadget.source
+    return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + scan.source
+
+
+def _btf_when_headers_mismatch() -> Btf | None:
+    """The kernel's BTF when bcc's headers are another kernel's; None when they match (or
+    when there is no BTF to read: then the headers' layouts are all there is)."""
+    if process_headers().matches:
+        return None
+    try:
+        return Btf.from_file()
+    except BtfError as exc:
+        log.warning("plain kernel structs keep the headers' layouts: %s", exc)
+        return None
 
 
 def check_targets(gadget: Gadget, skipped: Sequence[SkippedProgram] = ()) -> list[str]:
@@ -329,7 +351,9 @@ def load_sync(
         else:
             failed = None
     if failed is not None:
-        raise CompileError(gadget.path, "\n".join(messages)) from failed
+        btf = _btf_when_headers_mismatch()
+        explained = messages if btf is None else list(explain(messages, btf))
+        raise CompileError(gadget.path, "\n".join(explained)) from failed
     if messages:
         # Warnings from the compiler: the user's to see.
         log.warning("%s: compiler says:\n%s", gadget.path, "\n".join(messages))

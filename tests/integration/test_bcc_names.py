@@ -100,7 +100,5 @@ async def test_named_programs_attach_once_each() -> None:
             "not compiled: the preprocessor left its definition out (#if/#ifdef)",
         )
     ]
-    by = Counter(
-        r["data"]["by"] for r in seen if r["type"] == "event" and r["data"]["pid"] == mine
-    )
+    by = Counter(r["data"]["by"] for r in seen if r["type"] == "event" and r["data"]["pid"] == mine)
     assert by == {1: CALLS, 2: CALLS, 3: CALLS, 4: CALLS}

@@ -196,13 +196,7 @@ class _Generator:
         return t.name or typedef_name
 
     def _is_bitfield(self, m: Member) -> bool:
-        if m.bitfield_size:
-            return True
-        # Without kind_flag, a bitfield shows as an odd bit offset or a narrow INT.
-        t = self.btf.resolve(m.type_id)
-        if m.bit_offset % 8:
-            return True
-        return t.kind is Kind.INT and (t.int_bit_offset != 0 or t.int_bits != t.size * 8)
+        return is_bitfield(self.btf, m)
 
     def _sizeof(self, type_id: int) -> int:
         t = self.btf.resolve(type_id)
@@ -253,6 +247,26 @@ class _Generator:
         if not layout.packed:
             return ""
         return f" __attribute__((packed, aligned({layout.align})))"
+
+
+def is_bitfield(btf: Btf, m: Member) -> bool:
+    """Whether ``m`` is a bitfield (which C cannot place at a chosen bit: left out)."""
+    if m.bitfield_size:
+        return True
+    # Without kind_flag, a bitfield shows as an odd bit offset or a narrow INT.
+    t = btf.resolve(m.type_id)
+    if m.bit_offset % 8:
+        return True
+    return t.kind is Kind.INT and (t.int_bit_offset != 0 or t.int_bits != t.size * 8)
+
+
+def bitfield_names(btf: Btf, t: BtfType) -> Iterator[str]:
+    """The names of ``t``'s bitfields, those of its anonymous members included."""
+    for m in t.members:
+        if not m.name and btf.resolve(m.type_id).kind in COMPOSITE:
+            yield from bitfield_names(btf, btf.resolve(m.type_id))
+        elif is_bitfield(btf, m):
+            yield m.name
 
 
 def _keyword(t: BtfType) -> str:

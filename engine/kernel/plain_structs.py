@@ -11,8 +11,10 @@ reads through the true layouts as it would through the headers' ones.
 
 Left alone: types the gadget defines itself, bcc's generated tracepoint records
 (``tracepoint__C__N``), the BPF ABI's own types (``__sk_buff``, ``bpf_*``, ``pt_regs``, whose
-layout every kernel shares) and the kernel types that bcc's helper prototypes name
-(``seq_file``).
+layout every kernel shares), the kernel types that bcc's helper prototypes name
+(``seq_file``), and types whose bitfields the gadget reads (true layouts cannot place a
+bitfield; such types are mostly the wire formats of the UAPI, ``struct iphdr``'s ``ihl``,
+the same on every kernel).
 
 A member the running kernel does not have is a compile error; ``explain`` adds a line naming
 the struct, the member and the kernel.
@@ -27,10 +29,11 @@ from collections.abc import Iterable, Iterator
 from engine.errors import BtfError
 from engine.gadget.scanner import SourceScan
 from engine.kernel.btf import Btf
-from engine.kernel.layouts import KERNEL_TAGS, SUFFIX
+from engine.kernel.layouts import KERNEL_TAGS, SUFFIX, bitfield_names
 
 _TYPE = re.compile(r"\b(struct|union)(\s+)([A-Za-z_]\w*)\b")
 _DEFINED = re.compile(r"\b(?:struct|union)\s+([A-Za-z_]\w*)\s*\{")
+_MEMBER = re.compile(r"(?:->|\.)\s*([A-Za-z_]\w*)")
 _KEEP_PREFIXES = ("__", "bpf_", "tracepoint__")
 _KEEP = frozenset({"pt_regs", *KERNEL_TAGS})
 _NO_MEMBER = re.compile(r"no member named '(\w+)' in '(?:struct|union) (\w+?)" + SUFFIX + r"\d*'")
@@ -39,17 +42,17 @@ _INCOMPLETE = re.compile(r"incomplete definition of type '(?:struct|union) (\w+?
 
 def plain_names(scan: SourceScan, btf: Btf) -> frozenset[str]:
     """The struct and union names in ``scan`` that are to be read through true layouts."""
-    own = {m.group(1) for m in _DEFINED.finditer(scan.with_directives)}
-    names = {m.group(3) for m in _TYPE.finditer(scan.with_directives)}
-    return frozenset(
-        name
-        for name in names
-        if name not in own
-        and name not in _KEEP
-        and not name.startswith(_KEEP_PREFIXES)
-        and not name.endswith(SUFFIX)
-        and btf.composite(name) is not None
-    )
+    text = scan.with_directives
+    own = {m.group(1) for m in _DEFINED.finditer(text)}
+    read = {m.group(1) for m in _MEMBER.finditer(text)}
+    out = set()
+    for name in {m.group(3) for m in _TYPE.finditer(text)} - own - _KEEP:
+        if name.startswith(_KEEP_PREFIXES) or name.endswith(SUFFIX):
+            continue
+        found = btf.composite(name)
+        if found is not None and read.isdisjoint(bitfield_names(btf, found)):
+            out.add(name)
+    return frozenset(out)
 
 
 def rewrite_plain_structs(scan: SourceScan, btf: Btf) -> SourceScan:

@@ -76,6 +76,11 @@ def test_kernel_structs_known_to_btf_are_renamed_on_their_own_lines() -> None:
     ]
 
 
+def test_a_struct_whose_bitfields_are_read_keeps_the_headers_layout() -> None:
+    scan = SourceScan.of("int f(struct task_struct *t) { return t->flags & 1; }")
+    assert plain_names(scan, _btf()) == frozenset()
+
+
 def test_nothing_to_rename_is_the_same_scan() -> None:
     scan = SourceScan.of("struct data_t { u32 pid; };\nstruct pt_regs *r;\nstruct __sk_buff *skb;")
     assert rewrite_plain_structs(scan, _btf()) is scan

@@ -15,14 +15,16 @@ every gadget: each map of type hash, array (per-CPU and LRU variants too) is rea
 - an entry whose key names a mount namespace, a netns or a cgroup (fields ``mntns_id``,
   ``netns_id``, ``cgroup_id``...) or a process (``pid``, ``tgid``) carries its container.
 
-With ``clear``, each map is emptied as it is read (hash entries deleted, array entries
-zeroed), so each record holds one interval, as ``syscount`` prints them. The engine's own maps
-(``engine_*``) are never emitted.
+With ``clear``, each map is emptied as it is read, so each record holds one interval, as
+``syscount`` prints them: a hash entry is read and deleted in one step (nothing counted
+between the two is lost), an array entry is zeroed once read (arrays cannot do both at once).
+The engine's own maps (``engine_*``) are never emitted.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import json
 import logging
 import os
@@ -172,14 +174,11 @@ def read_map(m: OutputMap, cpus: int, *, clear: bool) -> list[tuple[Any, Any]]:
     out: list[tuple[Any, Any]] = []
     # Listed first: a key deleted while listing would restart the listing from the start.
     for key in _keys(lib, m):
-        if lib.bpf_lookup_elem(m.fd, key, value) != 0:
+        if not _take(lib, m, key, value, clear=clear):
             continue  # deleted since it was listed
+        if clear and m.array:
+            lib.bpf_update_elem(m.fd, key, zero, 0)
         raw = value.raw
-        if clear:
-            if m.array:
-                lib.bpf_update_elem(m.fd, key, zero, 0)
-            else:
-                lib.bpf_delete_elem(m.fd, key)
         if m.array and not raw.strip(b"\0"):
             continue
         if m.per_cpu:
@@ -188,6 +187,21 @@ def read_map(m: OutputMap, cpus: int, *, clear: bool) -> list[tuple[Any, Any]]:
         else:
             out.append((m.key(key.raw), m.value(raw)))
     return out
+
+
+def _take(lib: Any, m: OutputMap, key: Any, value: Any, *, clear: bool) -> bool:
+    """Read the entry at ``key`` into ``value``; with ``clear``, a hash entry is read and
+    deleted in one step (what is counted meanwhile is never lost), where the kernel can."""
+    if clear and not m.array:
+        if lib.bpf_lookup_and_delete(m.fd, key, value) == 0:
+            return True
+        if ct.get_errno() == errno.ENOENT:
+            return False
+        # Older kernels (before 5.14) cannot for every kind of hash: read, then delete.
+        found = bool(lib.bpf_lookup_elem(m.fd, key, value) == 0)
+        lib.bpf_delete_elem(m.fd, key)
+        return found
+    return bool(lib.bpf_lookup_elem(m.fd, key, value) == 0)
 
 
 def _keys(lib: Any, m: OutputMap) -> list[Any]:

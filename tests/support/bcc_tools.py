@@ -60,3 +60,73 @@ def _string_constants(script: str) -> dict[str, str]:
         ):
             found.setdefault(node.targets[0].id, node.value.value)
     return found
+
+
+# Each tool as it builds its text with no options. Where a tool picks a variant by asking
+# bcc about the kernel (a tracepoint that exists, raw tracepoint support, a task_struct
+# member), the same question is asked here.
+_CONNECTION_FILTERS = [("FILTER_DPORT", ""), ("FILTER_LPORT", ""), ("FILTER_FAMILY", "")]
+
+
+def exitsnoop() -> Tool:
+    return Tool(
+        "exitsnoop",
+        ["c"],
+        [
+            ("EBPF_COMMENT", ""),
+            ("FILTER_PID", "task->pid != task->tgid"),
+            ("FILTER_EXIT_CODE", "0"),
+            ("PROCESS_START_TIME_NS", "task->start_time"),
+        ],
+    )
+
+
+def _set_state_part(*, kprobe: bool | None = None) -> str:
+    """tcpstates' and tcplife's choice: the tracepoint if it exists, else the kprobe."""
+    if kprobe is None:
+        from bcc import BPF
+
+        kprobe = not BPF.tracepoint_exists("sock", "inet_sock_set_state")
+    return "bpf_text_kprobe" if kprobe else "bpf_text_tracepoint"
+
+
+def tcpstates(*, kprobe: bool | None = None) -> Tool:
+    return Tool("tcpstates", ["bpf_header", _set_state_part(kprobe=kprobe)], _CONNECTION_FILTERS)
+
+
+def tcplife(*, kprobe: bool | None = None) -> Tool:
+    filters = [("FILTER_PID", ""), *_CONNECTION_FILTERS]
+    return Tool("tcplife", ["bpf_text", _set_state_part(kprobe=kprobe)], filters)
+
+
+def syscount() -> Tool:
+    return Tool("syscount", ["text"])
+
+
+def runqlat() -> Tool:
+    from bcc import BPF
+
+    state = "__state" if BPF.kernel_struct_has_field(b"task_struct", b"__state") == 1 else "state"
+    part = "bpf_text_raw_tp" if BPF.support_raw_tracepoint() else "bpf_text_kprobe"
+    return Tool(
+        "runqlat",
+        ["bpf_text", part],
+        [
+            ("STATE_FIELD", state),
+            ("FILTER", "0"),
+            ("FACTOR", "delta /= 1000;"),
+            ("STORAGE", "BPF_HISTOGRAM(dist);"),
+            ("STORE", "dist.atomic_increment(bpf_log2l(delta));"),
+        ],
+    )
+
+
+def softirqs() -> Tool:
+    return Tool(
+        "softirqs",
+        ["bpf_text", "bpf_text_time"],
+        [
+            ("STORE", "key.vec = valp->vec; dist.atomic_increment(key, delta);"),
+            ("FILTER_CPU", ""),
+        ],
+    )

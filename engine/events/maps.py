@@ -335,25 +335,20 @@ class MapOutput:
     async def _snapshot(
         self, gadget: str, m: OutputMap, entries: list[tuple[Any, Any]]
     ) -> MapSnapshot:
+        rows = [{"key": k, "value": v} for k, v in entries]
         if m.kind == HISTOGRAM:
-            return MapSnapshot(gadget, m.name, m.kind, tuple(histogram_entries(entries)))
-        keys = [key for key, _ in entries]
-        if not any(isinstance(k, dict) and _names_origin(k) for k in keys):
-            return MapSnapshot(
-                gadget, m.name, m.kind, tuple({"key": k, "value": v} for k, v in entries)
-            )
-        pids = {pid for k in keys if (pid := _first(k, _PROCESS_FIELDS)) is not None}
-        mntns = await trio.to_thread.run_sync(_mntns_of_processes, pids)
-        return MapSnapshot(
-            gadget,
-            m.name,
-            m.kind,
-            tuple(
-                {"key": k, "value": v, "container": self._container(k, mntns)} for k, v in entries
-            ),
-        )
+            rows = histogram_entries(entries)  # a section's key names its origin, if any
+        keys = [row["key"] for row in rows]
+        if any(isinstance(k, dict) and _names_origin(k) for k in keys):
+            pids = {pid for k in keys if (pid := _first(k, _PROCESS_FIELDS)) is not None}
+            mntns = await trio.to_thread.run_sync(_mntns_of_processes, pids)
+            for row in rows:
+                row["container"] = self._container(row["key"], mntns)
+        return MapSnapshot(gadget, m.name, m.kind, tuple(rows))
 
-    def _container(self, key: Mapping[str, Any], mntns: Mapping[int, int]) -> Any:
+    def _container(self, key: Any, mntns: Mapping[int, int]) -> Any:
+        if not isinstance(key, dict):
+            return None
         found = self.world.container_for(key)
         if found is None:
             pid = _first(key, _PROCESS_FIELDS)

@@ -36,6 +36,7 @@ from engine.errors import (
     EngineStoppedError,
     sole_exception,
 )
+from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
@@ -155,6 +156,8 @@ async def open_engine(
     trust_files: bool = False,
     all_or_nothing: bool = False,
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT,
+    maps: float | None = None,
+    maps_clear: bool = False,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -174,6 +177,10 @@ async def open_engine(
     ``GadgetFailed`` record, a log line) and the others run without it; when every gadget
     fails, its error is raised (``GadgetsFailedError`` for several). ``all_or_nothing=True``
     raises the first failure instead, and nothing runs.
+    With ``maps`` (seconds), the gadgets' hash, array and histogram maps are emitted as
+    ``MapSnapshot`` records every ``maps`` seconds and when the engine stops, emptied after
+    each with ``maps_clear``; without it, the maps of gadgets that have no ring or perf buffer
+    are emitted when the engine stops (engine.events.maps).
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
@@ -187,7 +194,13 @@ async def open_engine(
     if supported is None:
         supported = await probed_support()
     options = _Options(
-        containers, iter_interval, reconcile_interval, all_or_nothing, identify_timeout
+        containers,
+        iter_interval,
+        reconcile_interval,
+        all_or_nothing,
+        identify_timeout,
+        maps,
+        maps_clear,
     )
     try:
         async with _running(
@@ -215,6 +228,8 @@ class _Options:
     reconcile_interval: float
     all_or_nothing: bool
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT
+    maps: float | None = None
+    maps_clear: bool = False
 
 
 async def _watch_links(
@@ -287,6 +302,11 @@ async def _running(
                 )
             )
         await work.start(runner.run)
+        map_output = MapOutput.of(
+            loaded_all, outlet, world, interval=options.maps, clear=options.maps_clear
+        )
+        if map_output.gadgets:
+            await work.start(map_output.run)
         per_netns = PerNetns(
             loaded_all, outlet.put, layers.netns, world, options.iter_interval, held=held
         )

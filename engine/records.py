@@ -106,6 +106,28 @@ class Lost(Record):
     where: str
 
 
+def _entries(entries: tuple[Mapping[str, Any], ...]) -> list[dict[str, Any]]:
+    return [dict(e) for e in entries]
+
+
+@attrs.frozen
+class MapSnapshot(Record):
+    """The entries of one of a gadget's maps, read at one moment (engine.events.maps).
+
+    ``kind`` is the map's type ("hash", "array", "percpu_hash", "lru_hash"...; per-CPU values
+    are summed) or "log2_histogram". Each entry is ``{"key", "value"}`` decoded by their C
+    types, with ``"container"`` when the key names a namespace, a cgroup or a process; a
+    histogram's entries are its sections (``key`` null, or the key without its ``slot``), each
+    ``value`` its buckets ``[{"low", "high", "count"}...]``.
+    """
+
+    TYPE = "map"
+    gadget: str
+    map: str
+    kind: str
+    entries: tuple[Mapping[str, Any], ...] = attrs.field(metadata=json_as(convert=_entries))
+
+
 @attrs.frozen
 class ProgramSkipped(Record):
     """An optional program that this kernel cannot run was left out."""

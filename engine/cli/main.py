@@ -122,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run gadget and hook files even when a user other than root could change them",
     )
     run.add_argument(
+        "--maps",
+        type=_positive_seconds,
+        metavar="INTERVAL",
+        help="emit the gadgets' hash, array and histogram maps as map records every INTERVAL"
+        " seconds and when stopping (by default only gadgets without a ring or perf buffer"
+        " emit theirs, when stopping)",
+    )
+    run.add_argument(
+        "--maps-clear",
+        action="store_true",
+        help="empty each map after it is emitted, so that each map record holds one interval",
+    )
+    run.add_argument(
         "--all-or-nothing",
         action="store_true",
         help="stop at the first gadget that fails to compile, load or attach (by default it is"
@@ -253,6 +266,8 @@ async def _serve(
         host=args.host,
         trust_files=args.allow_untrusted_files,
         all_or_nothing=args.all_or_nothing,
+        maps=args.maps,
+        maps_clear=args.maps_clear,
     ) as engine:
         run.engine = engine
         if metrics is not None:

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 import attrs
 
+from engine.cli.histogram import map_lines
+
 HOST = "(host)"
 HOME = "\x1b[H"
 ERASE_LINE = "\x1b[K"
@@ -36,7 +38,7 @@ def _summary(data: Mapping[str, Any]) -> str:
 def _note(record: Mapping[str, Any]) -> str | None:
     """One line for the engine's own records; None for gadget events."""
     kind = record.get("type")
-    if kind == "event":
+    if kind in ("event", "map"):
         return None
     if kind in ("container_added", "container_removed"):
         return f"{kind} {container_label(record.get('container'))}"
@@ -73,6 +75,8 @@ class LiveTable:
     rows: dict[str, ContainerRow] = attrs.Factory(dict)
     latest: deque[tuple[str, str, str]] = attrs.Factory(lambda: deque(maxlen=50))
     notes: deque[str] = attrs.Factory(lambda: deque(maxlen=5))
+    # The latest record of each map, drawn: "gadget/map" -> lines.
+    maps: dict[str, list[str]] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
@@ -88,6 +92,9 @@ class LiveTable:
             row.last = self.clock()
             source = f"{record.get('gadget')}/{record.get('source')}"
             self.latest.append((name, source, _summary(record.get("data") or {})))
+            return
+        if kind == "map":
+            self.maps[f"{record.get('gadget')}/{record.get('map')}"] = map_lines(record)
             return
         if kind == "lost":
             self.lost += int(record.get("count") or 0)
@@ -117,6 +124,8 @@ class LiveTable:
             if row.name == HOST:
                 state = ""
             lines.append(f"{row.name[:24]:<24} {row.events:>8} {last:>7}  {state}")
+        for name, drawn in self.maps.items():
+            lines += ["", f"MAP {name}", *(drawn or ["(empty)"])]
         lines += ["", f"{'CONTAINER':<16} {'SOURCE':<20} DATA"]
         room = max(height - len(lines) - len(self.notes) - 2, 0)
         shown = list(self.latest)[-room:] if room else []

@@ -11,7 +11,9 @@ in one view holds in the source and in the others:
   the compiler sees anywhere, macro definitions included).
 
 Function bodies are found at the top level of ``code``, so braces, names and calls in
-comments or strings never count.
+comments or strings never count. A function is defined either by name (``int f(...) {``) or
+by one of bcc's defining macros (``TRACEPOINT_PROBE(sched, sched_process_exit) {`` defines
+``tracepoint__sched__sched_process_exit``; see ``DEFINING_MACROS``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ Span = tuple[int, int]
 
 _NOT_NEWLINE = re.compile(r"[^\n]")
 _OPEN, _CLOSE = "([{", ")]}"
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+_TOP_LEVEL_NAME = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+_STATIC = re.compile(r"\bstatic\b")
+
+# bcc's helpers.h macros whose call, followed by a body, defines a function: the macro, the
+# name it gives the function, made from the macro's first arguments, and how many those are.
+DEFINING_MACROS: dict[str, tuple[str, int]] = {
+    "TRACEPOINT_PROBE": ("tracepoint__{0}__{1}", 2),
+    "RAW_TRACEPOINT_PROBE": ("raw_tracepoint__{0}", 1),
+    "KFUNC_PROBE": ("kfunc__{0}", 1),
+    "KRETFUNC_PROBE": ("kretfunc__{0}", 1),
+    "LSM_PROBE": ("lsm__{0}", 1),
+}
 
 
 @attrs.frozen
@@ -35,6 +50,17 @@ class Call:
     start: int  # where the name starts
     end: int  # after the closing ")", or the end of the source when it is never closed
     args: tuple[Span, ...]  # the top-level arguments; () when the call is never closed
+
+
+@attrs.frozen
+class Definition:
+    """A function defined at the top level: by name, or by a call of a defining macro."""
+
+    function: str
+    at: int  # where its name (or the macro's name) starts
+    body: Span  # from after "{" to after "}"
+    static: bool  # declared ``static``: a helper, never a program
+    macro: str | None = None
 
 
 @attrs.frozen
@@ -48,6 +74,9 @@ class SourceScan:
     _block_opens: tuple[int, ...] = attrs.field(repr=False, eq=False)
     _block_ends: tuple[int, ...] = attrs.field(repr=False, eq=False)
     _bodies: dict[str, Span | None] = attrs.field(factory=dict, init=False, repr=False, eq=False)
+    _definitions: list[tuple[Definition, ...]] = attrs.field(
+        factory=list, init=False, repr=False, eq=False
+    )
 
     @classmethod
     def of(cls, source: str) -> SourceScan:
@@ -90,8 +119,48 @@ class SourceScan:
     def body_span(self, function: str) -> Span | None:
         """Where the body of ``function``'s definition lies: from after "{" to after "}"."""
         if function not in self._bodies:
-            self._bodies[function] = self._find_body(function)
+            found = self._find_body(function)
+            if found is None:
+                by_macro = (d for d in self.definitions() if d.function == function and d.macro)
+                found = next((d.body for d in by_macro), None)
+            self._bodies[function] = found
         return self._bodies[function]
+
+    def definitions(self) -> tuple[Definition, ...]:
+        """Every function defined at the top level, by name or by a defining macro, in order.
+
+        Found once per scan. A macro call whose arguments are not plain names defines nothing.
+        """
+        if not self._definitions:
+            self._definitions.append(tuple(self._find_definitions()))
+        return self._definitions[0]
+
+    def _find_definitions(self) -> Iterator[Definition]:
+        for match in _TOP_LEVEL_NAME.finditer(self.code):
+            if self._in_block(match.start()):
+                continue
+            close = self.closing(match.end() - 1)
+            if close is None:
+                continue
+            brace = _skip_space(self.code, close + 1)
+            if brace >= len(self.code) or self.code[brace] != "{":
+                continue
+            name = match.group(1)
+            body = (brace + 1, self._block_ends[bisect.bisect_left(self._block_opens, brace)])
+            static = self._declared_static(match.start())
+            macro = DEFINING_MACROS.get(name)
+            if macro is None:
+                yield Definition(name, match.start(), body, static)
+                continue
+            pattern, count = macro
+            args = [self.code[a:b].strip() for a, b in self._arguments(match.end(), close)][:count]
+            if len(args) == count and all(_IDENTIFIER.fullmatch(a) for a in args):
+                yield Definition(pattern.format(*args), match.start(), body, False, name)
+
+    def _declared_static(self, at: int) -> bool:
+        """Whether the declaration that names a function at ``at`` says ``static``."""
+        start = max(self.code.rfind(";", 0, at), self.code.rfind("}", 0, at)) + 1
+        return _STATIC.search(self.code, start, at) is not None
 
     def body(self, function: str) -> str | None:
         """The code of ``function``'s body (``code`` view), or None if it is not defined."""

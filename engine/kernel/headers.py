@@ -37,8 +37,8 @@ class KernelHeaders:
         self._warned = True
         log.warning(
             "bcc compiles against kernel headers for %s, but the running kernel is %s: "
-            "struct layouts from those headers may be wrong; use the __btf types (docs/btf.md) "
-            "to read kernel structs",
+            "kernel structs are read through the running kernel's layouts from BTF instead of "
+            "those headers' (docs/btf.md)",
             self.release or "an unknown release",
             self.running,
         )

@@ -243,7 +243,11 @@ async def _watch_links(
     per_netns.links = LinkWatcher()
     if options.containers:
         per_netns.preattach = PreAttacher(
-            classifiers, sources, tracker.world, settled=tracker.preattach_settled
+            classifiers,
+            sources,
+            tracker.world,
+            settled=tracker.preattach_settled,
+            rtnl=per_netns.rtnl,
         )
         per_netns.links.on_veth = per_netns.preattach.on_veth
     await sources.start(per_netns.links.run)
@@ -310,6 +314,8 @@ async def _running(
         per_netns = PerNetns(
             loaded_all, outlet.put, layers.netns, world, options.iter_interval, held=held
         )
+        # Unwound after the nurseries: every netns task has ended by then.
+        stack.push_async_callback(per_netns.aclose)
         tracker = Tracker(world, per_netns, loaded_all, outlet, held, options.reconcile_interval)
         sources = layers.sources
         await _watch_links(per_netns, tracker, sources, options)

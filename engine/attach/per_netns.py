@@ -34,7 +34,8 @@ from engine.attach.preattach import PreAttacher
 from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
 from engine.gadget.sections import Kind
-from engine.netns import LinkWatcher, NetnsHandle, NetnsId
+from engine.netns import LinkWatcher, NetnsHandle, NetnsId, NsidClient
+from engine.netns.worker import HostRtnl, Worker
 from engine.records import AttachFailed, Event, ProgramAttached, Record
 from engine.world.held import Held
 from engine.world.state import NetnsTarget, World
@@ -85,8 +86,22 @@ class PerNetns:
     # "add_filter", "attached") and the target before that step of an attach, so that
     # tests/faults can kill a container or delete its netns at exactly that point.
     attach_step: AttachStep | None = None
+    # Long-lived, the engine's own: tc requests in the host; socket filters made inside each
+    # netns; iterator runs inside each netns (a slow one never delays an attach).
+    rtnl: HostRtnl = attrs.Factory(HostRtnl)
+    attach_worker: Worker = attrs.Factory(lambda: Worker("netns attach"))
+    iter_worker: Worker = attrs.Factory(lambda: Worker("netns iterators"))
+    nsids: NsidClient = attrs.Factory(NsidClient)
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
     _stopping: trio.Event = attrs.Factory(trio.Event)
+
+    async def aclose(self) -> None:
+        """Once every netns task has ended: the workers and sockets go (idempotent)."""
+        with trio.CancelScope(shield=True):
+            await self.rtnl.aclose()
+        await self.attach_worker.aclose()
+        await self.iter_worker.aclose()
+        self.nsids.close()
 
     def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
         """Per-netns programs in attach order: socket filters first, as they can attach the
@@ -163,28 +178,32 @@ class PerNetns:
         # Programs without a record yet: if the netns stops being traced before they are
         # attached, each still gets its one `attach_failed`, so that every program ends with
         # `attached` then `detached`, or with `attach_failed`.
+        # A `finally`, not `except trio.Cancelled`: a cancellation that passes through a
+        # nursery (trio.run_process, for one) arrives as an exception group, and the records
+        # of the programs still pending were lost then.
         pending = [program for _, program in self.programs()]
         try:
             await self._attach_and_run(state, pending)
-        except trio.Cancelled:
+        finally:
+            problem = (
+                "the netns stopped being traced during the attach"
+                if state.scope.cancel_called
+                else "the attach ended unexpectedly"
+            )
             for program in pending:
                 self._failed(
                     program,
                     state.target,
                     None,
-                    AttachError(
-                        program.spec.function,
-                        "the netns stopped being traced during the attach",
-                        netns=state.target.label,
-                    ),
+                    AttachError(program.spec.function, problem, netns=state.target.label),
                 )
-            raise
 
     async def _attach_and_run(self, state: NetnsState, pending: list[LoadedProgram]) -> None:
         target = state.target
         await self._step("open", target)
         try:
-            handle = await trio.to_thread.run_sync(NetnsHandle.open, target.path)
+            # An open of an nsfs file: nothing to wait for, no thread needed.
+            handle = NetnsHandle.open(target.path)
         except OSError as exc:
             for program in pending:
                 self._failed(
@@ -214,7 +233,12 @@ class PerNetns:
                 try:
                     if kind is Kind.SOCKET:
                         await stack.enter_async_context(
-                            attach_socket_filter(program.fd, program.spec.function, handle)
+                            attach_socket_filter(
+                                program.fd,
+                                program.spec.function,
+                                handle,
+                                worker=self.attach_worker,
+                            )
                         )
                         self._attached(stack, program, "socket", netns, None, state)
                     elif kind is Kind.CLASSIFIER:
@@ -260,6 +284,7 @@ class PerNetns:
                         peer,
                         direction,
                         netns=state.target.label,
+                        rtnl=self.rtnl,
                     )
                 )
             except AttachError as exc:
@@ -282,7 +307,9 @@ class PerNetns:
             # Taken before looking, so that a change during the look is not missed.
             change = self.links.changed if self.links is not None else None
             try:
-                return await find_host_peers(handle, program.spec.function)
+                return await find_host_peers(
+                    handle, program.spec.function, links=self.links, nsids=self.nsids
+                )
             except AttachError as exc:
                 late = trio.current_time() >= deadline or self._stopping.is_set()
                 if not exc.problem.startswith("no veth") or late:
@@ -389,7 +416,9 @@ class PerNetns:
         from engine.gadget.maps import iter_source
 
         try:
-            raw = await run_iter_in_netns(program.fd, handle, program=program.spec.function)
+            raw = await run_iter_in_netns(
+                program.fd, handle, program=program.spec.function, worker=self.iter_worker
+            )
         except AttachError as exc:
             self._failed(program, target, None, exc)
             return

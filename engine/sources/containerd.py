@@ -87,30 +87,34 @@ class ContainerdSource:
         gap: SourceDisconnected | None = None
         ready = False
         while True:
-            client = self.client_factory(self.socket)
             try:
-                stream = await trio.to_thread.run_sync(client.subscribe, abandon_on_cancel=True)
-                try:
-                    records = await self._relist(client)
-                    if gap is not None:
-                        logger.info("%s: reconnected", self.name)
-                        records.append(SourceReconnected(self.name, gap.at, time.time()))
-                        gap = None
-                    if ready:
-                        for record in records:
-                            await send_channel.send(record)
-                    else:
-                        task_status.started(records)
-                        ready = True
-                    backoff = self.min_backoff
-                    await self._follow(client, stream, send_channel)
-                    problem = "event stream ended"
-                finally:
-                    stream.close()
+                client = self.client_factory(self.socket)
             except _CONNECTION_ERRORS as exc:
-                problem = describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
-            finally:
-                client.close()
+                problem = _problem(exc)
+            else:
+                try:
+                    stream = await trio.to_thread.run_sync(client.subscribe, abandon_on_cancel=True)
+                    try:
+                        records = await self._relist(client)
+                        if gap is not None:
+                            logger.info("%s: reconnected", self.name)
+                            records.append(SourceReconnected(self.name, gap.at, time.time()))
+                            gap = None
+                        if ready:
+                            for record in records:
+                                await send_channel.send(record)
+                        else:
+                            task_status.started(records)
+                            ready = True
+                        backoff = self.min_backoff
+                        await self._follow(client, stream, send_channel)
+                        problem = "event stream ended"
+                    finally:
+                        stream.close()
+                except _CONNECTION_ERRORS as exc:
+                    problem = _problem(exc)
+                finally:
+                    client.close()
             if gap is None:
                 logger.warning("%s: daemon unavailable (%s); retrying", self.name, problem)
                 gap = SourceDisconnected(self.name, time.time(), problem)
@@ -166,6 +170,10 @@ class ContainerdSource:
         else:
             self._known[key] = current
         return transition(previous, current, reason)
+
+
+def _problem(exc: BaseException) -> str:
+    return describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
 
 
 def _inspect_running(client: ContainerdClient, event: Envelope, proc: Path) -> Container | None:

@@ -240,3 +240,14 @@ async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_made: list[str])
     finally:
         if daemon_pid() is None:
             start_daemon()
+
+
+async def test_no_daemon_is_a_gap_not_an_error(tmp_path: os.PathLike[str]) -> None:
+    source = ContainerdSource(socket=os.path.join(tmp_path, "absent.sock"))
+    async with trio.open_nursery() as nursery:
+        _, snapshot = await start(nursery, source)
+        assert [type(r) for r in snapshot] == [SourceDisconnected]
+        disconnected = snapshot[0]
+        assert isinstance(disconnected, SourceDisconnected)
+        assert disconnected.source == "containerd" and "UNAVAILABLE" in disconnected.error
+        nursery.cancel_scope.cancel()

@@ -45,7 +45,7 @@ class Podman:
         """Start a container from the test image; its full id."""
         name = self.prefix + short
         self.made.append(name)
-        return podman("run", "-d", "--name", name, TEST_IMAGE, *SLEEPER).strip()
+        return podman("run", "-d", "--pull=never", "--name", name, TEST_IMAGE, *SLEEPER).strip()
 
     def remove(self, short: str) -> None:
         podman("rm", "-f", "-t", "0", self.prefix + short)

@@ -88,6 +88,9 @@ class DockerSource:
     min_backoff: float = 0.1
     max_backoff: float = 2.0
     name: str = "docker"
+    # What the containers' records say runs them: podman's Docker-compatible API is followed
+    # by this same source (engine/sources/podman.py).
+    runtime: str = "docker"
     _known: dict[str, Container] = attrs.field(factory=dict, init=False)
     _last_event_nano: int | None = attrs.field(default=None, init=False)
 
@@ -165,7 +168,9 @@ class DockerSource:
         )
 
     async def _relist(self, api: Any) -> list[ContainerEvent]:
-        running = await trio.to_thread.run_sync(_list_running, api, abandon_on_cancel=True)
+        running = await trio.to_thread.run_sync(
+            _list_running, api, self.runtime, abandon_on_cancel=True
+        )
         changes = diff(running, self._known)
         records: list[ContainerEvent] = []
         for gone in changes.to_remove.values():
@@ -191,7 +196,7 @@ class DockerSource:
                 continue
             logger.debug("%s: %s %s", self.name, action, container_id[:12])
             current = await trio.to_thread.run_sync(
-                _inspect_running, api, container_id, abandon_on_cancel=True
+                _inspect_running, api, container_id, self.runtime, abandon_on_cancel=True
             )
             for record in self._update(container_id, current, action):
                 await out.send(record)
@@ -235,20 +240,20 @@ def _next_event(stream: Any) -> dict[str, Any] | None:
     return next(stream, None)
 
 
-def _inspect_running(api: Any, container_id: str) -> Container | None:
+def _inspect_running(api: Any, container_id: str, runtime: str) -> Container | None:
     try:
         inspected = api.inspect_container(container_id)
     except docker.errors.NotFound:
         return None
     if not (inspected.get("State") or {}).get("Running"):
         return None
-    return Container.from_docker(inspected)
+    return Container.from_docker(inspected, runtime=runtime)
 
 
-def _list_running(api: Any) -> dict[str, Container]:
+def _list_running(api: Any, runtime: str) -> dict[str, Container]:
     running = {}
     for summary in api.containers():
-        container = _inspect_running(api, summary["Id"])
+        container = _inspect_running(api, summary["Id"], runtime)
         if container is not None:
             running[container.id] = container
     return running

@@ -17,6 +17,7 @@ import attrs
 import grpc
 import trio
 
+from engine.records import ContainerEvent, SourceDisconnected, SourceReconnected
 from engine.sources.containerd_api import (
     DEFAULT_SOCKET,
     ContainerdClient,
@@ -26,12 +27,7 @@ from engine.sources.containerd_api import (
     describe,
 )
 from engine.sources.containerd_model import by_sandbox_first, container_from_containerd, sandbox_id
-from engine.sources.containers import (
-    Container,
-    ContainerEvent,
-    SourceDisconnected,
-    SourceReconnected,
-)
+from engine.sources.containers import Container
 from engine.sources.docker import transition
 from engine.sources.reconcile import diff
 

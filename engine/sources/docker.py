@@ -6,6 +6,7 @@ event stream is then closed from the trio side, which unblocks that thread, so n
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -42,14 +43,26 @@ _ACTIONS = frozenset({"start", "die", "destroy", "pause", "unpause", "rename", "
 _CONNECTION_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
 def default_client() -> Any:
     """A low-level client configured like the docker CLI (DOCKER_HOST...); contacts the daemon."""
     kwargs = docker.utils.kwargs_from_env()
-    _check_unix_socket(kwargs.get("base_url") or DEFAULT_SOCKET)
+    _check_unix_socket(kwargs.get("base_url") or f"unix://{DEFAULT_SOCKET}")
     return docker.APIClient(**kwargs)
 
 
-DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+def client_at(socket_path: str) -> Any:
+    """A low-level client of the Docker API served on the unix socket `socket_path`."""
+    url = f"unix://{socket_path}"
+    _check_unix_socket(url)
+    return docker.APIClient(base_url=url)
+
+
+def client_factory(socket_path: str | None) -> Callable[[], Any]:
+    """Clients of the daemon on `socket_path`, or (None) where the docker CLI would look."""
+    return default_client if socket_path is None else functools.partial(client_at, socket_path)
 
 
 def _check_unix_socket(url: str) -> None:
@@ -136,7 +149,7 @@ class DockerSource:
                         await self._follow(api, stream, send_channel)
                         problem = "event stream ended"
                     finally:
-                        stream.close()
+                        _close_events(stream)
                 except _CONNECTION_ERRORS as exc:
                     problem = f"lost: {exc}"
                 finally:
@@ -233,6 +246,18 @@ def transition(
     if previous.paused != current.paused:
         records.append(ContainerPaused(current) if current.paused else ContainerUnpaused(current))
     return records
+
+
+def _close_events(stream: Any) -> None:
+    """End an event stream and release its connection. The SDK's close() shuts the socket
+    down, but when the daemon ended the stream first the response's file object still holds
+    the fd (until a garbage collection finds it): close the response as well."""
+    try:
+        stream.close()
+    finally:
+        response = getattr(stream, "_response", None)
+        if response is not None:
+            response.close()
 
 
 def _next_event(stream: Any) -> dict[str, Any] | None:

@@ -11,16 +11,11 @@ Its containers' netns files are named ones, under /run/netns.
 
 from __future__ import annotations
 
-import functools
-
-import docker
-
-from engine.sources.docker import DockerSource
+from engine.sources.docker import DockerSource, client_factory
 
 DEFAULT_SOCKET = "/run/podman/podman.sock"
 
 
 def podman_source(socket: str = DEFAULT_SOCKET) -> DockerSource:
     """A source for the podman API service on `socket`; its containers have runtime "podman"."""
-    factory = functools.partial(docker.APIClient, base_url=f"unix://{socket}")
-    return DockerSource(client_factory=factory, name="podman", runtime="podman")
+    return DockerSource(client_factory=client_factory(socket), name="podman", runtime="podman")

@@ -15,19 +15,14 @@ import grpc
 import pytest
 import trio
 
+from engine.records import ContainerEvent, SourceDisconnected, SourceReconnected
 from engine.sources.containerd import ContainerdSource
 from engine.sources.containerd_api import ContainerdClient
-from engine.sources.containers import (
-    Container,
-    ContainerAdded,
-    ContainerEvent,
-    ContainerRemoved,
-    SourceDisconnected,
-    SourceReconnected,
-)
-from tests.conftest import ROOT, unavailable
-from tests.integration.test_docker_source import Records  # until tests/support has one
+from engine.sources.containers import Container
 from tests.runtimes.cri import IMAGE, SLEEPER, SOCKET, Cri, Pod, ctr, ctr_remove, daemon_pid
+from tests.support.constants import ROOT
+from tests.support.requirements import unavailable
+from tests.support.sources import added, removed, running
 
 pytestmark = [pytest.mark.integration]
 
@@ -68,26 +63,6 @@ def ctr_run(made: list[str], short: str) -> str:
     return name
 
 
-async def start(
-    nursery: trio.Nursery, source: ContainerdSource
-) -> tuple[Records, list[ContainerEvent]]:
-    """Run `source` in `nursery`: what it sends after its snapshot, and the snapshot."""
-    records = Records()
-    send, receive = trio.open_memory_channel[ContainerEvent](256)
-    nursery.start_soon(records.consume, receive)
-    with trio.fail_after(10):
-        snapshot: list[ContainerEvent] = await nursery.start(source.run, send)
-    return records, snapshot
-
-
-def added(records: Sequence[ContainerEvent]) -> dict[str, Container]:
-    return {r.container.id: r.container for r in records if isinstance(r, ContainerAdded)}
-
-
-def removed(records: Sequence[ContainerEvent]) -> dict[str, ContainerRemoved]:
-    return {r.container.id: r for r in records if isinstance(r, ContainerRemoved)}
-
-
 def about(records: Sequence[ContainerEvent], ids: set[str]) -> list[Container]:
     """The containers of the records about `ids`, in order."""
     found = (getattr(r, "container", None) for r in records)
@@ -104,14 +79,13 @@ def in_kernel(container: Container) -> None:
 
 async def test_a_pod_with_two_containers_shares_one_netns(cri: Cri) -> None:
     namespace = f"shop-{uuid.uuid4().hex[:6]}"
-    async with trio.open_nursery() as nursery:
-        source = ContainerdSource(socket=SOCKET)
-        records, _ = await start(nursery, source)
+    source = ContainerdSource(socket=SOCKET)
+    async with running(source, buffer=256) as records:
         pod = await trio.to_thread.run_sync(cri.run_pod, "web-1", namespace, {"app": "web"})
         app = await trio.to_thread.run_sync(cri.start_container, pod, "app")
         sidecar = await trio.to_thread.run_sync(cri.start_container, pod, "sidecar")
         ours = {pod.id, app, sidecar}
-        await records.wait_for("the pod's sandbox and containers", lambda s: ours <= set(added(s)))
+        await records.until(lambda: ours <= set(added(records.seen)), 10, "the pod's containers")
         got = added(records.seen)
         sandbox = got[pod.id]
         # The sandbox comes first: it names the pod's netns.
@@ -144,34 +118,31 @@ async def test_a_pod_with_two_containers_shares_one_netns(cri: Cri) -> None:
         assert len({c.mntns_inode for c in got.values()}) == 3
 
         await trio.to_thread.run_sync(cri.remove_pod, pod)
-        await records.wait_for("the pod removed", lambda s: ours <= set(removed(s)))
+        await records.until(lambda: ours <= set(removed(records.seen)), 10, "the pod removed")
         assert not ours & {container_id for _, container_id in source.known}
-        nursery.cancel_scope.cancel()
 
 
 async def test_ctr_containers_in_namespace_default(ctr_made: list[str]) -> None:
     before = ctr_run(ctr_made, "before")
-    async with trio.open_nursery() as nursery:
-        source = ContainerdSource(socket=SOCKET)
-        records, snapshot = await start(nursery, source)
-        assert before in added(snapshot)
-        listed = added(snapshot)[before]
+    source = ContainerdSource(socket=SOCKET)
+    async with running(source, buffer=256) as records:
+        assert before in added(records.snapshot)
+        listed = added(records.snapshot)[before]
         assert (listed.name, listed.runtime, listed.k8s) == (before, "containerd", None)
         assert "k8s" not in listed.to_json() and listed.to_json()["runtime"] == "containerd"
         assert listed.netns_path == f"/proc/{listed.pid}/ns/net"
         in_kernel(listed)
 
         after = ctr_run(ctr_made, "after")
-        await records.wait_for("after added", lambda s: after in added(s))
+        await records.until(lambda: after in added(records.seen), 10, "after added")
         # An exec's exit is not the container's: nothing about `before` until the end.
         ctr("task", "exec", "--exec-id", "probe", before, "true")
         ctr("task", "kill", "-s", "KILL", after)
-        await records.wait_for("after removed", lambda s: after in removed(s))
+        await records.until(lambda: after in removed(records.seen), 10, "after removed")
         assert removed(records.seen)[after].reason == "exit"
-        assert about(records.seen, {before}) == []
+        assert about(records.sent, {before}) == []
         assert ("default", before) in source.known
         assert ("default", after) not in source.known
-        nursery.cancel_scope.cancel()
 
 
 class Gate:
@@ -209,26 +180,21 @@ async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_made: list[str])
     gate = Gate()
     source = ContainerdSource(socket=SOCKET, client_factory=gate, min_backoff=0.05)
     try:
-        async with trio.open_nursery() as nursery:
-            records, snapshot = await start(nursery, source)
-            assert {steady, gone.id, gone_app} <= set(added(snapshot))
+        async with running(source, buffer=256) as records:
+            assert {steady, gone.id, gone_app} <= set(added(records.snapshot))
 
             gate.open = False
             await trio.to_thread.run_sync(stop_daemon)
-            await records.wait_for(
-                "disconnected", lambda s: any(isinstance(r, SourceDisconnected) for r in s)
-            )
+            await records.until_seen(SourceDisconnected)
             await trio.to_thread.run_sync(start_daemon)
             await trio.to_thread.run_sync(cri.remove_pod, gone)
             new: Pod = await trio.to_thread.run_sync(cri.run_pod, "new", "restart", None)
             new_app = await trio.to_thread.run_sync(cri.start_container, new, "app")
-            assert not about(records.seen, {gone.id, gone_app, new.id, new_app})
+            assert not about(records.sent, {gone.id, gone_app, new.id, new_app})
 
             gate.open = True
-            await records.wait_for(
-                "reconnected", lambda s: any(isinstance(r, SourceReconnected) for r in s)
-            )
-            after = records.seen
+            await records.until_seen(SourceReconnected)
+            after = records.since_gap()
             kinds = [type(r) for r in after]
             assert kinds[0] is SourceDisconnected and kinds[-1] is SourceReconnected
             assert {gone.id, gone_app} == set(removed(after))
@@ -236,7 +202,6 @@ async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_made: list[str])
             assert {new.id, new_app} == set(added(after))
             assert added(after)[new_app].k8s is not None
             assert not about(after, {steady})
-            nursery.cancel_scope.cancel()
     finally:
         if daemon_pid() is None:
             start_daemon()
@@ -244,10 +209,8 @@ async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_made: list[str])
 
 async def test_no_daemon_is_a_gap_not_an_error(tmp_path: os.PathLike[str]) -> None:
     source = ContainerdSource(socket=os.path.join(tmp_path, "absent.sock"))
-    async with trio.open_nursery() as nursery:
-        _, snapshot = await start(nursery, source)
-        assert [type(r) for r in snapshot] == [SourceDisconnected]
-        disconnected = snapshot[0]
+    async with running(source) as records:
+        assert [type(r) for r in records.snapshot] == [SourceDisconnected]
+        disconnected = records.snapshot[0]
         assert isinstance(disconnected, SourceDisconnected)
         assert disconnected.source == "containerd" and "UNAVAILABLE" in disconnected.error
-        nursery.cancel_scope.cancel()

@@ -16,18 +16,13 @@ import pytest
 import requests
 import trio
 
-from engine.sources.containers import (
-    Container,
-    ContainerAdded,
-    ContainerEvent,
-    ContainerRemoved,
-    SourceDisconnected,
-    SourceReconnected,
-)
-from engine.sources.docker import DockerSource
+from engine.records import SourceDisconnected, SourceReconnected
+from engine.sources.docker import client_at
 from engine.sources.podman import DEFAULT_SOCKET, podman_source
-from tests.conftest import ROOT, TEST_IMAGE, unavailable
-from tests.integration.test_docker_source import SLEEPER, Records  # until tests/support has one
+from tests.support.constants import ROOT, TEST_IMAGE
+from tests.support.docker import SLEEPER
+from tests.support.requirements import unavailable
+from tests.support.sources import added, removed, running
 
 pytestmark = [pytest.mark.integration]
 
@@ -66,7 +61,7 @@ def podman(*args: str) -> str:
 @pytest.fixture
 def containers(root: None) -> Iterator[Podman]:
     try:
-        docker.APIClient(base_url=f"unix://{DEFAULT_SOCKET}").ping()
+        client_at(DEFAULT_SOCKET).close()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         unavailable(f"needs podman's API service on {DEFAULT_SOCKET} (scripts/start-podman): {exc}")
     made = Podman()
@@ -76,37 +71,10 @@ def containers(root: None) -> Iterator[Podman]:
         made.remove_all()
 
 
-async def start(nursery: trio.Nursery, source: DockerSource) -> Records:
-    """Run `source`: everything it reports, its snapshot first (if it hands one back through
-    started(); else the listing comes through the channel)."""
-    records = Records()
-    send, receive = trio.open_memory_channel[ContainerEvent](256)
-    with trio.fail_after(10):
-        snapshot: list[ContainerEvent] | None = await nursery.start(source.run, send)
-    records.seen.extend(snapshot or ())
-    nursery.start_soon(records.consume, receive)
-    return records
-
-
-def since_gap(records: Records) -> list[ContainerEvent]:
-    """What came from the source's first disconnection on."""
-    first = next(i for i, r in enumerate(records.seen) if isinstance(r, SourceDisconnected))
-    return records.seen[first:]
-
-
-def added(records: list[ContainerEvent]) -> dict[str, Container]:
-    return {r.container.id: r.container for r in records if isinstance(r, ContainerAdded)}
-
-
-def removed(records: list[ContainerEvent]) -> dict[str, Container]:
-    return {r.container.id: r.container for r in records if isinstance(r, ContainerRemoved)}
-
-
 async def test_podman_containers_have_runtime_podman(containers: Podman) -> None:
     before = await trio.to_thread.run_sync(containers.run, "before")
-    async with trio.open_nursery() as nursery:
-        records = await start(nursery, podman_source())
-        await records.wait_for("before listed", lambda s: before in added(s))
+    async with running(podman_source(), buffer=256) as records:
+        assert before in added(records.snapshot)
         listed = added(records.seen)[before]
         assert listed.runtime == "podman" and listed.to_json()["runtime"] == "podman"
         assert listed.name == containers.prefix + "before"
@@ -118,11 +86,10 @@ async def test_podman_containers_have_runtime_podman(containers: Podman) -> None
         assert listed.mntns_inode == os.stat(f"/proc/{listed.pid}/ns/mnt").st_ino
 
         after = await trio.to_thread.run_sync(containers.run, "after")
-        await records.wait_for("after added", lambda s: after in added(s))
+        await records.until(lambda: after in added(records.seen), 10, "after added")
         assert added(records.seen)[after].runtime == "podman"
         await trio.to_thread.run_sync(containers.remove, "after")
-        await records.wait_for("after removed", lambda s: after in removed(s))
-        nursery.cancel_scope.cancel()
+        await records.until(lambda: after in removed(records.seen), 10, "after removed")
 
 
 def stop_service() -> None:
@@ -146,23 +113,17 @@ async def test_a_restart_of_the_service_loses_nothing(containers: Podman) -> Non
     source = podman_source()
     source.min_backoff = 0.05
     try:
-        async with trio.open_nursery() as nursery:
-            records = await start(nursery, source)
-            await records.wait_for("gone listed", lambda s: gone in added(s))
+        async with running(source, buffer=256) as records:
+            assert gone in added(records.snapshot)
             await trio.to_thread.run_sync(stop_service)
-            await records.wait_for(
-                "disconnected", lambda s: any(isinstance(r, SourceDisconnected) for r in s)
-            )
+            await records.until_seen(SourceDisconnected)
             new = await trio.to_thread.run_sync(containers.run, "new")
             await trio.to_thread.run_sync(containers.remove, "gone")
             await trio.to_thread.run_sync(start_service)
-            await records.wait_for(
-                "reconnected", lambda s: any(isinstance(r, SourceReconnected) for r in s)
-            )
-            gap = since_gap(records)
+            await records.until_seen(SourceReconnected)
+            gap = records.since_gap()
             assert set(removed(gap)) == {gone}
             assert set(added(gap)) == {new}
             assert isinstance(gap[-1], SourceReconnected)
-            nursery.cancel_scope.cancel()
     finally:
         start_service()

@@ -50,6 +50,7 @@ from engine.records import (
     ProgramSkipped,
     Record,
     SelectionChanged,
+    SourceConnected,
     SourceDisconnected,
     SourceReconnected,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "Selection",
     "SelectionChanged",
     "SelectionError",
+    "SourceConnected",
     "SourceDisconnected",
     "SourceReconnected",
     "Stats",

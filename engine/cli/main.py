@@ -39,6 +39,9 @@ from engine.errors import (
 from engine.gadget.model import Gadget
 from engine.hooks.hookfile import HookFile
 from engine.kernel.security import check_all_trusted, require_capabilities
+from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
+from engine.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
+from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
 from engine.world.selection import ACCEPTED_FORMS, Selection
 
 REFRESH_SECONDS = 0.5
@@ -120,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-untrusted-files",
         action="store_true",
         help="run gadget and hook files even when a user other than root could change them",
+    )
+    run.add_argument(
+        "--docker-socket",
+        metavar="PATH",
+        help="Docker's API socket (default: as the docker CLI finds it, $DOCKER_HOST or"
+        f" {DOCKER_SOCKET})",
+    )
+    run.add_argument(
+        "--containerd-socket",
+        metavar="PATH",
+        default=CONTAINERD_SOCKET,
+        help="containerd's socket (default: %(default)s)",
+    )
+    run.add_argument(
+        "--podman-socket",
+        metavar="PATH",
+        default=PODMAN_SOCKET,
+        help="podman's API service socket (default: %(default)s)",
     )
     run.add_argument(
         "--all-or-nothing",
@@ -253,6 +274,9 @@ async def _serve(
         host=args.host,
         trust_files=args.allow_untrusted_files,
         all_or_nothing=args.all_or_nothing,
+        docker_socket=args.docker_socket,
+        containerd_socket=args.containerd_socket,
+        podman_socket=args.podman_socket,
     ) as engine:
         run.engine = engine
         if metrics is not None:

@@ -98,9 +98,9 @@ class Hooks:
     def dispatch(self, record: Record) -> None:
         """Offer ``record`` to every hook that wants it; never blocks."""
         if isinstance(record, ContainerAdded):
-            self._containers[record.container.id] = record.container
+            self._containers[record.container.key] = record.container
         elif isinstance(record, ContainerRemoved):
-            self._containers.pop(record.container.id, None)
+            self._containers.pop(record.container.key, None)
         for registration in self._registrations:
             self._offer(registration, record)
 

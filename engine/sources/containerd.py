@@ -8,7 +8,6 @@ stream is then cancelled from the trio side, which ends the call that thread is 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -17,7 +16,8 @@ import attrs
 import grpc
 import trio
 
-from engine.records import ContainerEvent, SourceDisconnected, SourceReconnected
+from engine.records import ContainerEvent
+from engine.sources.connection import Connection, Outbox
 from engine.sources.containerd_api import (
     DEFAULT_SOCKET,
     ContainerdClient,
@@ -77,11 +77,12 @@ class ContainerdSource:
         task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run until cancelled. Started with the first listing as its snapshot (the records
-        that take a consumer from nothing to what runs), or with the first failed connection
-        (``[SourceDisconnected]``); the records after that are sent."""
+        that take a consumer from nothing to what runs, then ``SourceConnected``), or with
+        the first failed connection (``[SourceDisconnected]``); the records after that are
+        sent."""
         backoff = self.min_backoff
-        gap: SourceDisconnected | None = None
-        ready = False
+        connection = Connection(self.name, "containerd")
+        out = Outbox(send_channel, task_status)
         while True:
             try:
                 client = self.client_factory(self.socket)
@@ -92,16 +93,8 @@ class ContainerdSource:
                     stream = await trio.to_thread.run_sync(client.subscribe, abandon_on_cancel=True)
                     try:
                         records = await self._relist(client)
-                        if gap is not None:
-                            logger.info("%s: reconnected", self.name)
-                            records.append(SourceReconnected(self.name, gap.at, time.time()))
-                            gap = None
-                        if ready:
-                            for record in records:
-                                await send_channel.send(record)
-                        else:
-                            task_status.started(records)
-                            ready = True
+                        now = connection.connected()
+                        await out.put(records if now is None else [*records, now])
                         backoff = self.min_backoff
                         await self._follow(client, stream, send_channel)
                         problem = "event stream ended"
@@ -111,14 +104,9 @@ class ContainerdSource:
                     problem = _problem(exc)
                 finally:
                     client.close()
-            if gap is None:
-                logger.warning("%s: daemon unavailable (%s); retrying", self.name, problem)
-                gap = SourceDisconnected(self.name, time.time(), problem)
-                if ready:
-                    await send_channel.send(gap)
-                else:
-                    task_status.started([gap])
-                    ready = True
+            gap = connection.lost(problem)
+            if gap is not None:
+                await out.put([gap])
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 

@@ -100,6 +100,7 @@ def container_from_containerd(
         paused=task.paused,
         runtime="containerd",
         k8s=k8s,
+        containerd_namespace=record.namespace,
     )
 
 

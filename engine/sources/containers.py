@@ -82,8 +82,9 @@ class Container:
 
     `shares_netns_with` is "host" for `--network host`, the full id of the other container for
     `--network container:<id>` (and, for a pod's containers, their sandbox's), and None when the
-    container has a netns of its own. `runtime` is "docker", "containerd" or "podman"; `k8s`
-    is set for the containers that the CRI made.
+    container has a netns of its own. `runtime` is "docker", "containerd" or "podman";
+    `containerd_namespace` is containerd's namespace of the container (``k8s.io``,
+    ``default``...); `k8s` is set for the containers that the CRI made.
     """
 
     id: str
@@ -100,10 +101,19 @@ class Container:
     paused: bool = False
     runtime: str = "docker"
     k8s: K8s | None = None
+    containerd_namespace: str | None = None
 
     @property
     def short_id(self) -> str:
         return self.id[:SHORT_ID_LENGTH]
+
+    @property
+    def key(self) -> str:
+        """What tells this container from every other on the machine: ids are unique only
+        within one runtime (and, for containerd, one of its namespaces)."""
+        if self.containerd_namespace is None:
+            return f"{self.runtime}/{self.id}"
+        return f"{self.runtime}/{self.containerd_namespace}/{self.id}"
 
     @property
     def label_map(self) -> dict[str, str]:

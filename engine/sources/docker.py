@@ -28,9 +28,8 @@ from engine.records import (
     ContainerRemoved,
     ContainerRenamed,
     ContainerUnpaused,
-    SourceDisconnected,
-    SourceReconnected,
 )
+from engine.sources.connection import Connection, Outbox
 from engine.sources.containers import Container
 from engine.sources.reconcile import diff
 
@@ -119,12 +118,12 @@ class DockerSource:
         task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run until cancelled. Started with the first listing as its snapshot (the records
-        that take a consumer from nothing to what runs), or with the first failed connection
-        (``[SourceDisconnected]``: the engine then runs on the host alone); the records after
-        that are sent."""
+        that take a consumer from nothing to what runs, then ``SourceConnected``), or with
+        the first failed connection (``[SourceDisconnected]``: the engine then runs without
+        this runtime); the records after that are sent."""
         backoff = self.min_backoff
-        gap: SourceDisconnected | None = None
-        ready = False
+        connection = Connection(self.name, self.runtime)
+        out = Outbox(send_channel, task_status)
         while True:
             try:
                 api = await trio.to_thread.run_sync(self.client_factory, abandon_on_cancel=True)
@@ -135,16 +134,8 @@ class DockerSource:
                     stream = await self._open_events(api)
                     try:
                         records = await self._relist(api)
-                        if gap is not None:
-                            logger.info("%s: reconnected", self.name)
-                            records.append(SourceReconnected(self.name, gap.at, time.time()))
-                            gap = None
-                        if ready:
-                            for record in records:
-                                await send_channel.send(record)
-                        else:
-                            task_status.started(records)
-                            ready = True
+                        now = connection.connected()
+                        await out.put(records if now is None else [*records, now])
                         backoff = self.min_backoff
                         await self._follow(api, stream, send_channel)
                         problem = "event stream ended"
@@ -154,14 +145,9 @@ class DockerSource:
                     problem = f"lost: {exc}"
                 finally:
                     api.close()
-            if gap is None:
-                logger.warning("%s: daemon unavailable (%s); retrying", self.name, problem)
-                gap = SourceDisconnected(self.name, time.time(), problem)
-                if ready:
-                    await send_channel.send(gap)
-                else:
-                    task_status.started([gap])
-                    ready = True
+            gap = connection.lost(problem)
+            if gap is not None:
+                await out.put([gap])
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 

@@ -274,7 +274,14 @@ async def test_daemon_restart_loses_nothing(containers: Containers, restores_doc
             for r in records.seen
             if not hasattr(r, "container") or r.container.name in (in_gap, live)
         ]
-        assert order == ["source_disconnected", in_gap, "source_reconnected", live]
+        assert order == [
+            "source_connected",
+            "source_disconnected",
+            in_gap,
+            "source_reconnected",
+            live,
+        ]
+        assert {r.runtime for r in records.seen if not hasattr(r, "container")} == {"docker"}
         ours = {c.name for c in source.known.values() if c.name.startswith(containers.prefix)}
         assert ours == {restarting, in_gap, live}
 

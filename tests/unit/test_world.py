@@ -262,7 +262,7 @@ def test_the_same_id_in_two_runtimes_is_two_containers() -> None:
 
 
 def test_a_pod_is_one_netns_target_named_after_its_sandbox() -> None:
-    w = World(Selection.parse(["name=web-1*"], (), False), host_netns=HOST_NETNS)
+    w = World(Selection.parse(["k8s.namespace=shop"], (), False), host_netns=HOST_NETNS)
     pod = K8s("shop", "web-1", "uid-1", None)
     w.add_netns(110, "/run/netns/cni-1", now=0.0)
     assert w.desired_netns()[110].speculative  # CNI's netns: traced before the sandbox shows

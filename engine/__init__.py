@@ -51,6 +51,7 @@ from engine.records import (
     ProgramSkipped,
     Record,
     SelectionChanged,
+    SourceConnected,
     SourceDisconnected,
     SourceReconnected,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "Selection",
     "SelectionChanged",
     "SelectionError",
+    "SourceConnected",
     "SourceDisconnected",
     "SourceReconnected",
     "Stats",

@@ -9,7 +9,7 @@
 Inside, nested nurseries, so that what must outlive something is started first and stopped
 last: the outer one runs hooks and the user's tasks; in it, ``work`` runs the buffer pumps and
 host iterators; in that, ``netns`` runs one task per traced netns; in that, ``sources`` runs
-the Docker and netns sources, the world feeder and the link watcher. ``stop()`` cancels the
+the runtimes' and netns sources, the world feeder and the link watcher. ``stop()`` cancels the
 sources, asks every netns task to end (each finishes what it is doing, detaches and reports
 it), then stops the readers, then the hooks; whatever has not ended ``STOP_GRACE`` seconds
 after ``stop()`` is cancelled. Static programs are attached once, through an exit stack that
@@ -48,6 +48,9 @@ from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.layers import Layers, run_work
 from engine.netns import LinkWatcher
 from engine.records import GadgetFailed, ProgramAttached, Record
+from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
+from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
+from engine.sources.runtimes import Runtimes
 from engine.world.held import Held
 from engine.world.selection import Selection
 from engine.world.state import DEFAULT_IDENTIFY_TIMEOUT, World
@@ -158,13 +161,21 @@ async def open_engine(
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT,
     maps: float | None = None,
     maps_clear: bool = False,
+    docker_socket: str | None = None,
+    containerd_socket: str = CONTAINERD_SOCKET,
+    podman_socket: str = PODMAN_SOCKET,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
     ``select``/``exclude``/``host`` choose the traced containers (see ``Selection.parse``).
     ``strict=True`` makes a failing hook stop the engine with ``HookError`` (for tests);
-    ``hook_buffer`` bounds each hook's queue of records. ``containers=False`` runs without
-    the Docker and netns sources (static probes only). Per-netns iterators run when a netns
+    ``hook_buffer`` bounds each hook's queue of records. Containers are followed in Docker
+    (``docker_socket``; None: ``$DOCKER_HOST`` or /var/run/docker.sock), containerd
+    (``containerd_socket``; every namespace but Docker's ``moby``) and podman
+    (``podman_socket``, its API service) at once; a runtime that is absent is retried, and
+    ``source_connected``/``source_disconnected``/``source_reconnected`` records say how each
+    is doing. ``containers=False`` runs without the runtimes' and netns sources (static
+    probes only). Per-netns iterators run when a netns
     is attached and then every ``iter_interval`` seconds; the picture of containers and
     netns is reconciled every ``reconcile_interval`` seconds against missed events.
     With a selection, a container runtime's new netns is traced at once, before the runtime
@@ -201,6 +212,7 @@ async def open_engine(
         identify_timeout,
         maps,
         maps_clear,
+        Runtimes(docker_socket, containerd_socket, podman_socket),
     )
     try:
         async with _running(
@@ -230,6 +242,7 @@ class _Options:
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT
     maps: float | None = None
     maps_clear: bool = False
+    runtimes: Runtimes = attrs.Factory(Runtimes)
 
 
 async def _watch_links(
@@ -316,7 +329,15 @@ async def _running(
         )
         # Unwound after the nurseries: every netns task has ended by then.
         stack.push_async_callback(per_netns.aclose)
-        tracker = Tracker(world, per_netns, loaded_all, outlet, held, options.reconcile_interval)
+        tracker = Tracker(
+            world,
+            per_netns,
+            loaded_all,
+            outlet,
+            held,
+            options.reconcile_interval,
+            runtimes=options.runtimes,
+        )
         sources = layers.sources
         await _watch_links(per_netns, tracker, sources, options)
         if options.containers:

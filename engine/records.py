@@ -261,14 +261,28 @@ class ContainerRenamed(ContainerRecord):
 
 
 @attrs.frozen
+class SourceConnected(Record):
+    """A source reached its runtime (`docker`, `containerd`, `podman`) for the first time;
+    the containers running there were sent just before. `at` is wall-clock time (seconds
+    since the epoch)."""
+
+    TYPE = "source_connected"
+    source: str
+    at: float
+    runtime: str
+
+
+@attrs.frozen
 class SourceDisconnected(Record):
-    """A source lost its runtime (or found none at start); its containers are kept until it
-    reconnects and re-lists. `at` is wall-clock time (seconds since the epoch)."""
+    """A source lost its runtime (or found none at start: an absent runtime is not an error,
+    the source keeps trying); its containers are kept until it reconnects and re-lists. `at`
+    is wall-clock time (seconds since the epoch)."""
 
     TYPE = "source_disconnected"
     source: str
     at: float
     error: str
+    runtime: str
 
 
 @attrs.frozen
@@ -279,6 +293,7 @@ class SourceReconnected(Record):
     source: str
     disconnected_at: float
     at: float
+    runtime: str
 
 
 ContainerEvent = (
@@ -287,6 +302,7 @@ ContainerEvent = (
     | ContainerPaused
     | ContainerUnpaused
     | ContainerRenamed
+    | SourceConnected
     | SourceDisconnected
     | SourceReconnected
 )

@@ -39,6 +39,9 @@ from engine.errors import (
 from engine.gadget.model import Gadget
 from engine.hooks.hookfile import HookFile
 from engine.kernel.security import check_all_trusted, require_capabilities
+from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
+from engine.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
+from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
 from engine.world.selection import ACCEPTED_FORMS, Selection
 
 REFRESH_SECONDS = 0.5
@@ -133,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--maps-clear",
         action="store_true",
         help="empty each map after it is emitted, so that each map record holds one interval",
+    )
+    run.add_argument(
+        "--docker-socket",
+        metavar="PATH",
+        help="Docker's API socket (default: as the docker CLI finds it, $DOCKER_HOST or"
+        f" {DOCKER_SOCKET})",
+    )
+    run.add_argument(
+        "--containerd-socket",
+        metavar="PATH",
+        default=CONTAINERD_SOCKET,
+        help="containerd's socket (default: %(default)s)",
+    )
+    run.add_argument(
+        "--podman-socket",
+        metavar="PATH",
+        default=PODMAN_SOCKET,
+        help="podman's API service socket (default: %(default)s)",
     )
     run.add_argument(
         "--all-or-nothing",
@@ -268,6 +289,9 @@ async def _serve(
         all_or_nothing=args.all_or_nothing,
         maps=args.maps,
         maps_clear=args.maps_clear,
+        docker_socket=args.docker_socket,
+        containerd_socket=args.containerd_socket,
+        podman_socket=args.podman_socket,
     ) as engine:
         run.engine = engine
         if metrics is not None:

@@ -72,8 +72,8 @@ class Hooks:
     _registrations: list[_Registration] = attrs.Factory(list)
     _containers: dict[str, Container] = attrs.Factory(dict)
     # ``wait_for`` callers: each predicate with the one-slot channel its match goes to.
-    _waiters: list[tuple[Callable[[Record], bool], trio.MemorySendChannel[Record]]] = (
-        attrs.Factory(list)
+    _waiters: list[tuple[Callable[[Record], bool], trio.MemorySendChannel[Record]]] = attrs.Factory(
+        list
     )
 
     async def wait_for(self, predicate: Callable[[Record], bool]) -> Record:

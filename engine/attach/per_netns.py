@@ -161,7 +161,12 @@ class PerNetns:
             await self._attach_all(state)
 
     def _container_name(self, target: NetnsTarget) -> str | None:
-        return target.containers[0].name if target.containers else None
+        if target.containers:
+            return target.containers[0].name
+        # A speculative target is not updated when its netns is identified: a record made
+        # after that (not held, so never named on release) asks the world whose it is.
+        known = self.world.container_for({"netns": target.inode})
+        return known.name if known else None
 
     def _emit_for(self, inode: int, record: Record) -> None:
         """Emit now, or hold while the netns is pending identification (keeps the order)."""
@@ -345,9 +350,7 @@ class PerNetns:
         def detached() -> None:
             # Named as the netns is known by now: identified meanwhile, perhaps as a container
             # that is not selected (then the target, no longer desired, was never updated).
-            known = self.world.container_for({"netns": target.inode})
-            now = self._container_name(state.target) or (known.name if known else None)
-            self._emit_for(target.inode, attached.detached(now))
+            self._emit_for(target.inode, attached.detached(self._container_name(state.target)))
 
         stack.callback(detached)
 

@@ -15,6 +15,9 @@ from engine.errors import EnvironmentProblem
 log = logging.getLogger(__name__)
 
 _UTS = re.compile(r'#define\s+UTS_RELEASE\s+"([^"]+)"')
+MODULES_DIR = Path("/lib/modules")
+# Where distributions put the headers that /lib/modules/RELEASE/build leads to.
+SOURCES_DIR = Path("/usr/src")
 
 
 @attrs.define
@@ -53,7 +56,7 @@ def process_headers() -> KernelHeaders:
     return find_kernel_headers()
 
 
-def find_kernel_headers(modules_dir: Path = Path("/lib/modules")) -> KernelHeaders:
+def find_kernel_headers(modules_dir: Path = MODULES_DIR) -> KernelHeaders:
     """Where bcc looks ($BCC_KERNEL_SOURCE, else /lib/modules/$(uname -r)/build)."""
     running = os.uname().release
     env = os.environ.get("BCC_KERNEL_SOURCE")

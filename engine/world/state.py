@@ -113,6 +113,13 @@ class World:
 
     def add_container(self, container: Container) -> None:
         self.containers[container.key] = container
+        inode = container.netns_inode
+        if inode in self._rejected and self.selection.matches(container):
+            # Reported after its netns timed out pending (its runtime was away longer than
+            # the identify timeout): what comes from that netns is the user's again.
+            self._rejected.discard(inode)
+            for ifindex in [i for i, n in self._rejected_ifindexes.items() if n == inode]:
+                del self._rejected_ifindexes[ifindex]
         self._reindex()
 
     def remove_container(self, container: Container) -> Container | None:

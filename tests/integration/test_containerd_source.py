@@ -4,14 +4,10 @@ through the CRI the way kubelet makes them, `ctr run` containers, and a daemon r
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import attrs
-import grpc
 import pytest
 import trio
 
@@ -19,48 +15,15 @@ from engine.records import ContainerEvent, SourceDisconnected, SourceReconnected
 from engine.sources.containerd import ContainerdSource
 from engine.sources.containerd_api import ContainerdClient
 from engine.sources.containers import Container
-from tests.runtimes.cri import IMAGE, SLEEPER, SOCKET, Cri, Pod, ctr, ctr_remove, daemon_pid
-from tests.support.constants import ROOT
-from tests.support.requirements import unavailable
+from tests.runtimes.cri import SOCKET, Cri, Pod, ctr, daemon_pid
+from tests.support.runtimes import CtrContainers, start_containerd, stop_containerd
 from tests.support.sources import added, removed, running
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.runtimes]
 
 
-@pytest.fixture
-def cri(root: None) -> Iterator[Cri]:
-    """A CRI client of the tests' containerd; every pod it made is removed afterwards."""
-    if daemon_pid() is None:
-        unavailable(f"needs the tests' containerd on {SOCKET} (scripts/start-containerd)")
-    client = Cri()
-    try:
-        client.version()
-    except grpc.RpcError as exc:
-        client.close()
-        unavailable(f"the tests' containerd does not answer on {SOCKET}: {exc}")
-    try:
-        yield client
-    finally:
-        client.remove_all()
-        client.close()
-
-
-@pytest.fixture
-def ctr_made(cri: Cri) -> Iterator[list[str]]:
-    """The `ctr run` containers (namespace default) a test made; all removed afterwards."""
-    made: list[str] = []
-    try:
-        yield made
-    finally:
-        for name in made:
-            ctr_remove(name)
-
-
-def ctr_run(made: list[str], short: str) -> str:
-    name = f"engine-test-{uuid.uuid4().hex[:8]}-{short}"
-    made.append(name)
-    ctr("run", "-d", IMAGE, name, *SLEEPER)
-    return name
+def ctr_run(made: CtrContainers, short: str) -> str:
+    return made.run(f"engine-test-{uuid.uuid4().hex[:8]}-{short}")
 
 
 def about(records: Sequence[ContainerEvent], ids: set[str]) -> list[Container]:
@@ -122,8 +85,8 @@ async def test_a_pod_with_two_containers_shares_one_netns(cri: Cri) -> None:
         assert not ours & {container_id for _, container_id in source.known}
 
 
-async def test_ctr_containers_in_namespace_default(ctr_made: list[str]) -> None:
-    before = ctr_run(ctr_made, "before")
+async def test_ctr_containers_in_namespace_default(ctr_containers: CtrContainers) -> None:
+    before = ctr_run(ctr_containers, "before")
     source = ContainerdSource(socket=SOCKET)
     async with running(source, buffer=256) as records:
         assert before in added(records.snapshot)
@@ -133,7 +96,7 @@ async def test_ctr_containers_in_namespace_default(ctr_made: list[str]) -> None:
         assert listed.netns_path == f"/proc/{listed.pid}/ns/net"
         in_kernel(listed)
 
-        after = ctr_run(ctr_made, "after")
+        after = ctr_run(ctr_containers, "after")
         await records.until(lambda: after in added(records.seen), 10, "after added")
         # An exec's exit is not the container's: nothing about `before` until the end.
         ctr("task", "exec", "--exec-id", "probe", before, "true")
@@ -157,24 +120,10 @@ class Gate:
         return ContainerdClient(socket)
 
 
-def stop_daemon() -> None:
-    pid = daemon_pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{pid}"), "containerd did not stop"
-
-
-def start_daemon() -> None:
-    subprocess.run([str(ROOT / "scripts" / "start-containerd")], check=True, capture_output=True)
-
-
-async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_made: list[str]) -> None:
+async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_containers: CtrContainers) -> None:
     """Pods removed and made while the source is away are reported when it is back;
     containers that ran through the restart (their tasks outlive the daemon) change nothing."""
-    steady = ctr_run(ctr_made, "steady")
+    steady = ctr_run(ctr_containers, "steady")
     gone = await trio.to_thread.run_sync(cri.run_pod, "gone", "restart", None)
     gone_app = await trio.to_thread.run_sync(cri.start_container, gone, "app")
     gate = Gate()
@@ -184,9 +133,9 @@ async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_made: list[str])
             assert {steady, gone.id, gone_app} <= set(added(records.snapshot))
 
             gate.open = False
-            await trio.to_thread.run_sync(stop_daemon)
+            await trio.to_thread.run_sync(stop_containerd)
             await records.until_seen(SourceDisconnected)
-            await trio.to_thread.run_sync(start_daemon)
+            await trio.to_thread.run_sync(start_containerd)
             await trio.to_thread.run_sync(cri.remove_pod, gone)
             new: Pod = await trio.to_thread.run_sync(cri.run_pod, "new", "restart", None)
             new_app = await trio.to_thread.run_sync(cri.start_container, new, "app")
@@ -204,7 +153,7 @@ async def test_a_containerd_restart_loses_nothing(cri: Cri, ctr_made: list[str])
             assert not about(after, {steady})
     finally:
         if daemon_pid() is None:
-            start_daemon()
+            start_containerd()
 
 
 async def test_no_daemon_is_a_gap_not_an_error(tmp_path: os.PathLike[str]) -> None:

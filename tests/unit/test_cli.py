@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli.main import build_parser, main
+from engine.cli.main import main
 from engine.cli.metrics import Metrics, parse_address
+from engine.cli.parser import build_parser
 from engine.cli.table import HOST, LiveTable
 from engine.errors import HookFileError
 from engine.hooks.hookfile import HookFile

@@ -152,6 +152,28 @@ def test_never_identified_times_out() -> None:
     assert w.screen({"netns_id": 103}) == (Verdict.DROP, 103)
 
 
+def test_reported_after_the_timeout_is_traced_and_delivered_again() -> None:
+    # Its runtime was away longer than the identify timeout (a restart): the netns was given
+    # up, then the runtime re-lists and reports a selected container in it.
+    w = selecting("web", timeout=1.0)
+    w.add_netns(106, "/run/netns/cni-1", now=0.0)
+    w.host_ifindexes[56] = 106
+    (expired,) = w.settle(now=1.0)
+    assert not expired.keep
+    w.forget_ifindex(56)
+    assert w.screen({"netns_id": 106}) == (Verdict.DROP, 106)
+    w.add_container(container("web", 106, 206))
+    assert 106 in w.desired_netns()
+    w.host_ifindexes[56] = 106
+    assert w.screen({"netns_id": 106}) == (Verdict.DELIVER, 106)
+    assert w.screen({"ifindex": 56}) == (Verdict.DELIVER, 106)
+    # An unselected one stays given up.
+    w.add_netns(107, "/run/netns/cni-2", now=2.0)
+    w.settle(now=3.0)
+    w.add_container(container("db", 107, 207))
+    assert w.screen({"netns_id": 107}) == (Verdict.DROP, 107)
+
+
 def test_vanished_while_pending_settles() -> None:
     w = selecting("web")
     w.add_netns(105, RUNTIME + "eee", now=0.0)

@@ -100,20 +100,21 @@ class Rtnl:
         index: int = _IFINFO.unpack_from(reply.payload)[2]
         return index
 
-    def add_bridge(self, name: str) -> int:
+    def add_bridge(self, name: str, mac: bytes) -> int:
+        """A bridge, up, with an address of its own: else it takes the lowest of its ports'
+        and changes as they come and go, and frames sent to its old address flood every port.
+        """
         kind = attr(IFLA_INFO_KIND, b"bridge")
-        self.request(
-            (
-                RTM_NEWLINK,
-                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                ifinfo(flags=IFF_UP, change=IFF_UP) + name_attr(name) + attr(IFLA_LINKINFO, kind),
-            )
-        )
+        body = ifinfo(flags=IFF_UP, change=IFF_UP) + name_attr(name)
+        body += attr(IFLA_ADDRESS, mac) + attr(IFLA_LINKINFO, kind)
+        self.request((RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body))
         return self.ifindex(name)
 
-    def add_veth(self, name: str, peer: str, master: int) -> None:
-        """A veth pair in this netns, ``name`` up on bridge ``master`` (as Docker makes one)."""
-        peer_info = attr(VETH_INFO_PEER, ifinfo() + name_attr(peer))
+    def add_veth(self, name: str, peer: str, master: int, *, peer_netns: int | None = None) -> None:
+        """A veth pair, ``name`` up on bridge ``master``; ``peer`` in this netns or, given its
+        fd, made inside ``peer_netns``."""
+        where = b"" if peer_netns is None else attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns))
+        peer_info = attr(VETH_INFO_PEER, ifinfo() + name_attr(peer) + where)
         info = attr(IFLA_INFO_KIND, b"veth") + attr(IFLA_INFO_DATA, peer_info)
         body = (
             ifinfo(flags=IFF_UP, change=IFF_UP)

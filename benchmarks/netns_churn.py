@@ -53,20 +53,27 @@ PROGRAMS = (SOCKET_PROGRAM, *TC_PROGRAMS)
 ENDINGS = (["attach_failed"], ["attached", "detached"])
 SEEN_BY_SOCKET, SEEN_BY_TC = 0, 1  # as in the gadget
 RATES = (10.0, 50.0, 100.0)
-GENERATOR_STEPS = ("t_asked", "t_start", "t_unshared", "t_netns", "t_veth", "t_moved", "t_packet")
+GENERATOR_STEPS = ("t_asked", "t_start", "t_unshared", "t_netns", "t_veth", "t_ready", "t_packet")
 SECONDS = 10.0  # of churn at each rate
 LIFETIME = 2.0  # of each netns
 WORKERS = 8  # generator threads
+# How the container's end of the veth gets into its netns: "inside" (made there, as CNI
+# plugins do) or "moved" (as Docker does: each move waits for an RCU grace period, ~20 ms
+# here, which caps the generator near 38 netns/s on this machine).
+VETH = "inside"
+# From eth0 up to the packet: the container's process starting. Sent as soon as eth0 is up,
+# the packet would race the runtime's own last step rather than the engine.
+START_DELAY = 0.02
 SETTLE = 30.0  # for the last records of a rate
 BRIDGE = "engchurn0"
 NETNS_PREFIX = "engine-bench-nc-"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def engine_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
+def engine_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 @attrs.define
@@ -77,6 +84,7 @@ class Story:
     removed: list[float] = attrs.Factory(list)
     programs: dict[str, list[tuple[str, float]]] = attrs.Factory(lambda: defaultdict(list))
     seen_by: set[int] = attrs.Factory(set)
+    socket_latency: float | None = None  # the record's own: from the netns task's start
 
     def complete(self) -> bool:
         return (
@@ -100,6 +108,9 @@ class EngineLog:
     by_inode: dict[int, str] = attrs.Factory(dict)
     by_address: dict[str, str] = attrs.Factory(dict)  # filled from the generator's lines
     other: int = 0  # records about netns that are not ours
+    other_events: int = 0  # echo requests from elsewhere
+    echo_count: int = 0
+    other_sample: list[dict[str, Any]] = attrs.Factory(list)
     changed: trio.Event = attrs.Factory(trio.Event)
 
     def note(self, record: dict[str, Any], at: float) -> None:
@@ -112,10 +123,19 @@ class EngineLog:
                 self.stories[file].added.append(at)
             else:
                 self.by_inode.pop(record["netns"], None)
-        elif kind == "event" and record.get("source") == "echoes":
+        elif kind == "event" and record.get("source") != "echoes":
+            self.other_events += 1
+            if len(self.other_sample) < 5:
+                self.other_sample.append(record)
+        elif kind == "event":
             name = self.by_address.get(record["data"]["saddr"])
             if name is not None:
                 self.stories[name].seen_by.add(record["data"]["seen_by"])
+                self.echo_count += 1
+            else:
+                self.other_events += 1
+                if len(self.other_sample) < 5:
+                    self.other_sample.append(record)
         elif kind in ("netns_removed", "attached", "detached", "attach_failed"):
             name = self.by_inode.get(record.get("netns") or 0)
             if name is None:
@@ -124,6 +144,8 @@ class EngineLog:
                 self.stories[name].removed.append(at)
             else:
                 self.stories[name].programs[record["program"]].append((kind, at))
+                if kind == "attached" and record["program"] == SOCKET_PROGRAM:
+                    self.stories[name].socket_latency = record.get("latency")
         self.changed.set()
         self.changed = trio.Event()
 
@@ -167,6 +189,9 @@ def _config(tag: str, rate: float, count: int, first: int, *, baseline: bool) ->
         "bridge": BRIDGE,
         "baseline": baseline,
         "workers": WORKERS,
+        "veth": VETH,
+        "delete_veth": False,
+        "start_delay": START_DELAY,
     }
 
 
@@ -186,6 +211,8 @@ def _rate_details(
     summary = lines[-1]
     socket_after, tc_after, all_after, gap = [], [], [], []
     steps: dict[str, list[float]] = defaultdict(list)
+    parts: dict[str, list[float]] = defaultdict(list)
+    socket_list: list[float | None] = []
     seen = {"socket": 0, "tc": 0, "both": 0}
     incomplete = []
     for t in made:
@@ -193,9 +220,15 @@ def _rate_details(
         if not story.complete():
             incomplete.append({"name": t["name"], **story.to_json()})
         socket_at = story.attached_at(SOCKET_PROGRAM)
+        socket_list.append(None if socket_at is None else socket_at - t["t_netns"])
         tc_at = [story.attached_at(p) for p in TC_PROGRAMS]
         if socket_at is not None:
             socket_after.append(socket_at - t["t_netns"])
+            if story.added and story.socket_latency is not None:
+                # netns file → netns_added received; task start → attached; the rest is the
+                # tracker's and the record's way out.
+                parts["netns_added_received"].append(story.added[0] - t["t_netns"])
+                parts["socket_task_latency"].append(story.socket_latency)
         if "t_veth" in t and all(a is not None for a in tc_at):
             tc_after.append(max(a for a in tc_at if a is not None) - t["t_veth"])
             if socket_at is not None:
@@ -221,10 +254,20 @@ def _rate_details(
         "all_after_netns": _summary(all_after),
         "packet_after_netns": _summary(gap),
         "generator_steps": {k: _summary(v) for k, v in steps.items()},
+        "socket_attach_parts": {k: _summary(v) for k, v in parts.items()},
         "first_packet": seen,
         "complete": len(made) - len(incomplete),
         "settled_in_time": settled,
         "incomplete": incomplete[:5],
+        # When the slow ones came: (seconds into the rate, socket attach ms), the slowest 20.
+        "slowest": sorted(
+            (
+                (round(t["t_netns"] - made[0]["t_netns"], 2), round(1000 * after, 1))
+                for t, after in zip(made, socket_list, strict=True)
+                if after is not None
+            ),
+            key=lambda pair: -pair[1],
+        )[:20],
         "engine_cpu_s": cpu,
         "engine_cpu_ms_per_netns": 1000 * cpu / max(len(made), 1),
     }
@@ -278,7 +321,7 @@ class EngineRun:
         if "attached" in self.stderr[-1]:
             self.ready.set()
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
         return engine_cpu(self.process.pid)
 
 
@@ -321,11 +364,14 @@ async def _one_rate(engine: EngineRun, work: Path, config: dict[str, Any]) -> di
     # The addresses are the generator's to choose: known before it starts.
     for i in range(count):
         engine.log.by_address[address(first + i)] = f"{config['prefix']}{i}"
-    before = engine.cpu()
+    user, system = engine.cpu()
     lines = await _generate(config, work)
     names = [t["name"] for t in lines if "name" in t]
     settled = await engine.log.until_complete(names, SETTLE)
-    details = _rate_details(engine.log, lines, engine.cpu() - before, settled)
+    user_after, system_after = engine.cpu()
+    cpu = (user_after - user, system_after - system)
+    details = _rate_details(engine.log, lines, sum(cpu), settled)
+    details["engine_cpu_user_system_s"] = cpu
     details["asked_per_s"] = rate
     return details
 
@@ -340,9 +386,9 @@ async def _measure(rates: Sequence[float], seconds: float, baseline_count: int) 
         work = Path(tmp)
         details["baseline"] = await _baseline(work, baseline_count)
         async with running_engine(profile) as engine:
-            idle = engine.cpu()
+            idle = sum(engine.cpu())
             await trio.sleep(2.0)
-            details["engine_idle_cpu_per_s"] = (engine.cpu() - idle) / 2.0
+            details["engine_idle_cpu_per_s"] = (sum(engine.cpu()) - idle) / 2.0
             first = 0
             for step, rate in enumerate(rates):
                 count = max(int(rate * seconds), 2)
@@ -351,6 +397,9 @@ async def _measure(rates: Sequence[float], seconds: float, baseline_count: int) 
                 first += count
         details["engine_stderr_tail"] = engine.stderr[-5:]
         details["records_about_other_netns"] = engine.log.other
+        details["echoes_from_elsewhere"] = engine.log.other_events
+        details["echoes"] = engine.log.echo_count
+        details["echoes_from_elsewhere_sample"] = engine.log.other_sample
     return details
 
 

@@ -39,6 +39,7 @@ from benchmarks import netlink
 NETNS_DIR = "/run/netns"
 PREFIX_LEN = 16
 BRIDGE_ADDRESS = "10.231.0.1"
+BRIDGE_MAC = bytes.fromhex("02000ae70001")  # locally administered
 SO_ATTACH_BPF = 50
 ETH_P_ALL = 0x0003
 TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
@@ -58,6 +59,7 @@ class Live:
     inner: netlink.Rtnl
     icmp: socket.socket
     host_ifindex: int = 0
+    address: str = ""
     packet: socket.socket | None = None  # the baseline's
     times: dict[str, Any] = attrs.Factory(dict)
 
@@ -137,10 +139,9 @@ class Bridge:
     mac: bytes = b""
 
     def make(self, host: netlink.Rtnl) -> None:
-        self.index = host.add_bridge(self.name)
+        self.mac = BRIDGE_MAC
+        self.index = host.add_bridge(self.name, self.mac)
         host.add_address(self.index, BRIDGE_ADDRESS, PREFIX_LEN)
-        mac = Path(f"/sys/class/net/{self.name}/address").read_text().strip()
-        self.mac = bytes.fromhex(mac.replace(":", ""))
 
 
 @attrs.define
@@ -179,23 +180,28 @@ class Worker:
             os.close(self.host_fd)
 
     def _schedule(self) -> None:
-        rate, count, lifetime = self.config["rate"], self.config["count"], self.config["lifetime"]
-        removals: list[tuple[float, int]] = []
-        made = self.first
-        while made < count or removals:
-            due = self.start + made / rate if made < count else float("inf")
-            if removals and removals[0][0] <= due:
-                due, index = removals[0]
-                time.sleep(max(0.0, due - time.monotonic()))
-                heapq.heappop(removals)
+        """Make, send and remove, each when due (a worker falling behind catches up)."""
+        rate, count = self.config["rate"], self.config["count"]
+        due: list[tuple[float, int, str]] = [
+            (self.start + i / rate, i, "make") for i in range(self.first, count, self.step)
+        ]
+        heapq.heapify(due)
+        while due:
+            when, index, step = heapq.heappop(due)
+            time.sleep(max(0.0, when - time.monotonic()))
+            if step == "make":
+                if self._make(index, asked=when):
+                    heapq.heappush(
+                        due, (time.monotonic() + self.config["start_delay"], index, "send")
+                    )
+                heapq.heappush(due, (time.monotonic() + self.config["lifetime"], index, "remove"))
+            elif step == "send":
+                self._send(index)
+            else:
                 self._remove(index)
-                continue
-            time.sleep(max(0.0, due - time.monotonic()))
-            self._make(made, asked=due)
-            heapq.heappush(removals, (time.monotonic() + lifetime, made))
-            made += self.step
 
-    def _make(self, index: int, *, asked: float) -> None:
+    def _make(self, index: int, *, asked: float) -> bool:
+        """The netns, its file and its veth, eth0 up inside; False if that failed."""
         assert self.host is not None
         name = f"{self.config['prefix']}{index}"
         path = os.path.join(NETNS_DIR, name)
@@ -223,21 +229,38 @@ class Worker:
         tag = self.config["tag"]
         host_name, peer_name = f"{tag}{index}h", f"{tag}{index}p"
         try:
-            self.host.add_veth(host_name, peer_name, self.bridge.index)
-            times["t_veth"] = time.monotonic()
+            if self.config["veth"] == "moved":
+                # As Docker does: the pair made in the host, one end moved in afterwards.
+                self.host.add_veth(host_name, peer_name, self.bridge.index)
+                times["t_veth"] = time.monotonic()
+                self.host.move(self.host.ifindex(peer_name), ns_fd, "eth0")
+            else:
+                # As CNI plugins do: the container's end made inside the netns at once.
+                self.host.add_veth(host_name, "eth0", self.bridge.index, peer_netns=ns_fd)
+                times["t_veth"] = time.monotonic()
             live.host_ifindex = self.host.ifindex(host_name)
-            self.host.move(self.host.ifindex(peer_name), ns_fd, "eth0")
-            times["t_moved"] = time.monotonic()
             inside = inner.ifindex("eth0")
-            addr = address(self.config["first_address"] + index)
-            inner.up_address_neighbour(inside, addr, PREFIX_LEN, BRIDGE_ADDRESS, self.bridge.mac)
-            icmp.sendto(netlink.echo_request(index, 1), (BRIDGE_ADDRESS, 0))
-            times["t_packet"] = time.monotonic()
-            times.update(address=addr, host_ifname=host_name, host_ifindex=live.host_ifindex)
+            live.address = address(self.config["first_address"] + index)
+            inner.up_address_neighbour(
+                inside, live.address, PREFIX_LEN, BRIDGE_ADDRESS, self.bridge.mac
+            )
+            times["t_ready"] = time.monotonic()
+            times.update(
+                address=live.address, host_ifname=host_name, host_ifindex=live.host_ifindex
+            )
             if self.baseline is not None:
                 self.baseline.attach(live)
         except OSError as exc:
             times["error"] = str(exc)
+            return False
+        return True
+
+    def _send(self, index: int) -> None:
+        live = self.live.get(index)
+        if live is None:  # removed already: the worker fell that far behind
+            return
+        live.icmp.sendto(netlink.echo_request(index, 1), (BRIDGE_ADDRESS, 0))
+        live.times["t_packet"] = time.monotonic()
 
     def _remove(self, index: int) -> None:
         assert self.host is not None
@@ -245,7 +268,7 @@ class Worker:
         try:
             if self.baseline is not None and live.packet is not None:
                 self.baseline.detach(live)
-            if live.host_ifindex:
+            if live.host_ifindex and self.config["delete_veth"]:
                 self.host.delete(live.host_ifindex)
         except OSError as exc:
             live.times["error"] = str(exc)

@@ -25,6 +25,7 @@ import trio
 from engine.attach import (
     Direction,
     HostPeer,
+    IterLink,
     attach_classifier,
     attach_socket_filter,
     find_host_peers,
@@ -35,7 +36,7 @@ from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
 from engine.gadget.sections import Kind
 from engine.netns import LinkWatcher, NetnsHandle, NetnsId, NsidClient
-from engine.netns.worker import HostRtnl, Worker
+from engine.netns.worker import Closer, HostRtnl, Worker
 from engine.records import AttachFailed, Event, ProgramAttached, Record
 from engine.world.held import Held
 from engine.world.state import NetnsTarget, World
@@ -91,9 +92,19 @@ class PerNetns:
     rtnl: HostRtnl = attrs.Factory(HostRtnl)
     attach_worker: Worker = attrs.Factory(lambda: Worker("netns attach"))
     iter_worker: Worker = attrs.Factory(lambda: Worker("netns iterators"))
+    closer: Closer = attrs.Factory(Closer)
     nsids: NsidClient = attrs.Factory(NsidClient)
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
+    _iter_links: dict[int, IterLink] = attrs.Factory(dict)  # by program fd
     _stopping: trio.Event = attrs.Factory(trio.Event)
+
+    def _iter_link(self, program: LoadedProgram) -> IterLink:
+        """One link per iterator program for every netns: only the read fd is made inside
+        each (engine/attach/iterator.py)."""
+        link = self._iter_links.get(program.fd)
+        if link is None:
+            link = self._iter_links[program.fd] = IterLink.attach(program.fd, program.spec.function)
+        return link
 
     async def aclose(self) -> None:
         """Once every netns task has ended: the workers and sockets go (idempotent)."""
@@ -101,7 +112,11 @@ class PerNetns:
             await self.rtnl.aclose()
         await self.attach_worker.aclose()
         await self.iter_worker.aclose()
-        self.nsids.close()
+        await self.closer.aclose()
+        for link in self._iter_links.values():
+            await link.aclose()
+        self._iter_links.clear()
+        await self.nsids.aclose()
 
     def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
         """Per-netns programs in attach order: socket filters first, as they can attach the
@@ -243,6 +258,7 @@ class PerNetns:
                                 program.spec.function,
                                 handle,
                                 worker=self.attach_worker,
+                                closer=self.closer,
                             )
                         )
                         self._attached(stack, program, "socket", netns, None, state)
@@ -419,9 +435,7 @@ class PerNetns:
         from engine.gadget.maps import iter_source
 
         try:
-            raw = await run_iter_in_netns(
-                program.fd, handle, program=program.spec.function, worker=self.iter_worker
-            )
+            raw = await run_iter_in_netns(self._iter_link(program), handle, worker=self.iter_worker)
         except AttachError as exc:
             self._failed(program, target, None, exc)
             return

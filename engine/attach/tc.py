@@ -33,7 +33,9 @@ from engine.attach.owner import current_owner
 from engine.attach.tcmsg import (
     FilterInfo,
     add_bpf_filter,
-    add_clsact,
+    bpf_filter_request,
+    check_clsact,
+    clsact_request,
     delete_bpf_filter,
     list_filters,
 )
@@ -136,7 +138,7 @@ async def find_host_peers(
         ) from exc
     finally:
         if nsids is None:
-            client.close()
+            await client.aclose()
     if nsid < 0 or not veths:
         raise AttachError(program, "no veth interface with a peer in the host netns", netns=netns)
     return [HostPeer.of(v) for v in veths]
@@ -147,7 +149,8 @@ def _used_prios(sock: RtnlSocket, ifindex: int, parent: int) -> set[int]:
 
 
 def _add_filter(sock: RtnlSocket, prog_fd: int, peer: HostPeer, parent: int, name: str) -> TcFilter:
-    """Add our filter at the lowest free priority of our range.
+    """Add our filter at the lowest free priority of our range (the first one is tried
+    before anything is listed).
 
     Other engines (and other tools) add filters on the same hook at the same time: between
     listing and adding, the chosen priority may be taken. The kernel then answers EEXIST (a
@@ -156,7 +159,18 @@ def _add_filter(sock: RtnlSocket, prog_fd: int, peer: HostPeer, parent: int, nam
     Bounded, so a hook that keeps changing under us is an error, not a loop.
     """
     ifindex = peer.host_ifindex
-    add_clsact(sock, ifindex)
+    # The usual case, a veth that nobody else filters: the qdisc and our filter at the first
+    # priority of our range, in one datagram. Each waits on the RTNL lock, which netns
+    # teardown holds for milliseconds at a time: listing first would wait once more.
+    (qdisc, _), (code, _) = sock.batch(
+        clsact_request(ifindex),
+        bpf_filter_request(ifindex, parent, PRIO_FIRST, FILTER_HANDLE, prog_fd, name),
+    )
+    check_clsact(qdisc)
+    if code == 0:
+        return TcFilter(ifindex, peer.host_ifname, parent, PRIO_FIRST, name)
+    if code not in (errno.EEXIST, errno.EINVAL):
+        raise OSError(code, f"cannot add the tc filter: {errno.errorcode.get(code, code)}")
     for _ in range(ADD_ATTEMPTS):
         used = _used_prios(sock, ifindex, parent)
         prio = next((p for p in range(PRIO_FIRST, PRIO_LAST + 1) if p not in used), None)

@@ -52,12 +52,24 @@ def _info(prio: int) -> int:
     return (prio << 16) | socket.htons(ETH_P_ALL)
 
 
-def add_clsact(sock: RtnlSocket, ifindex: int) -> None:
-    """A clsact qdisc on the device, unless one is there (then nothing changes)."""
+Request = tuple[int, int, bytes]
+
+
+def clsact_request(ifindex: int) -> Request:
+    """Add a clsact qdisc; EEXIST when one is there (then nothing changes)."""
     body = _tcmsg(ifindex, TC_H_CLSACT_HANDLE, TC_H_CLSACT, 0) + pack_str(TCA_KIND, "clsact")
-    ((code, _),) = sock.batch((RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, body))
+    return RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, body
+
+
+def check_clsact(code: int) -> None:
     if code not in (0, errno.EEXIST):
         raise OSError(code, f"cannot add a clsact qdisc: {errno.errorcode.get(code, code)}")
+
+
+def add_clsact(sock: RtnlSocket, ifindex: int) -> None:
+    """A clsact qdisc on the device, unless one is there."""
+    ((code, _),) = sock.batch(clsact_request(ifindex))
+    check_clsact(code)
 
 
 def list_filters(sock: RtnlSocket, ifindex: int, parent: int) -> list[FilterInfo]:
@@ -74,10 +86,10 @@ def list_filters(sock: RtnlSocket, ifindex: int, parent: int) -> list[FilterInfo
     return out
 
 
-def add_bpf_filter(  # noqa: PLR0917 - a filter's fields, as the kernel takes them
-    sock: RtnlSocket, ifindex: int, parent: int, prio: int, handle: int, prog_fd: int, name: str
-) -> None:
-    """A direct-action bpf filter at ``prio``; EEXIST/EINVAL when the priority is taken."""
+def bpf_filter_request(  # noqa: PLR0917 - a filter's fields, as the kernel takes them
+    ifindex: int, parent: int, prio: int, handle: int, prog_fd: int, name: str
+) -> Request:
+    """Add a direct-action bpf filter at ``prio``; EEXIST/EINVAL when the priority is taken."""
     options = (
         pack_u32(TCA_BPF_FD, prog_fd)
         + pack_str(TCA_BPF_NAME, name)
@@ -85,7 +97,14 @@ def add_bpf_filter(  # noqa: PLR0917 - a filter's fields, as the kernel takes th
     )
     body = _tcmsg(ifindex, handle, parent, _info(prio))
     body += pack_str(TCA_KIND, "bpf") + pack_attr(TCA_OPTIONS, options)
-    sock.request(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, body, "cannot add the tc filter")
+    return RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, body
+
+
+def add_bpf_filter(  # noqa: PLR0917 - a filter's fields, as the kernel takes them
+    sock: RtnlSocket, ifindex: int, parent: int, prio: int, handle: int, prog_fd: int, name: str
+) -> None:
+    kind, flags, body = bpf_filter_request(ifindex, parent, prio, handle, prog_fd, name)
+    sock.request(kind, flags, body, "cannot add the tc filter")
 
 
 def delete_bpf_filter(sock: RtnlSocket, ifindex: int, parent: int, prio: int, handle: int) -> None:

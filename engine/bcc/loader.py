@@ -169,6 +169,10 @@ class LoadedGadget:
     programs: dict[str, LoadedProgram]
     skipped: tuple[SkippedProgram, ...] = ()
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
+    # What engine/world/kernel_filter.py last wrote to the selection maps.
+    selection_written: tuple[bool, frozenset[int]] | None = attrs.field(
+        default=None, eq=False, repr=False
+    )
     _closed: bool = False
 
     def program(self, function: str) -> LoadedProgram:

@@ -1,8 +1,7 @@
 """Just enough rtnetlink for netns ids: RTM_NEWNSID/RTM_DELNSID events and RTM_GETNSID queries.
 
-Written on raw sockets rather than pyroute2 so that NetnsSource runs on the trio thread with
-`wait_readable` (pyroute2's sync classes block and run their own event loop). RTM_GETNSID is
-served without the RTNL lock, so asking from the trio thread does not wait on other processes.
+Written on raw sockets rather than pyroute2: events are read on the trio thread with
+`wait_readable`, queries go through a thread of their own (``NsidClient``).
 """
 
 from __future__ import annotations
@@ -16,19 +15,16 @@ import trio
 
 from engine.netns.netlink import (
     NETLINK_ADD_MEMBERSHIP,
-    NLM_F_ACK,
-    NLMSG_ERROR,
     SOL_NETLINK,
+    RtnlSocket,
     as_s32,
     enlarge_receive_buffer,
-    error_code,
     iter_attrs,
     messages,
     pack_attr,
-    pack_message,
-    raise_for,
     rtnl_socket,
 )
+from engine.netns.worker import HostRtnl
 
 RTNLGRP_NSID = 28
 
@@ -84,60 +80,45 @@ def _fd_attr(fd: int) -> bytes:
     return pack_attr(NETNSA_FD, struct.pack("=I", fd))
 
 
-class NsidClient:
-    """Ask the kernel for (or assign) the id of a netns given by fd, from the trio thread.
+def _get(sock: RtnlSocket, fd: int) -> int:
+    replies = sock.request(RTM_GETNSID, 0, _RTGENMSG + _fd_attr(fd), "nsid")
+    nsid = _nsid_of(replies[0].payload) if replies else None
+    return NETNSA_NSID_NOT_ASSIGNED if nsid is None else nsid
 
-    One request at a time (a lock): the kernel answers within ``send()``, so that the
-    answer is waiting by the time the next request could be made.
+
+def _assign(sock: RtnlSocket, fd: int) -> int:
+    nsid = _get(sock, fd)
+    if nsid != NETNSA_NSID_NOT_ASSIGNED:
+        return nsid
+    body = _RTGENMSG + _fd_attr(fd) + pack_attr(NETNSA_NSID, struct.pack("=i", -1))
+    try:
+        sock.request(RTM_NEWNSID, 0, body, "nsid")
+    except OSError as exc:
+        # Someone else assigned one in between: fine, read it back.
+        if exc.errno != errno.EEXIST:
+            raise
+    return _get(sock, fd)
+
+
+class NsidClient(trio.abc.AsyncResource):
+    """Ask the kernel for (or assign) the id of a netns given by fd.
+
+    On a thread of its own (engine/netns/worker.py): under churn these requests took up to
+    3 ms each inside ``send()`` here, time the trio thread would spend waiting. The fd must
+    stay open until the answer comes (a cancelled caller waits for it).
     """
 
     def __init__(self) -> None:
-        self._sock = rtnl_socket(blocking=False)
-        self._seq = 0
-        self._lock = trio.Lock()
-
-    def close(self) -> None:
-        """Idempotent (a socket closes once)."""
-        self._sock.close()
-
-    async def _exchange(self, kind: int, flags: int, body: bytes) -> int:
-        """Send one request; return the NETNSA_NSID of the answer, or 0 for a bare ack."""
-        async with self._lock:
-            self._seq += 1
-            seq = self._seq
-            self._sock.send(pack_message(kind, flags, seq, _RTGENMSG + body))
-            while True:
-                try:
-                    buf = self._sock.recv(65536)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self._sock)
-                    continue
-                for message in messages(buf):
-                    if message.seq != seq:
-                        continue
-                    if message.kind == NLMSG_ERROR:
-                        raise_for(error_code(message), "nsid")
-                        return 0
-                    nsid = _nsid_of(message.payload)
-                    return NETNSA_NSID_NOT_ASSIGNED if nsid is None else nsid
+        self._rtnl = HostRtnl("nsids")
 
     async def get(self, fd: int) -> int:
         """The id of the netns behind `fd` in our netns, or -1 when it has none."""
-        return await self._exchange(RTM_GETNSID, 0, _fd_attr(fd))
+        return await self._rtnl.call(_get, fd)
 
     async def assign(self, fd: int) -> int:
         """Make sure the netns behind `fd` has an id (so that its end comes as RTM_DELNSID)."""
-        nsid = await self.get(fd)
-        if nsid != NETNSA_NSID_NOT_ASSIGNED:
-            return nsid
-        try:
-            await self._exchange(
-                RTM_NEWNSID,
-                NLM_F_ACK,
-                _fd_attr(fd) + pack_attr(NETNSA_NSID, struct.pack("=i", -1)),
-            )
-        except OSError as exc:
-            # Someone else assigned one in between: fine, read it back.
-            if exc.errno != errno.EEXIST:
-                raise
-        return await self.get(fd)
+        return await self._rtnl.call(_assign, fd)
+
+    async def aclose(self) -> None:
+        """Idempotent."""
+        await self._rtnl.aclose()

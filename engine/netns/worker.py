@@ -18,6 +18,7 @@ import ctypes
 import logging
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, TypeVarTuple
@@ -190,11 +191,57 @@ def _inside(fd: int, thunk: Callable[[], T]) -> T:
     return thunk()
 
 
+class Closer(trio.abc.AsyncResource):
+    """Sockets closed off the trio thread, several at once.
+
+    Closing an AF_PACKET socket waits for an RCU grace period (``synchronize_net`` in the
+    kernel's packet_release), 10-30 ms here: on the trio thread that stalled everything, and
+    one thread alone could not close 100 a second. Closes running on several threads share
+    their grace periods. ``aclose()`` (idempotent) returns once every close asked for is done.
+    """
+
+    def __init__(self, threads: int = 4) -> None:
+        self._count = threads
+        self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def close_soon(self, sock: socket.socket) -> None:
+        if self._closed:
+            sock.close()
+            return
+        if not self._threads:
+            for i in range(self._count):
+                thread = threading.Thread(target=self._serve, name=f"closer {i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        self._queue.put(sock)
+
+    def _serve(self) -> None:
+        while (sock := self._queue.get()) is not None:
+            try:
+                sock.close()
+            except OSError:
+                log.exception("closing %s", sock)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
+        with trio.CancelScope(shield=True):
+            for thread in threads:
+                await trio.to_thread.run_sync(thread.join)
+
+
 class HostRtnl(trio.abc.AsyncResource):
     """rtnetlink requests in the host netns, on a thread of their own (see module doc)."""
 
-    def __init__(self) -> None:
-        self._worker = Worker("host rtnetlink")
+    def __init__(self, name: str = "host rtnetlink") -> None:
+        self._worker = Worker(name)
         self._sock: RtnlSocket | None = None  # made and used on the worker's thread only
 
     async def call(self, fn: Callable[[RtnlSocket, *Ts], T], *args: *Ts) -> T:

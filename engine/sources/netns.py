@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket
 import time
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 NAMED_NETNS_DIR = "/run/netns"
 RUNTIME_NETNS_DIRS = ("/run/docker/netns",)
 NAMING_WAIT = 1.0
+# Netns that lost their last file are looked for among the processes together, this long
+# after the first: one look at /proc for a burst of removals.
+ORPHAN_BATCH = 0.05
 WAKE_CHANNEL = 256
 
 
@@ -98,6 +102,9 @@ class NetnsSource:
     _by_nsid: dict[int, NetnsId] = attrs.field(factory=dict, init=False)
     _files: dict[str, NetnsId] = attrs.field(factory=dict, init=False)
     _files_of: dict[NetnsId, set[str]] = attrs.field(factory=dict, init=False)
+    _paths: dict[NetnsId, str] = attrs.field(factory=dict, init=False)  # how it was found
+    _orphans: set[NetnsId] = attrs.field(factory=set, init=False)  # their last file went
+    _orphans_due: float | None = attrs.field(default=None, init=False)
     _deferred: dict[NetnsId, tuple[str, float]] = attrs.field(factory=dict, init=False)
     _pending_names: set[str] = attrs.field(factory=set, init=False)
     _host: NetnsId = attrs.field(factory=host_netns_id, init=False)
@@ -116,17 +123,17 @@ class NetnsSource:
         The snapshot is not sent: a channel that nobody reads until ``start()`` returns would
         hold the start-up of a host with more netns than it has slots.
         """
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
             # Subscribe before listing so that nothing between the two is lost.
             events = stack.enter_context(open_event_socket())
             inotify = stack.enter_context(contextlib.closing(Inotify()))
             mounts = stack.enter_context(contextlib.closing(MountWatcher()))
-            nsids = stack.enter_context(contextlib.closing(NsidClient()))
+            nsids = await stack.enter_async_context(NsidClient())
             self._watch_dirs(inotify)
             async with send_channel:
-                found: list[NetnsAdded] = []
+                found: list[NetnsEvent] = []
                 await self._scan(nsids, found, defer=False)
-                task_status.started(found)
+                task_status.started([r for r in found if isinstance(r, NetnsAdded)])
                 wake_send, wake_receive = trio.open_memory_channel[_Wake](WAKE_CHANNEL)
                 self._requests = wake_send.clone()
                 async with trio.open_nursery() as nursery:
@@ -152,10 +159,12 @@ class NetnsSource:
 
     async def _next_wake(self, receive: trio.MemoryReceiveChannel[_Wake]) -> _Wake:
         """The next reason to look, merged with all those already waiting; an empty one when
-        a deferred netns is due."""
-        due = min((deadline for _, deadline in self._deferred.values()), default=None)
+        a deferred netns or a batch of orphans is due."""
+        deadlines = [deadline for _, deadline in self._deferred.values()]
+        if self._orphans_due is not None:
+            deadlines.append(self._orphans_due)
         wake = _Wake()
-        with trio.move_on_at(due if due is not None else float("inf")):
+        with trio.move_on_at(min(deadlines, default=math.inf)):
             wake = await receive.receive()
         while True:
             try:
@@ -171,7 +180,7 @@ class NetnsSource:
                 inotify.watch(directory, IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
 
     async def _follow_nsids(self, sock: socket.socket, wake: trio.MemorySendChannel[_Wake]) -> None:
-        """Say when nsid events wait; the processing loop reads them (``_drain``)."""
+        """Say when nsid events wait; the processing loop reads them (``_read_nsids``)."""
         async with wake:
             while True:
                 await trio.lowlevel.wait_readable(sock)
@@ -209,15 +218,18 @@ class NetnsSource:
         """What changed, as records to send, in the order it happened."""
         records: list[NetnsEvent] = []
         # First, always: a removal there may free the inode of a netns seen below.
-        unknown, lost = self._drain(events, records)
-        found: list[NetnsAdded] = []
-        if wake.gone:
-            records += self._files_gone(wake.gone)
+        unknown, lost = await self._read_nsids(events, nsids, records)
+        found: list[NetnsEvent] = []
+        for path in wake.gone:
+            self._file_gone(path)
+        if self._orphans_due is not None and trio.current_time() >= self._orphans_due:
+            records += self._check_orphans()
         if wake.sweep or lost:
             records += self._forget_unreachable()
         for path in sorted(self._pending_names):
             if await self._consider(path, nsids, found, defer=True):
                 self._pending_names.discard(path)
+        unknown -= self._by_nsid.keys()  # the pending names may have told already
         if wake.rescan or lost:
             await self._scan(nsids, found, defer=True)
         elif unknown:
@@ -226,13 +238,19 @@ class NetnsSource:
             if any(nsid not in self._by_nsid for nsid in unknown) and self.scan_processes:
                 await self._scan_paths(self._process_paths(), nsids, found, defer=True)
         records += found
-        records += self._due(time.monotonic())
+        records += self._due(trio.current_time())
         return records
 
-    def _drain(self, sock: socket.socket, records: list[NetnsEvent]) -> tuple[set[int], bool]:
-        """Apply every nsid event waiting, in order: removals become records; returns the
-        ids added that no known netns has, and whether events were lost."""
-        unknown: set[int] = set()
+    async def _read_nsids(
+        self, sock: socket.socket, nsids: NsidClient, records: list[NetnsEvent]
+    ) -> tuple[set[int], bool]:
+        """Apply every nsid event waiting: removals become records; returns the ids added
+        that no known netns has, and whether events were lost.
+
+        Ids are reused as fast as inodes, and the kernel frees an id before it says so: the
+        netns an RTM_DELNSID names by id is asked whether it still has that id before it is
+        forgotten (the id may already be a new netns's, one we assigned it to).
+        """
         lost = False
         events: list[NsidEvent] = []
         while True:
@@ -248,19 +266,31 @@ class NetnsSource:
         self._drained.set()
         self._drained = trio.Event()
         for event in events:
-            if event.added:
-                if event.nsid not in self._by_nsid:
-                    unknown.add(event.nsid)
-                continue
-            unknown.discard(event.nsid)
-            gone = self._by_nsid.get(event.nsid)
-            if gone is not None:
+            gone = None if event.added else self._by_nsid.get(event.nsid)
+            if gone is not None and not await self._still_has(gone, event.nsid, nsids):
                 records += self._forget(gone)
-        return unknown, lost
+        # After the removals: an id given anew just after it was freed is a new netns's.
+        return {e.nsid for e in events if e.added} - self._by_nsid.keys(), lost
+
+    async def _still_has(self, ident: NetnsId, nsid: int, nsids: NsidClient) -> bool:
+        for path in {*self._files_of.get(ident, ()), self._paths.get(ident, "")} - {""}:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if NetnsId.from_stat(os.fstat(fd)) == ident:
+                    return await nsids.get(fd) == nsid
+            except OSError:
+                return False
+            finally:
+                os.close(fd)
+        return False
 
     def _forget(self, ident: NetnsId) -> list[NetnsEvent]:
         """Forget a netns; its record, unless it was never reported."""
         nsid = self._known.pop(ident, NETNSA_NSID_NOT_ASSIGNED)
+        self._paths.pop(ident, None)
         if self._by_nsid.get(nsid) == ident:
             del self._by_nsid[nsid]
         for path in self._files_of.pop(ident, set()):
@@ -269,31 +299,36 @@ class NetnsSource:
             return []
         return [NetnsRemoved(ident)]
 
-    def _files_gone(self, paths: frozenset[str]) -> list[NetnsEvent]:
+    def _file_gone(self, path: str) -> None:
+        """A file of a known netns went (or now reaches another): if it was its last one, the
+        netns is checked for processes in the next batch (``_check_orphans``)."""
+        ident = self._files.pop(path, None)
+        if ident is None:
+            return
+        left = self._files_of.get(ident, set())
+        left.discard(path)
+        if not left and ident in self._known:
+            self._orphans.add(ident)
+            if self._orphans_due is None:
+                self._orphans_due = trio.current_time() + ORPHAN_BATCH
+
+    def _check_orphans(self) -> list[NetnsEvent]:
         """The netns whose last file went and that no process is in any more are gone.
 
         Such a netns may live on through the fds and sockets of whoever traces it (our own
         packet sockets keep it alive): it would never be destroyed, so RTM_DELNSID would never
-        come. A netns whose file is gone but that still has processes stays known.
+        come. A netns whose file is gone but that still has processes stays known. One look
+        at every process serves every netns of the batch.
         """
-        orphans: set[NetnsId] = set()
-        for path in paths:
-            ident = self._files.pop(path, None)
-            if ident is None:
-                continue
-            left = self._files_of.get(ident, set())
-            left.discard(path)
-            if not left:
-                orphans.add(ident)
-        if orphans and self.scan_processes:
-            for path in self._process_paths():
-                with contextlib.suppress(OSError):
-                    orphans.discard(NetnsId.of_path(path))
-                if not orphans:
-                    break
-        return [
-            record for ident in orphans if ident in self._known for record in self._forget(ident)
-        ]
+        orphans = {i for i in self._orphans if i in self._known and not self._files_of.get(i)}
+        self._orphans.clear()
+        self._orphans_due = None
+        for path in self._process_paths() if orphans else ():
+            with contextlib.suppress(OSError):
+                orphans.discard(NetnsId.of_path(path))
+            if not orphans:
+                break
+        return [record for ident in orphans for record in self._forget(ident)]
 
     def _forget_unreachable(self) -> list[NetnsEvent]:
         """Forget, as removed, the netns that no file and no process reaches any more (every
@@ -304,18 +339,13 @@ class NetnsSource:
                 ident = NetnsId.of_path(path)
                 reachable.add(ident)
                 if self._files.get(path, ident) != ident:
-                    self._drop_file(path)
+                    self._file_gone(path)
         for path in [p for p in self._files if not os.path.lexists(p)]:
-            self._drop_file(path)
+            self._file_gone(path)
         records: list[NetnsEvent] = []
         for ident in [i for i in self._known if i not in reachable]:
             records += self._forget(ident)
         return records
-
-    def _drop_file(self, path: str) -> None:
-        ident = self._files.pop(path, None)
-        if ident is not None:
-            self._files_of.get(ident, set()).discard(path)
 
     def _due(self, now: float) -> list[NetnsEvent]:
         """The netns found through a process whose naming wait is over, reported by it (or
@@ -335,6 +365,7 @@ class NetnsSource:
         for ident in due:
             if ident in paths:
                 del self._deferred[ident]
+                self._paths[ident] = paths[ident]
                 records.append(NetnsAdded(netns_id=ident, path=paths[ident], name=None))
             else:
                 self._forget(ident)  # no process left in it: forgotten, never reported
@@ -354,14 +385,14 @@ class NetnsSource:
                 if entry.isdigit():
                     yield f"/proc/{entry}/ns/net"
 
-    async def _scan(self, nsids: NsidClient, found: list[NetnsAdded], *, defer: bool) -> None:
+    async def _scan(self, nsids: NsidClient, found: list[NetnsEvent], *, defer: bool) -> None:
         started = time.perf_counter()
         await self._scan_files(nsids, found, only_new=False)
         await self._scan_paths(self._process_paths(), nsids, found, defer=defer)
         logger.debug("netns scan: %.3f s, %d new", time.perf_counter() - started, len(found))
 
     async def _scan_files(
-        self, nsids: NsidClient, found: list[NetnsAdded], *, only_new: bool
+        self, nsids: NsidClient, found: list[NetnsEvent], *, only_new: bool
     ) -> None:
         paths = [p for p in self._file_paths() if not (only_new and p in self._files)]
         await self._scan_paths(paths, nsids, found, defer=False)
@@ -370,7 +401,7 @@ class NetnsSource:
         self,
         paths: Iterator[str] | list[str],
         nsids: NsidClient,
-        found: list[NetnsAdded],
+        found: list[NetnsEvent],
         *,
         defer: bool,
     ) -> None:
@@ -378,7 +409,7 @@ class NetnsSource:
             await self._consider(path, nsids, found, defer=defer)
 
     async def _consider(
-        self, path: str, nsids: NsidClient, found: list[NetnsAdded], *, defer: bool
+        self, path: str, nsids: NsidClient, found: list[NetnsEvent], *, defer: bool
     ) -> bool:
         """Add the netns at `path` to `found` if it is new (or deferred: see the module doc).
         False when `path` is not (yet) a netns."""
@@ -412,17 +443,25 @@ class NetnsSource:
         finally:
             os.close(fd)
         self._known[ident] = nsid
+        self._paths[ident] = path
         if nsid != NETNSA_NSID_NOT_ASSIGNED:
+            # An id is given again only once its netns is being destroyed, even if that
+            # netns's RTM_DELNSID has not been read yet.
+            old = self._by_nsid.get(nsid)
+            if old is not None and old != ident:
+                found += self._forget(old)
             self._by_nsid[nsid] = ident
         if through_file:
             self._note_file(path, ident)
         elif defer:
-            self._deferred[ident] = (path, time.monotonic() + self.naming_wait)
+            self._deferred[ident] = (path, trio.current_time() + self.naming_wait)
             return True
         found.append(self._added(ident, path))
         return True
 
     def _note_file(self, path: str, ident: NetnsId) -> None:
+        if self._files.get(path, ident) != ident:
+            self._file_gone(path)  # the name now leads to another netns
         self._files[path] = ident
         self._files_of.setdefault(ident, set()).add(path)
 

@@ -18,8 +18,12 @@ async def sync_filter(loaded: LoadedGadget, world: World) -> None:
     Worked out on the trio thread, written in a worker thread under the gadget's lock: bcc's
     tables are not safe to touch while a hook or an attach uses the same ``BPF`` object.
     """
-    on = not world.selection.selects_everything
-    await loaded.call(_write, loaded.bpf, on, frozenset(world.selected_mntns()))
+    wanted = (not world.selection.selects_everything, frozenset(world.selected_mntns()))
+    # Called at every change of the world: most (a netns come or gone) leave it as it is.
+    if wanted == loaded.selection_written:
+        return
+    await loaded.call(_write, loaded.bpf, *wanted)
+    loaded.selection_written = wanted
 
 
 def _write(bpf: Any, on: bool, wanted: frozenset[int]) -> None:

@@ -92,6 +92,13 @@ class Tracker:
     async def _follow_netns(self, channel: trio.MemoryReceiveChannel[NetnsEvent]) -> None:
         async for record in channel:
             self._apply_netns(record)
+            # The records already waiting go in with it, in order: one reconcile for the
+            # batch, so that a burst costs the engine less per netns, not more.
+            while True:
+                try:
+                    self._apply_netns(channel.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
             await self.changed()
 
     def _apply_container(self, record: ContainerEvent) -> None:

@@ -34,6 +34,7 @@ import trio
 from benchmarks import containers
 from benchmarks.results import Figure
 from engine.engine import Engine, open_engine
+from tests.support.kernel_state import socket_families
 
 GADGET = Path(__file__).with_name("gadgets") / "per_netns.c"
 # Iterators run on a timer and have no "attached" record; these three are what "attached" means.
@@ -274,29 +275,13 @@ def measure_churn(rates: Sequence[float], count: int) -> tuple[list[Figure], dic
 # --- leaks ------------------------------------------------------------------------------------
 
 
-def _socket_families() -> dict[str, str]:
-    """Socket inode -> family, for the sockets this netns's /proc/net lists."""
-    families: dict[str, str] = {}
-    for family in ("unix", "netlink", "packet", "tcp", "tcp6", "udp", "udp6", "raw"):
-        try:
-            lines = Path(f"/proc/net/{family}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        column = {"unix": 6, "netlink": 8, "packet": 8}.get(family, 9)
-        for line in lines:
-            fields = line.split()
-            if len(fields) > column:
-                families[fields[column]] = family
-    return families
-
-
 def fd_kinds(pid: int | None = None) -> dict[str, int]:
     """The process's open fds by kind: bpf-prog, bpf-link, bpf-map, socket:FAMILY, other.
 
     A socket made in a container's netns is not listed in ours: its family shows as "other-netns".
     """
     base = Path(f"/proc/{pid or os.getpid()}/fd")
-    families = _socket_families()
+    families = socket_families(pid or "self")
     counts: dict[str, int] = defaultdict(int)
     for fd in base.iterdir():
         try:

@@ -1,15 +1,35 @@
-"""What every runtime source does alike: say how its connection to the runtime goes (records
-and log lines), and hand its records on (the snapshot first)."""
+"""What every runtime source does alike: follow its runtime through reconnects, say how the
+connection goes (records and log lines), and hand its records on (the snapshot first)."""
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar, Generic, TypeVar
 
 import attrs
 import trio
 
-from engine.records import ContainerEvent, SourceConnected, SourceDisconnected, SourceReconnected
+from engine.records import (
+    ContainerAdded,
+    ContainerEvent,
+    ContainerPaused,
+    ContainerRemoved,
+    ContainerRenamed,
+    ContainerUnpaused,
+    SourceConnected,
+    SourceDisconnected,
+    SourceReconnected,
+)
+from engine.sources.containers import Container
+from engine.sources.reconcile import diff
+
+Client = TypeVar("Client")
+Stream = TypeVar("Stream")
+Key = TypeVar("Key")
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +88,130 @@ class Outbox:
             return
         for record in records:
             await self.send_channel.send(record)
+
+
+class FollowsRuntime(abc.ABC, Generic[Client, Stream, Key]):
+    """The loop of a runtime source: connect, subscribe to the runtime's events, re-list
+    (diffing against what it knew), follow the events; when the runtime is absent or goes
+    away, try again with capped exponential backoff. Subscribing comes before listing, so
+    that nothing between the two is missed. A subclass says how each step is done."""
+
+    name: str
+    runtime: str
+    min_backoff: float
+    max_backoff: float
+    _known: dict[Key, Container]
+    # What an absent or vanished runtime raises through the client.
+    connection_errors: ClassVar[tuple[type[Exception], ...]]
+
+    @property
+    def known(self) -> Mapping[Key, Container]:
+        """The containers this source believes are running, by the source's key."""
+        return MappingProxyType(self._known)
+
+    async def run(
+        self,
+        send_channel: trio.abc.SendChannel[ContainerEvent],
+        *,
+        task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until cancelled. Started with the first listing as its snapshot (the records
+        that take a consumer from nothing to what runs, then ``SourceConnected``), or with
+        the first failed connection (``[SourceDisconnected]``: the engine then runs without
+        this runtime); the records after that are sent."""
+        backoff = self.min_backoff
+        connection = Connection(self.name, self.runtime)
+        out = Outbox(send_channel, task_status)
+        while True:
+            try:
+                client = await self._connect()
+            except self.connection_errors as exc:
+                problem = self._problem(exc, connected=False)
+            else:
+                try:
+                    stream = await self._subscribe(client)
+                    try:
+                        records = await self._relist(client)
+                        now = connection.connected()
+                        await out.put(records if now is None else [*records, now])
+                        backoff = self.min_backoff
+                        await self._follow(client, stream, send_channel)
+                        problem = "event stream ended"
+                    finally:
+                        self._unsubscribe(stream)
+                except self.connection_errors as exc:
+                    problem = self._problem(exc, connected=True)
+                finally:
+                    self._disconnect(client)
+            gap = connection.lost(problem)
+            if gap is not None:
+                await out.put([gap])
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    @abc.abstractmethod
+    async def _connect(self) -> Client: ...
+
+    @abc.abstractmethod
+    async def _subscribe(self, client: Client) -> Stream: ...
+
+    @abc.abstractmethod
+    def _unsubscribe(self, stream: Stream) -> None: ...
+
+    @abc.abstractmethod
+    def _disconnect(self, client: Client) -> None: ...
+
+    async def _relist(self, client: Client) -> list[ContainerEvent]:
+        """What changed while the source was not following: against what it knew."""
+        changes = diff(await self._list_running(client), self._known)
+        records: list[ContainerEvent] = []
+        for key in changes.to_remove:
+            records += self._update(key, None, "gone while disconnected")
+        for key, (_, current) in changes.to_update.items():
+            records += self._update(key, current, "restarted")
+        for key, new in changes.to_add.items():
+            records += self._update(key, new, "added")
+        return records
+
+    def _update(self, key: Key, current: Container | None, reason: str) -> list[ContainerEvent]:
+        """The one place where the known set changes; returns the records saying how."""
+        previous = self._known.get(key)
+        if current is None:
+            self._known.pop(key, None)
+        else:
+            self._known[key] = current
+        return transition(previous, current, reason)
+
+    @abc.abstractmethod
+    async def _list_running(self, client: Client) -> dict[Key, Container]:
+        """Every running container, by the source's key (in a worker thread)."""
+
+    @abc.abstractmethod
+    async def _follow(
+        self, client: Client, stream: Stream, out: trio.abc.SendChannel[ContainerEvent]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def _problem(self, exc: Exception, *, connected: bool) -> str: ...
+
+
+def transition(
+    previous: Container | None, current: Container | None, reason: str
+) -> list[ContainerEvent]:
+    """The records that take a consumer from `previous` to `current` (None: not running).
+
+    A container that changed anything but its name or paused state (its pid, namespaces...)
+    restarted: it is removed and added again, so that per-container work is redone.
+    """
+    if previous is None:
+        return [] if current is None else [ContainerAdded(current)]
+    if current is None:
+        return [ContainerRemoved(previous, reason)]
+    if attrs.evolve(previous, name=current.name, paused=current.paused) != current:
+        return [ContainerRemoved(previous, "restarted"), ContainerAdded(current)]
+    records: list[ContainerEvent] = []
+    if previous.name != current.name:
+        records.append(ContainerRenamed(current, previous.name))
+    if previous.paused != current.paused:
+        records.append(ContainerPaused(current) if current.paused else ContainerUnpaused(current))
+    return records

@@ -8,16 +8,16 @@ stream is then cancelled from the trio side, which ends the call that thread is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import MappingProxyType
+from typing import ClassVar
 
 import attrs
 import grpc
 import trio
 
 from engine.records import ContainerEvent
-from engine.sources.connection import Connection, Outbox
+from engine.sources.connection import FollowsRuntime
 from engine.sources.containerd_api import (
     DEFAULT_SOCKET,
     ContainerdClient,
@@ -28,8 +28,6 @@ from engine.sources.containerd_api import (
 )
 from engine.sources.containerd_model import by_sandbox_first, container_from_containerd, sandbox_id
 from engine.sources.containers import Container
-from engine.sources.docker import transition
-from engine.sources.reconcile import diff
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +35,10 @@ logger = logging.getLogger(__name__)
 DOCKER_NAMESPACE = "moby"
 # containerd's namespace and the container's id: ids are unique only within a namespace.
 Key = tuple[str, str]
-_CONNECTION_ERRORS = (grpc.RpcError, OSError)
 
 
 @attrs.define
-class ContainerdSource:
+class ContainerdSource(FollowsRuntime[ContainerdClient, EventStream, Key]):
     """Lists the running containers of every namespace, then follows containerd's events.
 
     When the daemon is absent at start or goes away, the source keeps trying with capped
@@ -63,66 +60,29 @@ class ContainerdSource:
     max_backoff: float = 2.0
     name: str = "containerd"
     proc: Path = Path("/proc")
+    runtime: str = "containerd"
     _known: dict[Key, Container] = attrs.field(factory=dict, init=False)
+    connection_errors: ClassVar[tuple[type[Exception], ...]] = (grpc.RpcError, OSError)
 
-    @property
-    def known(self) -> Mapping[Key, Container]:
-        """The containers this source believes are running, by (namespace, id)."""
-        return MappingProxyType(self._known)
+    async def _connect(self) -> ContainerdClient:
+        return self.client_factory(self.socket)
 
-    async def run(
-        self,
-        send_channel: trio.abc.SendChannel[ContainerEvent],
-        *,
-        task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Run until cancelled. Started with the first listing as its snapshot (the records
-        that take a consumer from nothing to what runs, then ``SourceConnected``), or with
-        the first failed connection (``[SourceDisconnected]``); the records after that are
-        sent."""
-        backoff = self.min_backoff
-        connection = Connection(self.name, "containerd")
-        out = Outbox(send_channel, task_status)
-        while True:
-            try:
-                client = self.client_factory(self.socket)
-            except _CONNECTION_ERRORS as exc:
-                problem = _problem(exc)
-            else:
-                try:
-                    stream = await trio.to_thread.run_sync(client.subscribe, abandon_on_cancel=True)
-                    try:
-                        records = await self._relist(client)
-                        now = connection.connected()
-                        await out.put(records if now is None else [*records, now])
-                        backoff = self.min_backoff
-                        await self._follow(client, stream, send_channel)
-                        problem = "event stream ended"
-                    finally:
-                        stream.close()
-                except _CONNECTION_ERRORS as exc:
-                    problem = _problem(exc)
-                finally:
-                    client.close()
-            gap = connection.lost(problem)
-            if gap is not None:
-                await out.put([gap])
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+    async def _subscribe(self, client: ContainerdClient) -> EventStream:
+        return await trio.to_thread.run_sync(client.subscribe, abandon_on_cancel=True)
 
-    async def _relist(self, client: ContainerdClient) -> list[ContainerEvent]:
-        running = await trio.to_thread.run_sync(
+    def _unsubscribe(self, stream: EventStream) -> None:
+        stream.close()
+
+    def _disconnect(self, client: ContainerdClient) -> None:
+        client.close()
+
+    def _problem(self, exc: Exception, *, connected: bool) -> str:
+        return describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
+
+    async def _list_running(self, client: ContainerdClient) -> dict[Key, Container]:
+        return await trio.to_thread.run_sync(
             _list_running, client, self.skip_namespaces, self.proc, abandon_on_cancel=True
         )
-        changes = diff(running, self._known)
-        records: list[ContainerEvent] = []
-        for key in changes.to_remove:
-            records += self._update(key, None, "gone while disconnected")
-        for key, (_, current) in changes.to_update.items():
-            records += self._update(key, current, "restarted")
-        for key, new in changes.to_add.items():
-            records += self._update(key, new, "added")
-        return records
 
     async def _follow(
         self,
@@ -145,19 +105,6 @@ class ContainerdSource:
             )
             for record in self._update(key, current, event.topic.rsplit("/", 1)[-1]):
                 await out.send(record)
-
-    def _update(self, key: Key, current: Container | None, reason: str) -> list[ContainerEvent]:
-        """The one place where the known set changes; returns the records saying how."""
-        previous = self._known.get(key)
-        if current is None:
-            self._known.pop(key, None)
-        else:
-            self._known[key] = current
-        return transition(previous, current, reason)
-
-
-def _problem(exc: BaseException) -> str:
-    return describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
 
 
 def _inspect_running(client: ContainerdClient, event: Envelope, proc: Path) -> Container | None:

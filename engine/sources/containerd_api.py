@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 import grpc
@@ -29,6 +29,8 @@ from engine.sources.proto.containerd import (
     tasks_pb2_grpc,
     types_pb2,
 )
+
+Reply = TypeVar("Reply")
 
 logger = logging.getLogger(__name__)
 
@@ -188,17 +190,9 @@ class ContainerdClient:
 
     def container(self, namespace: str, container_id: str) -> ContainerRecord | None:
         """None when there is no such container."""
-        try:
-            reply = self._containers.Get(
-                containers_pb2.GetContainerRequest(id=container_id),
-                timeout=CALL_TIMEOUT,
-                metadata=_in(namespace),
-            )
-        except grpc.RpcError as exc:
-            if _not_found(exc):
-                return None
-            raise
-        return ContainerRecord.from_proto(namespace, reply.container)
+        request = containers_pb2.GetContainerRequest(id=container_id)
+        reply = _get(self._containers.Get, request, namespace)
+        return None if reply is None else ContainerRecord.from_proto(namespace, reply.container)
 
     def tasks(self, namespace: str) -> dict[str, TaskRecord]:
         """The namespace's tasks, by container id."""
@@ -211,17 +205,8 @@ class ContainerdClient:
 
     def task(self, namespace: str, container_id: str) -> TaskRecord | None:
         """None when the container has no task."""
-        try:
-            reply = self._tasks.Get(
-                tasks_pb2.GetRequest(container_id=container_id),
-                timeout=CALL_TIMEOUT,
-                metadata=_in(namespace),
-            )
-        except grpc.RpcError as exc:
-            if _not_found(exc):
-                return None
-            raise
-        return TaskRecord.from_proto(reply.process)
+        reply = _get(self._tasks.Get, tasks_pb2.GetRequest(container_id=container_id), namespace)
+        return None if reply is None else TaskRecord.from_proto(reply.process)
 
     def close(self) -> None:
         self._channel.close()
@@ -238,8 +223,14 @@ def _in(namespace: str) -> tuple[tuple[str, str]]:
     return ((NAMESPACE_KEY, namespace),)
 
 
-def _not_found(exc: grpc.RpcError) -> bool:
-    return isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.NOT_FOUND
+def _get(call: Callable[..., Reply], request: Any, namespace: str) -> Reply | None:
+    """A Get call's reply, or None when containerd says there is no such thing."""
+    try:
+        return call(request, timeout=CALL_TIMEOUT, metadata=_in(namespace))
+    except grpc.RpcError as exc:
+        if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 def _spec(message: containers_pb2.Container) -> dict[str, Any]:

@@ -10,9 +10,8 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 import docker
@@ -21,25 +20,15 @@ import docker.utils
 import requests
 import trio
 
-from engine.records import (
-    ContainerAdded,
-    ContainerEvent,
-    ContainerPaused,
-    ContainerRemoved,
-    ContainerRenamed,
-    ContainerUnpaused,
-)
-from engine.sources.connection import Connection, Outbox
+from engine.records import ContainerEvent
+from engine.sources.connection import FollowsRuntime
 from engine.sources.containers import Container
-from engine.sources.reconcile import diff
 
 logger = logging.getLogger(__name__)
 
 # Actions after which a container's state may have changed; every other one (exec_*, attach,
 # health_status...) leaves the record as it is.
 _ACTIONS = frozenset({"start", "die", "destroy", "pause", "unpause", "rename", "restart"})
-# What a vanished or unreachable daemon raises through the SDK (requests errors are not wrapped).
-_CONNECTION_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -82,7 +71,7 @@ def _check_unix_socket(url: str) -> None:
 
 
 @attrs.define
-class DockerSource:
+class DockerSource(FollowsRuntime[Any, Any, str]):
     """Lists the running containers, then follows the daemon's container events.
 
     When the daemon is absent at start or goes away, the source keeps trying with capped
@@ -105,53 +94,27 @@ class DockerSource:
     runtime: str = "docker"
     _known: dict[str, Container] = attrs.field(factory=dict, init=False)
     _last_event_nano: int | None = attrs.field(default=None, init=False)
+    # What a vanished or unreachable daemon raises through the SDK (requests errors are not
+    # wrapped).
+    connection_errors: ClassVar[tuple[type[Exception], ...]] = (
+        docker.errors.DockerException,
+        requests.exceptions.RequestException,
+        OSError,
+    )
 
-    @property
-    def known(self) -> Mapping[str, Container]:
-        """The containers this source believes are running, by full id."""
-        return MappingProxyType(self._known)
+    async def _connect(self) -> Any:
+        return await trio.to_thread.run_sync(self.client_factory, abandon_on_cancel=True)
 
-    async def run(
-        self,
-        send_channel: trio.abc.SendChannel[ContainerEvent],
-        *,
-        task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Run until cancelled. Started with the first listing as its snapshot (the records
-        that take a consumer from nothing to what runs, then ``SourceConnected``), or with
-        the first failed connection (``[SourceDisconnected]``: the engine then runs without
-        this runtime); the records after that are sent."""
-        backoff = self.min_backoff
-        connection = Connection(self.name, self.runtime)
-        out = Outbox(send_channel, task_status)
-        while True:
-            try:
-                api = await trio.to_thread.run_sync(self.client_factory, abandon_on_cancel=True)
-            except _CONNECTION_ERRORS as exc:
-                problem = f"cannot connect: {exc}"
-            else:
-                try:
-                    stream = await self._open_events(api)
-                    try:
-                        records = await self._relist(api)
-                        now = connection.connected()
-                        await out.put(records if now is None else [*records, now])
-                        backoff = self.min_backoff
-                        await self._follow(api, stream, send_channel)
-                        problem = "event stream ended"
-                    finally:
-                        _close_events(stream)
-                except _CONNECTION_ERRORS as exc:
-                    problem = f"lost: {exc}"
-                finally:
-                    api.close()
-            gap = connection.lost(problem)
-            if gap is not None:
-                await out.put([gap])
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+    def _problem(self, exc: Exception, *, connected: bool) -> str:
+        return f"lost: {exc}" if connected else f"cannot connect: {exc}"
 
-    async def _open_events(self, api: Any) -> Any:
+    def _unsubscribe(self, stream: Any) -> None:
+        _close_events(stream)
+
+    def _disconnect(self, client: Any) -> None:
+        client.close()
+
+    async def _subscribe(self, api: Any) -> Any:
         since = self._last_event_nano
         if since is None:
             # Replay after a gap even when no event came before it. The local clock stands in
@@ -166,19 +129,10 @@ class DockerSource:
             abandon_on_cancel=True,
         )
 
-    async def _relist(self, api: Any) -> list[ContainerEvent]:
-        running = await trio.to_thread.run_sync(
+    async def _list_running(self, api: Any) -> dict[str, Container]:
+        return await trio.to_thread.run_sync(
             _list_running, api, self.runtime, abandon_on_cancel=True
         )
-        changes = diff(running, self._known)
-        records: list[ContainerEvent] = []
-        for gone in changes.to_remove.values():
-            records += self._update(gone.id, None, "gone while disconnected")
-        for _, current in changes.to_update.values():
-            records += self._update(current.id, current, "restarted")
-        for new in changes.to_add.values():
-            records += self._update(new.id, new, "added")
-        return records
 
     async def _follow(
         self, api: Any, stream: Any, out: trio.abc.SendChannel[ContainerEvent]
@@ -199,39 +153,6 @@ class DockerSource:
             )
             for record in self._update(container_id, current, action):
                 await out.send(record)
-
-    def _update(
-        self, container_id: str, current: Container | None, reason: str
-    ) -> list[ContainerEvent]:
-        """The one place where the known set changes; returns the records saying how."""
-        previous = self._known.get(container_id)
-        if current is None:
-            self._known.pop(container_id, None)
-        else:
-            self._known[container_id] = current
-        return transition(previous, current, reason)
-
-
-def transition(
-    previous: Container | None, current: Container | None, reason: str
-) -> list[ContainerEvent]:
-    """The records that take a consumer from `previous` to `current` (None: not running).
-
-    A container that changed anything but its name or paused state (its pid, namespaces...)
-    restarted: it is removed and added again, so that per-container work is redone.
-    """
-    if previous is None:
-        return [] if current is None else [ContainerAdded(current)]
-    if current is None:
-        return [ContainerRemoved(previous, reason)]
-    if attrs.evolve(previous, name=current.name, paused=current.paused) != current:
-        return [ContainerRemoved(previous, "restarted"), ContainerAdded(current)]
-    records: list[ContainerEvent] = []
-    if previous.name != current.name:
-        records.append(ContainerRenamed(current, previous.name))
-    if previous.paused != current.paused:
-        records.append(ContainerPaused(current) if current.paused else ContainerUnpaused(current))
-    return records
 
 
 def _close_events(stream: Any) -> None:

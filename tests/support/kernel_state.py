@@ -80,7 +80,7 @@ def tracefs_probes(marker: str = "_bcc_") -> list[str]:
     return lines
 
 
-def _socket_families(pid: int | str) -> dict[str, str]:
+def socket_families(pid: int | str) -> dict[str, str]:
     """Socket inode -> the /proc/net table it is listed in (packet, netlink, unix...)."""
     families = {}
     for table in ("packet", "netlink", "unix", "tcp", "tcp6", "udp", "udp6", "raw"):
@@ -100,7 +100,7 @@ def fd_kinds(pid: int | str = "self") -> Counter[str]:
     """What the open fds refer to, counted by kind: files by path, sockets by family, pipes
     and anonymous inodes by type (a pipe or connection replaced by another is no leak)."""
     kinds: Counter[str] = Counter()
-    families = _socket_families(pid)
+    families = socket_families(pid)
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")

@@ -16,8 +16,8 @@ from engine.records import (
     SourceDisconnected,
     SourceReconnected,
 )
+from engine.sources.connection import transition
 from engine.sources.containers import Container
-from engine.sources.docker import transition
 
 DATA = Path(__file__).parent / "data"
 BRIDGE_ID = "1e869f5398f21496d1d734963e8b9f31aede17d38d3826e5ce3f0675ab3c7767"

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from tests.support import bcc_tools
+from tests.support.commands import adocker
 from tests.support.docker import Containers
 from tests.support.process import EngineProcess, Record, engine_process
 from tests.support.requirements import require_root
@@ -129,8 +130,6 @@ async def test_tcpstates_follows_a_loopback_connection_in_a_container(
     gadget = _gadget(tmp_path, bcc_tools.tcpstates())
     name = await containers.run("states")
     port = random.randrange(20000, 30000)
-    # The server closes first (nc -e true); the client keeps its input open until then.
-    talk = f"nc -l -p {port} -e true & sleep 0.3; sleep 2 | nc 127.0.0.1 {port}; wait"
 
     def states(local: int | None, remote: int | None) -> list[tuple[int, int]]:
         # busybox's nc listens on [::]: the server's sockets are IPv6 ones.
@@ -147,7 +146,12 @@ async def test_tcpstates_follows_a_loopback_connection_in_a_container(
     with trio.fail_after(60):
         async with engine_process(gadget) as run:
             await run.until(attached(run, 1))
-            await containers.exec(name, "sh", "-c", talk)
+            # The server closes first (nc -e true); the client keeps its input open until
+            # then. It connects once the tool has seen the server listen (a fixed pause lost
+            # that race on a loaded machine: the connection was refused).
+            await adocker("exec", "-d", name, "nc", "-l", "-p", str(port), "-e", "true")
+            await run.until(lambda: (CLOSE, LISTEN) in states(port, 0))
+            await containers.exec(name, "sh", "-c", f"sleep 2 | nc 127.0.0.1 {port}")
             await run.until(lambda: states(None, port)[-1:] == [(LAST_ACK, CLOSE)])
             assert await run.stop() == 0, run.stderr
     client = states(None, port)

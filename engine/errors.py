@@ -166,6 +166,20 @@ class AttachError(EngineError):
         message = " ".join(parts) + f": {self.problem}"
         return message if self.errno is None else f"{message} (errno {self.errno})"
 
+    @classmethod
+    def from_os(
+        cls,
+        function: str,
+        doing: str,
+        exc: OSError,
+        *,
+        netns: str | None = None,
+        interface: str | None = None,
+    ) -> AttachError:
+        """``doing`` failed with ``exc``: the problem says what was done and the system's why."""
+        why = exc.strerror or str(exc)
+        return cls(function, f"{doing}: {why}", netns=netns, interface=interface, errno=exc.errno)
+
 
 @attrs.define
 class GadgetsFailedError(EngineError):

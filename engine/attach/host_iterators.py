@@ -56,9 +56,7 @@ class HostIteratorRunner:
             # Not abandoned on cancellation: the thread closes its read fd itself.
             raw = await trio.to_thread.run_sync(read_iterator, it.link.fd)
         except OSError as exc:
-            raise AttachError(
-                spec.function, f"cannot run the iterator: {exc.strerror}", errno=exc.errno
-            ) from exc
+            raise AttachError.from_os(spec.function, "cannot run the iterator", exc) from exc
         source = iter_source(it.loaded.gadget, spec)
         gadget = it.loaded.gadget.name
         records: list[Record] = [

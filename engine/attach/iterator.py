@@ -40,7 +40,7 @@ class IterLink(trio.abc.AsyncResource):
         try:
             fd = _attach(prog_fd)
         except OSError as exc:
-            raise AttachError(program, "cannot attach the iterator", errno=exc.errno) from exc
+            raise AttachError.from_os(program, "cannot attach the iterator", exc) from exc
         return cls(program=program, fd=fd)
 
     @property
@@ -99,9 +99,6 @@ async def run_iter_in_netns(
             return await in_netns(handle, _read_and_close_link, os.dup(prog.fd), worker=worker)
         return await in_netns(handle, _attach_and_read, prog, worker=worker)
     except OSError as exc:
-        raise AttachError(
-            name,
-            f"cannot run the iterator: {exc.strerror}",
-            netns=str(handle.id),
-            errno=exc.errno,
+        raise AttachError.from_os(
+            name, "cannot run the iterator", exc, netns=str(handle.id)
         ) from exc

@@ -230,11 +230,8 @@ class PerNetns:
                     program,
                     target,
                     None,
-                    AttachError(
-                        program.spec.function,
-                        f"netns is gone: {exc.strerror}",
-                        netns=target.label,
-                        errno=exc.errno,
+                    AttachError.from_os(
+                        program.spec.function, "netns is gone", exc, netns=target.label
                     ),
                 )
             pending.clear()

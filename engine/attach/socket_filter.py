@@ -56,11 +56,8 @@ async def attach_socket_filter(
             handle, _open_filtered_socket, prog_fd, release=socket.socket.close, worker=worker
         )
     except OSError as exc:
-        raise AttachError(
-            program,
-            f"cannot open a packet socket: {exc.strerror}",
-            netns=str(handle.id),
-            errno=exc.errno,
+        raise AttachError.from_os(
+            program, "cannot open a packet socket", exc, netns=str(handle.id)
         ) from exc
     logger.debug("socket filter %s attached in %s (fd %d)", program, handle.id, sock.fileno())
     try:

@@ -133,9 +133,7 @@ async def find_host_peers(
             async with HostRtnl() as rtnl:
                 veths = [v for v in await rtnl.call(dump_veths) if v.peer_nsid == nsid]
     except OSError as exc:
-        raise AttachError(
-            program, f"cannot list the interfaces: {exc}", netns=netns, errno=exc.errno
-        ) from exc
+        raise AttachError.from_os(program, "cannot list the interfaces", exc, netns=netns) from exc
     finally:
         if nsids is None:
             await client.aclose()
@@ -227,12 +225,8 @@ async def attach_classifier(
             # A cancelled caller waits for the answer: the filter is then removed below.
             tc_filter = await worker.call(_add_filter, prog_fd, peer, direction.host_parent, name)
         except OSError as exc:
-            raise AttachError(
-                program,
-                f"cannot add the tc filter: {exc}",
-                netns=netns,
-                interface=peer.host_ifname,
-                errno=exc.errno,
+            raise AttachError.from_os(
+                program, "cannot add the tc filter", exc, netns=netns, interface=peer.host_ifname
             ) from exc
         logger.debug("classifier %s attached: %s", program, tc_filter)
         try:

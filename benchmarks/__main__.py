@@ -16,7 +16,7 @@ from benchmarks.results import Report
 log = logging.getLogger(__name__)
 BENCHMARKS = ("throughput", "idle", "startup", "churn", "netns-churn", "leaks")
 # Containers started per churn rate (per second): enough for a p99 at each, within minutes.
-CHURN = {1.0: 30, 5.0: 50, 20.0: 100}
+CHURN = {1.0: 30, 5.0: 50, float(churn.MAX_RATE): 100}
 CYCLES = 500
 
 

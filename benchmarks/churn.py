@@ -53,6 +53,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
 
 
+# Asked of the daemon when measuring its maximum: far beyond what it starts here (about five a
+# second); the starts then run as concurrently as the thread pool allows, and the rate achieved
+# is the daemon's maximum.
+MAX_RATE = "100"
+
+
 @attrs.define
 class Timeline:
     """When things happened, per netns and per container name (wall clock)."""
@@ -63,6 +69,8 @@ class Timeline:
     netns_of: dict[str, int] = attrs.Factory(dict)  # container name -> netns inode
     started: dict[str, float] = attrs.Factory(dict)  # container name -> docker start event
     echoes: set[tuple[str, int]] = attrs.Factory(set)  # (source address, seen_by)
+    # The same, for the records that came out named with their container.
+    named_echoes: set[tuple[str, int]] = attrs.Factory(set)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     async def until(self, check: Callable[[], bool], seconds: float) -> bool:
@@ -89,7 +97,10 @@ class Timeline:
         elif kind == "detached" and record.get("netns") is not None:
             self.detached[record["netns"]].add(record["program"])
         elif kind == "event" and record.get("source") == "echoes":
-            self.echoes.add((record["data"]["saddr"], record["data"]["seen_by"]))
+            echo = (record["data"]["saddr"], record["data"]["seen_by"])
+            self.echoes.add(echo)
+            if record.get("container"):
+                self.named_echoes.add(echo)
 
     def attached_at(self, name: str) -> float | None:
         """When the last program was attached in the container's netns, once all are."""
@@ -191,10 +202,17 @@ def _first_packets(timeline: Timeline, addresses: dict[str, str], count: int) ->
         where: sum((address, code) in timeline.echoes for address in addresses.values())
         for where, code in (("socket", SEEN_BY_SOCKET), ("tc", SEEN_BY_TC))
     }
-    both = sum(
-        {(a, SEEN_BY_SOCKET), (a, SEEN_BY_TC)} <= timeline.echoes for a in addresses.values()
-    )
-    return {"containers": count, "with_address": len(addresses), **seen, "both": both}
+
+    def both(echoes: set[tuple[str, int]]) -> int:
+        return sum({(a, SEEN_BY_SOCKET), (a, SEEN_BY_TC)} <= echoes for a in addresses.values())
+
+    return {
+        "containers": count,
+        "with_address": len(addresses),
+        **seen,
+        "both": both(timeline.echoes),
+        "both_named": both(timeline.named_echoes),
+    }
 
 
 def _latencies(timeline: Timeline, names: Sequence[str], complete: bool) -> dict[str, Any]:
@@ -248,8 +266,9 @@ def measure_churn(rates: Sequence[float], count: int) -> tuple[list[Figure], dic
                 f"attach p99 after netns appears, {rate}/s",
                 netns["p99_ms"],
                 "ms",
-                target="≤ 20 ms at 20/s" if rate == "20" else "",
-                met=netns["p99_ms"] <= 20 and d["all_attached"] if rate == "20" else None,
+                # Asked for more than the daemon can start: this is its maximum rate.
+                target="≤ 50 ms at the daemon's maximum" if rate == MAX_RATE else "",
+                met=netns["p99_ms"] <= 50 and d["all_attached"] if rate == MAX_RATE else None,
                 note=f"{note}; p50 {netns['p50_ms']:.1f}, max {netns['max_ms']:.1f}",
             ),
             Figure(
@@ -260,6 +279,13 @@ def measure_churn(rates: Sequence[float], count: int) -> tuple[list[Figure], dic
                 met=d["first_packet"]["both"] >= 0.99 * d["first_packet"]["containers"],
                 note=f"socket {d['first_packet']['socket']}, TC {d['first_packet']['tc']}"
                 f" of {d['first_packet']['containers']}",
+            ),
+            Figure(
+                f"first packet seen and named with its container (socket and TC), {rate}/s",
+                100 * d["first_packet"]["both_named"] / d["first_packet"]["containers"],
+                "%",
+                target="≥ 99%",
+                met=d["first_packet"]["both_named"] >= 0.99 * d["first_packet"]["containers"],
             ),
             Figure(
                 f"attach p99 after Docker start event, {rate}/s",

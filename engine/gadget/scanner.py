@@ -17,6 +17,7 @@ comments or strings never count.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -35,6 +36,16 @@ class Call:
     start: int  # where the name starts
     end: int  # after the closing ")", or the end of the source when it is never closed
     args: tuple[Span, ...]  # the top-level arguments; () when the call is never closed
+
+
+@attrs.frozen
+class Definition:
+    """A top-level function definition: its name, parameter list and body; offsets into the
+    source."""
+
+    name: str
+    params: Span  # between the parentheses
+    body: Span  # from after "{" to after "}"
 
 
 @attrs.frozen
@@ -98,6 +109,43 @@ class SourceScan:
         span = self.body_span(function)
         return None if span is None else self.code[span[0] : span[1]]
 
+    @functools.cached_property
+    def definitions(self) -> tuple[Definition, ...]:
+        """Every top-level function definition, in source order."""
+        out: list[Definition] = []
+        for brace, end in zip(self._block_opens, self._block_ends, strict=True):
+            close = _skip_space_back(self.code, brace - 1)
+            if close < 0 or self.code[close] != ")":
+                continue  # a struct, an initializer, an enum
+            opening = self._opening(close)
+            if opening is None:
+                continue
+            name = _name_before(self.code, opening)
+            if name is None or name in _KEYWORDS:
+                continue
+            out.append(Definition(name, (opening + 1, close), (brace + 1, end)))
+        return tuple(out)
+
+    def definition_at(self, offset: int) -> Definition | None:
+        """The function definition whose body holds ``offset``, if any."""
+        for definition in self.definitions:
+            if definition.body[0] <= offset < definition.body[1]:
+                return definition
+        return None
+
+    def _opening(self, close: int) -> int | None:
+        """Where the "(" that the ")" at ``close`` closes is, in ``code``."""
+        depth = 0
+        for i in range(close, -1, -1):
+            c = self.code[i]
+            if c == ")":
+                depth += 1
+            elif c == "(":
+                depth -= 1
+                if depth == 0:
+                    return i
+        return None
+
     def calls(self, name: str, within: Span | None = None) -> Iterator[Call]:
         """Each call of ``name`` in the code (in ``within`` only, when given), in order."""
         start, end = within or (0, len(self.code))
@@ -138,6 +186,25 @@ class SourceScan:
                 yield current, i
                 current = i + 1
         yield current, close
+
+
+_KEYWORDS = frozenset({"if", "for", "while", "switch", "return", "sizeof", "do", "else"})
+
+
+def _skip_space_back(text: str, i: int) -> int:
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return i
+
+
+def _name_before(text: str, at: int) -> str | None:
+    """The identifier that ends just before ``at`` (white space between allowed)."""
+    end = _skip_space_back(text, at - 1) + 1
+    start = end
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    name = text[start:end]
+    return name if name and not name[0].isdigit() else None
 
 
 def _call_pattern(name: str) -> re.Pattern[str]:

@@ -58,6 +58,8 @@ class Tracker:
     _pending_added: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # A mount namespace that starts pending (engine/world/mntns.py) has a timeout to wait for.
+        self.world.on_pending = self._pending_added_now
         if any(p.spec.kind is Kind.CLASSIFIER for g in self.loaded for p in g.programs.values()):
             removed = await remove_orphan_filters(owner_alive)
             if removed:
@@ -187,6 +189,9 @@ class Tracker:
                 self.outlet.put(Lost(gadget, source, count, "pending"))
             else:
                 stats.for_map(gadget, source).unselected += count
+
+    def _pending_added_now(self) -> None:
+        self._pending_added.set()
 
     async def _settle_on_timeouts(self) -> None:
         """Settle each pending netns when its identify timeout expires: sleeps until the

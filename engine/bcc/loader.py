@@ -360,11 +360,12 @@ def load_sync(
             failed: Exception | None = exc
         else:
             failed = None
+    shown = outputs.user_messages(messages)
     if failed is not None:
-        raise CompileError(gadget.path, "\n".join(messages)) from failed
-    if messages:
+        raise CompileError(gadget.path, "\n".join(shown)) from failed
+    if shown:
         # Warnings from the compiler: the user's to see.
-        log.warning("%s: compiler says:\n%s", gadget.path, "\n".join(messages))
+        log.warning("%s: compiler says:\n%s", gadget.path, "\n".join(shown))
     skip = {s.spec.function for s in skipped}
     loaded: dict[str, LoadedProgram] = {}
     try:

@@ -67,6 +67,8 @@ _RAW_HELPER = re.compile(
 )
 _CALLED = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
 _SKB_PARAM = re.compile(r"struct\s+__sk_buff\s*\*\s*([A-Za-z_]\w*)")
+# clang: "PATH:LINE:COLUMN: error: message".
+_DIAGNOSTIC = re.compile(r"^(.*?):(\d+):(\d+): ((?:error|warning|note): .*)$")
 
 
 @attrs.frozen
@@ -85,6 +87,35 @@ class Rewritten:
     gadget: Gadget
     maps: dict[str, OutputMap]
     calls: int  # how many calls were rewritten
+    original: str = ""  # the source before the rewrite
+    lines: frozenset[int] = frozenset()  # the lines a rewritten call starts on
+
+    def user_messages(self, messages: list[str]) -> list[str]:
+        """Compiler messages as the user wrote the file: one message per line and problem
+        where the rewrite copied an argument, with the user's line shown, not the expansion.
+        """
+        if not self.lines:
+            return messages
+        out: list[str] = []
+        seen: set[tuple[int, str]] = set()
+        skipping = False
+        source_lines = self.original.splitlines()
+        for message in messages:
+            found = _DIAGNOSTIC.match(message)
+            if found is None:
+                if not skipping:
+                    out.append(message)
+                continue
+            path, line, what = found.group(1), int(found.group(2)), found.group(4)
+            skipping = path == self.gadget.path and line in self.lines
+            if not skipping:
+                out.append(message)
+                continue
+            if (line, what) not in seen:
+                seen.add((line, what))
+                out.append(f"{path}:{line}: {what}")
+                out.append(source_lines[line - 1] if line <= len(source_lines) else "")
+        return out
 
 
 @attrs.frozen
@@ -121,7 +152,8 @@ def rewrite_outputs(gadget: Gadget) -> Rewritten:
         )
     kinds = _kinds_by_function(gadget)
     out: list[str] = []
-    at = rewritten = 0
+    lines: set[int] = set()
+    at = count = 0
     for site in _sites(scan, maps):
         if site.start < at:
             continue  # inside the arguments of the call just rewritten
@@ -137,13 +169,16 @@ def rewrite_outputs(gadget: Gadget) -> Rewritten:
         out.append(gadget.source[at : site.start])
         out.append(text + "\n" * gadget.source.count("\n", site.start, site.end))
         at = site.end
-        rewritten += 1
+        lines.add(line)
+        count += 1
     if problems:
         raise GadgetParseError(problems)
-    if not rewritten:
-        return Rewritten(gadget, maps, 0)
+    if not lines:
+        return Rewritten(gadget, maps, 0, gadget.source)
     out.append(gadget.source[at:])
-    return Rewritten(attrs.evolve(gadget, scan=SourceScan.of("".join(out))), maps, rewritten)
+    text = "".join(out)
+    rewritten = attrs.evolve(gadget, scan=SourceScan.of(text))
+    return Rewritten(rewritten, maps, count, gadget.source, frozenset(lines))
 
 
 class _Problem(Exception):

@@ -205,3 +205,38 @@ def test_a_gadget_without_buffers_is_untouched() -> None:
     source = 'SEC("tracepoint/a/b")\nint t(void *ctx) { return 0; }\n'
     rewritten = rewrite_outputs(Gadget.from_source(source, "g.c"))
     assert rewritten.gadget.source == source and rewritten.maps == {}
+
+
+def test_compiler_messages_show_the_users_line_once() -> None:
+    source = """\
+struct e { u32 n; };
+BPF_RINGBUF_OUTPUT(out, 16);
+SEC("tracepoint/a/b")
+int t(void *ctx)
+{
+    struct e x = {};
+    out.ringbuf_output(&x, sizeof(nope), 0);
+    return nope;
+}
+"""
+    rewritten = rewrite_outputs(Gadget.from_source(source, "g.c"))
+    expansion = rewritten.gadget.source.splitlines()[6]
+    messages = [
+        "g.c:7:166: error: use of undeclared identifier 'nope'",
+        expansion,
+        " " * 165 + "^",
+        "g.c:7:1238: error: use of undeclared identifier 'nope'",
+        expansion,
+        "g.c:8:12: error: use of undeclared identifier 'nope'",
+        "    return nope;",
+        "           ^",
+        "2 errors generated.",
+    ]
+    assert rewritten.user_messages(messages) == [
+        "g.c:7: error: use of undeclared identifier 'nope'",
+        "    out.ringbuf_output(&x, sizeof(nope), 0);",
+        "g.c:8:12: error: use of undeclared identifier 'nope'",
+        "    return nope;",
+        "           ^",
+        "2 errors generated.",
+    ]

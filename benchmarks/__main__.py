@@ -9,12 +9,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import churn, containers, idle, startup, throughput
+from benchmarks import churn, containers, idle, netns_churn, startup, throughput
 from benchmarks.hammer import build_hammer
 from benchmarks.results import Report
 
 log = logging.getLogger(__name__)
-BENCHMARKS = ("throughput", "idle", "startup", "churn", "leaks")
+BENCHMARKS = ("throughput", "idle", "startup", "churn", "netns-churn", "leaks")
 # Containers started per churn rate (per second): enough for a p99 at each, within minutes.
 CHURN = {1.0: 30, 5.0: 50, 20.0: 100}
 CYCLES = 500
@@ -71,6 +71,15 @@ def _churn(report: Report, smoke: bool) -> None:
         report.details.setdefault("churn", {}).update(details)
 
 
+def _netns_churn(report: Report, smoke: bool) -> None:
+    if smoke:
+        figures, details = netns_churn.measure((10.0,), seconds=0.5, baseline_count=5)
+    else:
+        figures, details = netns_churn.measure()
+    report.figures += figures
+    report.details["netns_churn"] = details
+
+
 def _leaks(report: Report, smoke: bool) -> None:
     figures, details = churn.measure_leaks(2 if smoke else CYCLES)
     report.figures += figures
@@ -82,6 +91,7 @@ STEPS: dict[str, Callable[[Report, bool], None]] = {
     "idle": _idle,
     "startup": _startup,
     "churn": _churn,
+    "netns-churn": _netns_churn,
     "leaks": _leaks,
 }
 NEEDS_DOCKER = frozenset({"idle", "churn", "leaks"})

@@ -9,7 +9,7 @@
 Inside, nested nurseries, so that what must outlive something is started first and stopped
 last: the outer one runs hooks and the user's tasks; in it, ``work`` runs the buffer pumps and
 host iterators; in that, ``netns`` runs one task per traced netns; in that, ``sources`` runs
-the Docker and netns sources, the world feeder and the link watcher. ``stop()`` cancels the
+the runtimes' and netns sources, the world feeder and the link watcher. ``stop()`` cancels the
 sources, asks every netns task to end (each finishes what it is doing, detaches and reports
 it), then stops the readers, then the hooks; whatever has not ended ``STOP_GRACE`` seconds
 after ``stop()`` is cancelled. Static programs are attached once, through an exit stack that
@@ -36,6 +36,7 @@ from engine.errors import (
     EngineStoppedError,
     sole_exception,
 )
+from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
@@ -47,6 +48,9 @@ from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.layers import Layers, run_work
 from engine.netns import LinkWatcher
 from engine.records import GadgetFailed, ProgramAttached, Record
+from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
+from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
+from engine.sources.runtimes import Runtimes
 from engine.world.held import Held
 from engine.world.selection import Selection
 from engine.world.state import DEFAULT_IDENTIFY_TIMEOUT, World
@@ -155,13 +159,23 @@ async def open_engine(
     trust_files: bool = False,
     all_or_nothing: bool = False,
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT,
+    maps: float | None = None,
+    maps_clear: bool = False,
+    docker_socket: str | None = None,
+    containerd_socket: str = CONTAINERD_SOCKET,
+    podman_socket: str = PODMAN_SOCKET,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
     ``select``/``exclude``/``host`` choose the traced containers (see ``Selection.parse``).
     ``strict=True`` makes a failing hook stop the engine with ``HookError`` (for tests);
-    ``hook_buffer`` bounds each hook's queue of records. ``containers=False`` runs without
-    the Docker and netns sources (static probes only). Per-netns iterators run when a netns
+    ``hook_buffer`` bounds each hook's queue of records. Containers are followed in Docker
+    (``docker_socket``; None: ``$DOCKER_HOST`` or /var/run/docker.sock), containerd
+    (``containerd_socket``; every namespace but Docker's ``moby``) and podman
+    (``podman_socket``, its API service) at once; a runtime that is absent is retried, and
+    ``source_connected``/``source_disconnected``/``source_reconnected`` records say how each
+    is doing. ``containers=False`` runs without the runtimes' and netns sources (static
+    probes only). Per-netns iterators run when a netns
     is attached and then every ``iter_interval`` seconds; the picture of containers and
     netns is reconciled every ``reconcile_interval`` seconds against missed events.
     With a selection, a container runtime's new netns is traced at once, before the runtime
@@ -174,6 +188,10 @@ async def open_engine(
     ``GadgetFailed`` record, a log line) and the others run without it; when every gadget
     fails, its error is raised (``GadgetsFailedError`` for several). ``all_or_nothing=True``
     raises the first failure instead, and nothing runs.
+    With ``maps`` (seconds), the gadgets' hash, array and histogram maps are emitted as
+    ``MapSnapshot`` records every ``maps`` seconds and when the engine stops, emptied after
+    each with ``maps_clear``; without it, the maps of gadgets that have no ring or perf buffer
+    are emitted when the engine stops (engine.events.maps).
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
@@ -187,7 +205,14 @@ async def open_engine(
     if supported is None:
         supported = await probed_support()
     options = _Options(
-        containers, iter_interval, reconcile_interval, all_or_nothing, identify_timeout
+        containers,
+        iter_interval,
+        reconcile_interval,
+        all_or_nothing,
+        identify_timeout,
+        maps,
+        maps_clear,
+        Runtimes(docker_socket, containerd_socket, podman_socket),
     )
     try:
         async with _running(
@@ -215,6 +240,9 @@ class _Options:
     reconcile_interval: float
     all_or_nothing: bool
     identify_timeout: float = DEFAULT_IDENTIFY_TIMEOUT
+    maps: float | None = None
+    maps_clear: bool = False
+    runtimes: Runtimes = attrs.Factory(Runtimes)
 
 
 async def _watch_links(
@@ -228,7 +256,11 @@ async def _watch_links(
     per_netns.links = LinkWatcher()
     if options.containers:
         per_netns.preattach = PreAttacher(
-            classifiers, sources, tracker.world, settled=tracker.preattach_settled
+            classifiers,
+            sources,
+            tracker.world,
+            settled=tracker.preattach_settled,
+            rtnl=per_netns.rtnl,
         )
         per_netns.links.on_veth = per_netns.preattach.on_veth
     await sources.start(per_netns.links.run)
@@ -288,10 +320,25 @@ async def _running(
                 )
             )
         await work.start(runner.run)
+        map_output = MapOutput.of(
+            loaded_all, outlet, world, interval=options.maps, clear=options.maps_clear
+        )
+        if map_output.gadgets:
+            await work.start(map_output.run)
         per_netns = PerNetns(
             loaded_all, outlet.put, layers.netns, world, options.iter_interval, held=held
         )
-        tracker = Tracker(world, per_netns, loaded_all, outlet, held, options.reconcile_interval)
+        # Unwound after the nurseries: every netns task has ended by then.
+        stack.push_async_callback(per_netns.aclose)
+        tracker = Tracker(
+            world,
+            per_netns,
+            loaded_all,
+            outlet,
+            held,
+            options.reconcile_interval,
+            runtimes=options.runtimes,
+        )
         sources = layers.sources
         await _watch_links(per_netns, tracker, sources, options)
         if options.containers:

@@ -112,6 +112,28 @@ class Lost(Record):
     where: str
 
 
+def _entries(entries: tuple[Mapping[str, Any], ...]) -> list[dict[str, Any]]:
+    return [dict(e) for e in entries]
+
+
+@attrs.frozen
+class MapSnapshot(Record):
+    """The entries of one of a gadget's maps, read at one moment (engine.events.maps).
+
+    ``kind`` is the map's type ("hash", "array", "percpu_hash", "lru_hash"...; per-CPU values
+    are summed) or "log2_histogram". Each entry is ``{"key", "value"}`` decoded by their C
+    types, with ``"container"`` when the key names a namespace, a cgroup or a process; a
+    histogram's entries are its sections (``key`` null, or the key without its ``slot``), each
+    ``value`` its buckets ``[{"low", "high", "count"}...]``.
+    """
+
+    TYPE = "map"
+    gadget: str
+    map: str
+    kind: str
+    entries: tuple[Mapping[str, Any], ...] = attrs.field(metadata=json_as(convert=_entries))
+
+
 @attrs.frozen
 class ProgramSkipped(Record):
     """An optional program that this kernel cannot run was left out."""
@@ -245,14 +267,28 @@ class ContainerRenamed(ContainerRecord):
 
 
 @attrs.frozen
+class SourceConnected(Record):
+    """A source reached its runtime (`docker`, `containerd`, `podman`) for the first time;
+    the containers running there were sent just before. `at` is wall-clock time (seconds
+    since the epoch)."""
+
+    TYPE = "source_connected"
+    source: str
+    at: float
+    runtime: str
+
+
+@attrs.frozen
 class SourceDisconnected(Record):
-    """A source lost its runtime (or found none at start); its containers are kept until it
-    reconnects and re-lists. `at` is wall-clock time (seconds since the epoch)."""
+    """A source lost its runtime (or found none at start: an absent runtime is not an error,
+    the source keeps trying); its containers are kept until it reconnects and re-lists. `at`
+    is wall-clock time (seconds since the epoch)."""
 
     TYPE = "source_disconnected"
     source: str
     at: float
     error: str
+    runtime: str
 
 
 @attrs.frozen
@@ -263,6 +299,7 @@ class SourceReconnected(Record):
     source: str
     disconnected_at: float
     at: float
+    runtime: str
 
 
 ContainerEvent = (
@@ -271,6 +308,7 @@ ContainerEvent = (
     | ContainerPaused
     | ContainerUnpaused
     | ContainerRenamed
+    | SourceConnected
     | SourceDisconnected
     | SourceReconnected
 )

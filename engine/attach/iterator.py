@@ -17,6 +17,7 @@ import trio
 from engine.bcc import libbcc
 from engine.errors import AttachError
 from engine.netns import NetnsHandle, in_netns
+from engine.netns.worker import Worker
 
 
 def _check(ret: int, what: str) -> int:
@@ -83,15 +84,20 @@ def _attach(prog_fd: int) -> int:
 
 
 async def run_iter_in_netns(
-    prog: int | IterLink, handle: NetnsHandle, *, program: str | None = None
+    prog: int | IterLink,
+    handle: NetnsHandle,
+    *,
+    program: str | None = None,
+    worker: Worker | None = None,
 ) -> bytes:
-    """Everything the iterator writes when read inside the netns of `handle`, to EOF."""
+    """Everything the iterator writes when read inside the netns of `handle`, to EOF (on
+    ``worker``, else on a thread of its own)."""
     name = program or (prog.program if isinstance(prog, IterLink) else f"prog fd {prog}")
     try:
         if isinstance(prog, IterLink):
             # A private copy: the thread may outlive a cancelled caller and the link's owner.
-            return await in_netns(handle, _read_and_close_link, os.dup(prog.fd))
-        return await in_netns(handle, _attach_and_read, prog)
+            return await in_netns(handle, _read_and_close_link, os.dup(prog.fd), worker=worker)
+        return await in_netns(handle, _attach_and_read, prog, worker=worker)
     except OSError as exc:
         raise AttachError(
             name,

@@ -7,6 +7,7 @@ apart from the filters of a live one without any state file.
 
 from __future__ import annotations
 
+import functools
 import os
 
 
@@ -23,7 +24,13 @@ def _start_time(pid: int) -> int | None:
 
 def current_owner() -> str:
     """This process's owner id, "PID.STARTTIME"."""
-    pid = os.getpid()
+    return _owner(os.getpid())
+
+
+@functools.cache
+def _owner(pid: int) -> str:
+    # Read once per process (every filter name carries it), by pid: a forked child is not
+    # its parent.
     return f"{pid}.{_start_time(pid)}"
 
 

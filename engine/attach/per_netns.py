@@ -25,6 +25,7 @@ import trio
 from engine.attach import (
     Direction,
     HostPeer,
+    IterLink,
     attach_classifier,
     attach_socket_filter,
     find_host_peers,
@@ -34,7 +35,8 @@ from engine.attach.preattach import PreAttacher
 from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
 from engine.gadget.sections import Kind
-from engine.netns import LinkWatcher, NetnsHandle, NetnsId
+from engine.netns import LinkWatcher, NetnsHandle, NetnsId, NsidClient
+from engine.netns.worker import Closer, HostRtnl, Worker
 from engine.records import AttachFailed, Event, ProgramAttached, Record
 from engine.world.held import Held
 from engine.world.state import NetnsTarget, World
@@ -85,8 +87,36 @@ class PerNetns:
     # "add_filter", "attached") and the target before that step of an attach, so that
     # tests/faults can kill a container or delete its netns at exactly that point.
     attach_step: AttachStep | None = None
+    # Long-lived, the engine's own: tc requests in the host; socket filters made inside each
+    # netns; iterator runs inside each netns (a slow one never delays an attach).
+    rtnl: HostRtnl = attrs.Factory(HostRtnl)
+    attach_worker: Worker = attrs.Factory(lambda: Worker("netns attach"))
+    iter_worker: Worker = attrs.Factory(lambda: Worker("netns iterators"))
+    closer: Closer = attrs.Factory(Closer)
+    nsids: NsidClient = attrs.Factory(NsidClient)
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
+    _iter_links: dict[int, IterLink] = attrs.Factory(dict)  # by program fd
     _stopping: trio.Event = attrs.Factory(trio.Event)
+
+    def _iter_link(self, program: LoadedProgram) -> IterLink:
+        """One link per iterator program for every netns: only the read fd is made inside
+        each (engine/attach/iterator.py)."""
+        link = self._iter_links.get(program.fd)
+        if link is None:
+            link = self._iter_links[program.fd] = IterLink.attach(program.fd, program.spec.function)
+        return link
+
+    async def aclose(self) -> None:
+        """Once every netns task has ended: the workers and sockets go (idempotent)."""
+        with trio.CancelScope(shield=True):
+            await self.rtnl.aclose()
+        await self.attach_worker.aclose()
+        await self.iter_worker.aclose()
+        await self.closer.aclose()
+        for link in self._iter_links.values():
+            await link.aclose()
+        self._iter_links.clear()
+        await self.nsids.aclose()
 
     def programs(self) -> list[tuple[LoadedGadget, LoadedProgram]]:
         """Per-netns programs in attach order: socket filters first, as they can attach the
@@ -146,7 +176,12 @@ class PerNetns:
             await self._attach_all(state)
 
     def _container_name(self, target: NetnsTarget) -> str | None:
-        return target.containers[0].name if target.containers else None
+        if target.containers:
+            return target.containers[0].name
+        # A speculative target is not updated when its netns is identified: a record made
+        # after that (not held, so never named on release) asks the world whose it is.
+        known = self.world.container_for({"netns": target.inode})
+        return known.name if known else None
 
     def _emit_for(self, inode: int, record: Record) -> None:
         """Emit now, or hold while the netns is pending identification (keeps the order)."""
@@ -163,28 +198,32 @@ class PerNetns:
         # Programs without a record yet: if the netns stops being traced before they are
         # attached, each still gets its one `attach_failed`, so that every program ends with
         # `attached` then `detached`, or with `attach_failed`.
+        # A `finally`, not `except trio.Cancelled`: a cancellation that passes through a
+        # nursery (trio.run_process, for one) arrives as an exception group, and the records
+        # of the programs still pending were lost then.
         pending = [program for _, program in self.programs()]
         try:
             await self._attach_and_run(state, pending)
-        except trio.Cancelled:
+        finally:
+            problem = (
+                "the netns stopped being traced during the attach"
+                if state.scope.cancel_called
+                else "the attach ended unexpectedly"
+            )
             for program in pending:
                 self._failed(
                     program,
                     state.target,
                     None,
-                    AttachError(
-                        program.spec.function,
-                        "the netns stopped being traced during the attach",
-                        netns=state.target.label,
-                    ),
+                    AttachError(program.spec.function, problem, netns=state.target.label),
                 )
-            raise
 
     async def _attach_and_run(self, state: NetnsState, pending: list[LoadedProgram]) -> None:
         target = state.target
         await self._step("open", target)
         try:
-            handle = await trio.to_thread.run_sync(NetnsHandle.open, target.path)
+            # An open of an nsfs file: nothing to wait for, no thread needed.
+            handle = NetnsHandle.open(target.path)
         except OSError as exc:
             for program in pending:
                 self._failed(
@@ -214,7 +253,13 @@ class PerNetns:
                 try:
                     if kind is Kind.SOCKET:
                         await stack.enter_async_context(
-                            attach_socket_filter(program.fd, program.spec.function, handle)
+                            attach_socket_filter(
+                                program.fd,
+                                program.spec.function,
+                                handle,
+                                worker=self.attach_worker,
+                                closer=self.closer,
+                            )
                         )
                         self._attached(stack, program, "socket", netns, None, state)
                     elif kind is Kind.CLASSIFIER:
@@ -260,6 +305,7 @@ class PerNetns:
                         peer,
                         direction,
                         netns=state.target.label,
+                        rtnl=self.rtnl,
                     )
                 )
             except AttachError as exc:
@@ -282,7 +328,9 @@ class PerNetns:
             # Taken before looking, so that a change during the look is not missed.
             change = self.links.changed if self.links is not None else None
             try:
-                return await find_host_peers(handle, program.spec.function)
+                return await find_host_peers(
+                    handle, program.spec.function, links=self.links, nsids=self.nsids
+                )
             except AttachError as exc:
                 late = trio.current_time() >= deadline or self._stopping.is_set()
                 if not exc.problem.startswith("no veth") or late:
@@ -318,9 +366,7 @@ class PerNetns:
         def detached() -> None:
             # Named as the netns is known by now: identified meanwhile, perhaps as a container
             # that is not selected (then the target, no longer desired, was never updated).
-            known = self.world.container_for({"netns": target.inode})
-            now = self._container_name(state.target) or (known.name if known else None)
-            self._emit_for(target.inode, attached.detached(now))
+            self._emit_for(target.inode, attached.detached(self._container_name(state.target)))
 
         stack.callback(detached)
 
@@ -390,7 +436,7 @@ class PerNetns:
         from engine.gadget.maps import iter_source
 
         try:
-            raw = await run_iter_in_netns(program.fd, handle, program=program.spec.function)
+            raw = await run_iter_in_netns(self._iter_link(program), handle, worker=self.iter_worker)
         except AttachError as exc:
             self._failed(program, target, None, exc)
             return

@@ -34,6 +34,7 @@ from engine.attach import Direction, HostPeer, attach_classifier
 from engine.bcc.loader import LoadedProgram
 from engine.errors import AttachError
 from engine.netns import VethLink
+from engine.netns.worker import HostRtnl
 from engine.world.state import World
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class PreAttacher:
     # whether handed to a netns (``World.host_ifindexes`` has it then) or released.
     settled: Callable[[int], None] = lambda _ifindex: None
     claim_wait: float = CLAIM_WAIT
+    rtnl: HostRtnl | None = None  # the engine's rtnetlink worker
     _veths: dict[int, _Veth] = attrs.Factory(dict)
     # Veths pre-attached once already: their later changes (up, carrier...) are not new pairs.
     _tried: set[int] = attrs.Factory(set)
@@ -105,7 +107,7 @@ class PreAttacher:
         return stack
 
     async def _hold(self, held: _Veth, ifname: str) -> None:
-        peer = HostPeer("", held.peer_ifindex, ifname, held.host_ifindex)
+        peer = HostPeer(held.peer_ifindex, ifname, held.host_ifindex)
         try:
             with trio.move_on_after(self.claim_wait):
                 await self._attach(held, peer)
@@ -133,7 +135,9 @@ class PreAttacher:
             held.stacks[program.fd] = stack  # owned from before the attach: closed if cancelled
             try:
                 await stack.enter_async_context(
-                    attach_classifier(program.fd, program.spec.function, peer, direction)
+                    attach_classifier(
+                        program.fd, program.spec.function, peer, direction, rtnl=self.rtnl
+                    )
                 )
             except AttachError as exc:
                 # The netns task attaches it the usual way, and reports a failure then.

@@ -11,6 +11,7 @@ import trio
 
 from engine.errors import AttachError
 from engine.netns import NetnsHandle, in_netns
+from engine.netns.worker import Closer, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +36,25 @@ def _open_filtered_socket(prog_fd: int) -> socket.socket:
 
 @asynccontextmanager
 async def attach_socket_filter(
-    prog_fd: int, program: str, handle: NetnsHandle
+    prog_fd: int,
+    program: str,
+    handle: NetnsHandle,
+    *,
+    worker: Worker | None = None,
+    closer: Closer | None = None,
 ) -> AsyncIterator[socket.socket]:
-    """Attach a loaded SOCKET_FILTER program to all traffic of the netns of `handle`.
+    """Attach a loaded SOCKET_FILTER program to all traffic of the netns of `handle` (the
+    socket made inside it on ``worker``, else on a thread of its own; closed by ``closer``,
+    else here, which waits for an RCU grace period).
 
     The socket is closed (and the program detached) on exit, also on cancellation.
     Nobody reads the socket: the program's return value is how many bytes to queue, so
     gadgets should return 0 and report through maps.
     """
     try:
-        sock = await in_netns(handle, _open_filtered_socket, prog_fd, release=socket.socket.close)
+        sock = await in_netns(
+            handle, _open_filtered_socket, prog_fd, release=socket.socket.close, worker=worker
+        )
     except OSError as exc:
         raise AttachError(
             program,
@@ -57,6 +67,9 @@ async def attach_socket_filter(
         yield sock
     finally:
         with trio.CancelScope(shield=True):
-            sock.close()
+            if closer is not None:
+                closer.close_soon(sock)
+            else:
+                sock.close()
             await trio.lowlevel.checkpoint()
         logger.debug("socket filter %s detached from %s", program, handle.id)

@@ -139,7 +139,7 @@ async def start_gadget(
         if pump is not None:
             await work.start(pump.run)
         stack.push_async_exit(own.pop_all())
-    for s in skipped:
+    for s in loaded.skipped:
         outlet.put(ProgramSkipped(gadget.name, s.spec.function, s.spec.kind.value, s.reason))
     for record in attached:
         outlet.put(record)

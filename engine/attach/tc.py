@@ -11,8 +11,11 @@ added since). Our filters use priorities from PRIO_FIRST upwards that nobody els
 hook, handle 1, and carry the name "engine_<owner>_<program>" so that leftovers of a dead engine
 can be found (`remove_orphan_filters`).
 
-pyroute2's sync IPRoute runs its own event loop in the calling thread and blocks: each operation
-opens one in a trio worker thread (host netns, never entered elsewhere) and closes it there.
+The netlink work is the engine's own (engine/attach/tcmsg.py): on the host rtnetlink worker
+when one is given (the engine's, engine/netns/worker.py), else on a worker made for the call.
+Host-side peers come from the host's own link table (engine/netns/links.py): a host veth whose
+IFLA_LINK_NETNSID is the container netns's id in the host is its peer; nothing enters the
+container's netns to find them.
 """
 
 from __future__ import annotations
@@ -20,24 +23,32 @@ from __future__ import annotations
 import enum
 import errno
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import attrs
 import trio
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from engine.attach.owner import current_owner
+from engine.attach.tcmsg import (
+    FilterInfo,
+    add_bpf_filter,
+    bpf_filter_request,
+    check_clsact,
+    clsact_request,
+    delete_bpf_filter,
+    list_filters,
+)
 from engine.errors import AttachError
-from engine.netns import NetnsHandle, NsidClient, host_netns_id, in_netns
+from engine.netns import LinkWatcher, NetnsHandle, NsidClient, host_netns_id
+from engine.netns.links import VethLink, dump_links, dump_veths
+from engine.netns.netlink import RtnlSocket
+from engine.netns.worker import HostRtnl
 
 logger = logging.getLogger(__name__)
 
 TC_H_CLSACT_INGRESS = 0xFFFFFFF2
 TC_H_CLSACT_EGRESS = 0xFFFFFFF3
-ETH_P_ALL = 0x0003
 # Priorities we use: high numbers run after other tools' usual low ones.
 PRIO_FIRST = 0xC000
 PRIO_LAST = 0xC3FF
@@ -61,12 +72,15 @@ class Direction(enum.Enum):
 
 @attrs.frozen
 class HostPeer:
-    """A container interface and its veth peer in the host netns."""
+    """A container's veth: its index in the container's netns, and its peer in the host's."""
 
-    ifname: str
     ifindex: int
     host_ifname: str
     host_ifindex: int
+
+    @classmethod
+    def of(cls, veth: VethLink) -> HostPeer:
+        return cls(veth.peer_ifindex, veth.ifname, veth.ifindex)
 
 
 @attrs.frozen
@@ -91,48 +105,15 @@ def owner_of(name: str) -> str | None:
     return owner if sep else None
 
 
-def _link_kind(link: Any) -> str | None:
-    info = link.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
-
-
-def _container_veths() -> list[tuple[str, int, int, int | None]]:
-    """Runs inside the container netns: (name, index, peer index, peer's nsid) of each veth."""
-    with IPRoute() as ipr:
-        return [
-            (
-                link.get_attr("IFLA_IFNAME"),
-                link["index"],
-                link.get_attr("IFLA_LINK"),
-                link.get_attr("IFLA_LINK_NETNSID"),
-            )
-            for link in ipr.get_links()
-            if _link_kind(link) == "veth" and link.get_attr("IFLA_LINK") is not None
-        ]
-
-
-def _host_peers(veths: list[tuple[str, int, int, int | None]], nsid: int) -> list[HostPeer]:
-    """Runs in the host netns: keep the veths whose peer is here and points back at them."""
-    peers = []
-    with IPRoute() as ipr:
-        for ifname, ifindex, peer_index, _ in veths:
-            try:
-                (link,) = ipr.get_links(peer_index)
-            except NetlinkError as exc:
-                if exc.code == errno.ENODEV:
-                    continue
-                raise
-            if (
-                _link_kind(link) == "veth"
-                and link.get_attr("IFLA_LINK") == ifindex
-                and link.get_attr("IFLA_LINK_NETNSID") == nsid
-            ):
-                peers.append(HostPeer(ifname, ifindex, link.get_attr("IFLA_IFNAME"), peer_index))
-    return peers
-
-
-async def find_host_peers(handle: NetnsHandle, program: str) -> list[HostPeer]:
-    """The host-side ends of every veth of the netns of `handle` (several interfaces: all).
+async def find_host_peers(
+    handle: NetnsHandle,
+    program: str,
+    *,
+    links: LinkWatcher | None = None,
+    nsids: NsidClient | None = None,
+) -> list[HostPeer]:
+    """The host-side ends of every veth of the netns of `handle` (several interfaces: all),
+    from ``links`` (the engine's table) or else from a dump of the host's links.
 
     Raises AttachError when the netns is the host's (a container on the host network has no
     peer, and attaching to the host's own interfaces would trace everything) or has no veth.
@@ -142,40 +123,34 @@ async def find_host_peers(handle: NetnsHandle, program: str) -> list[HostPeer]:
         raise AttachError(
             program, "the container uses the host's network: it has no veth peer", netns=netns
         )
-    nsids = NsidClient()
+    client = nsids or NsidClient()
     try:
-        # The peer's IFLA_LINK_NETNSID is the container netns's id in the host.
-        nsid = await nsids.get(handle.fd)
-        veths = await in_netns(handle, _container_veths)
-        peers = await trio.to_thread.run_sync(_host_peers, veths, nsid)
-    except (OSError, NetlinkError) as exc:
-        code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+        # Without an id in the host, no veth of the netns can have its peer here.
+        nsid = await client.get(handle.fd)
+        if links is not None:
+            veths = links.peers_of(nsid)
+        else:
+            async with HostRtnl() as rtnl:
+                veths = [v for v in await rtnl.call(dump_veths) if v.peer_nsid == nsid]
+    except OSError as exc:
         raise AttachError(
-            program, f"cannot list the interfaces: {exc}", netns=netns, errno=code
+            program, f"cannot list the interfaces: {exc}", netns=netns, errno=exc.errno
         ) from exc
     finally:
-        nsids.close()
-    if not peers:
+        if nsids is None:
+            await client.aclose()
+    if nsid < 0 or not veths:
         raise AttachError(program, "no veth interface with a peer in the host netns", netns=netns)
-    return peers
+    return [HostPeer.of(v) for v in veths]
 
 
-def _ensure_clsact(ipr: Any, ifindex: int) -> None:
-    if any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(ifindex)):
-        return
-    try:
-        ipr.tc("add", "clsact", ifindex)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:  # added by someone else in between
-            raise
+def _used_prios(sock: RtnlSocket, ifindex: int, parent: int) -> set[int]:
+    return {f.prio for f in list_filters(sock, ifindex, parent)}
 
 
-def _used_prios(ipr: Any, ifindex: int, parent: int) -> set[int]:
-    return {f["info"] >> 16 for f in ipr.get_filters(ifindex, parent=parent)}
-
-
-def _add_filter(prog_fd: int, peer: HostPeer, parent: int, name: str) -> TcFilter:
-    """Add our filter at the lowest free priority of our range.
+def _add_filter(sock: RtnlSocket, prog_fd: int, peer: HostPeer, parent: int, name: str) -> TcFilter:
+    """Add our filter at the lowest free priority of our range (the first one is tried
+    before anything is listed).
 
     Other engines (and other tools) add filters on the same hook at the same time: between
     listing and adding, the chosen priority may be taken. The kernel then answers EEXIST (a
@@ -183,52 +158,51 @@ def _add_filter(prog_fd: int, peer: HostPeer, parent: int, name: str) -> TcFilte
     kind or protocol holds that priority); either way, list again and take the next free one.
     Bounded, so a hook that keeps changing under us is an error, not a loop.
     """
-    with IPRoute() as ipr:
-        _ensure_clsact(ipr, peer.host_ifindex)
-        for _ in range(ADD_ATTEMPTS):
-            used = _used_prios(ipr, peer.host_ifindex, parent)
-            prio = next((p for p in range(PRIO_FIRST, PRIO_LAST + 1) if p not in used), None)
-            if prio is None:
-                raise NetlinkError(errno.ENOSPC, "no free tc priority in our range")
-            try:
-                ipr.tc(
-                    "add-filter",
-                    "bpf",
-                    peer.host_ifindex,
-                    FILTER_HANDLE,
-                    parent=parent,
-                    prio=prio,
-                    protocol=ETH_P_ALL,
-                    fd=prog_fd,
-                    name=name,
-                    direct_action=True,
-                )
-            except NetlinkError as exc:
-                taken = exc.code == errno.EEXIST or (
-                    exc.code == errno.EINVAL and prio in _used_prios(ipr, peer.host_ifindex, parent)
-                )
-                if taken:
-                    logger.debug("tc priority %#x on %s taken meanwhile", prio, peer.host_ifname)
-                    continue
-                raise
-            return TcFilter(peer.host_ifindex, peer.host_ifname, parent, prio, name)
-    raise NetlinkError(errno.EBUSY, f"tc priorities kept being taken ({ADD_ATTEMPTS} tries)")
+    ifindex = peer.host_ifindex
+    # The usual case, a veth that nobody else filters: the qdisc and our filter at the first
+    # priority of our range, in one datagram. Each waits on the RTNL lock, which netns
+    # teardown holds for milliseconds at a time: listing first would wait once more.
+    (qdisc, _), (code, _) = sock.batch(
+        clsact_request(ifindex),
+        bpf_filter_request(ifindex, parent, PRIO_FIRST, FILTER_HANDLE, prog_fd, name),
+    )
+    check_clsact(qdisc)
+    if code == 0:
+        return TcFilter(ifindex, peer.host_ifname, parent, PRIO_FIRST, name)
+    if code not in (errno.EEXIST, errno.EINVAL):
+        raise OSError(code, f"cannot add the tc filter: {errno.errorcode.get(code, code)}")
+    for _ in range(ADD_ATTEMPTS):
+        used = _used_prios(sock, ifindex, parent)
+        prio = next((p for p in range(PRIO_FIRST, PRIO_LAST + 1) if p not in used), None)
+        if prio is None:
+            raise OSError(errno.ENOSPC, "no free tc priority in our range")
+        try:
+            add_bpf_filter(sock, ifindex, parent, prio, FILTER_HANDLE, prog_fd, name)
+        except OSError as exc:
+            taken = exc.errno == errno.EEXIST or (
+                exc.errno == errno.EINVAL and prio in _used_prios(sock, ifindex, parent)
+            )
+            if taken:
+                logger.debug("tc priority %#x on %s taken meanwhile", prio, peer.host_ifname)
+                continue
+            raise
+        return TcFilter(ifindex, peer.host_ifname, parent, prio, name)
+    raise OSError(errno.EBUSY, f"tc priorities kept being taken ({ADD_ATTEMPTS} tries)")
 
 
-def _delete_filter(ipr: Any, ifindex: int, parent: int, prio: int, handle: int) -> bool:
+def _delete_filter(sock: RtnlSocket, ifindex: int, parent: int, prio: int, handle: int) -> bool:
     """False when it was gone already (interface deleted, filter removed by someone)."""
     try:
-        ipr.tc("del-filter", "bpf", ifindex, handle, parent=parent, prio=prio, protocol=ETH_P_ALL)
-    except NetlinkError as exc:
-        if exc.code in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+        delete_bpf_filter(sock, ifindex, parent, prio, handle)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
             return False
         raise
     return True
 
 
-def _remove(f: TcFilter) -> None:
-    with IPRoute() as ipr:
-        _delete_filter(ipr, f.host_ifindex, f.parent, f.prio, FILTER_HANDLE)
+def _remove(sock: RtnlSocket, f: TcFilter) -> None:
+    _delete_filter(sock, f.host_ifindex, f.parent, f.prio, FILTER_HANDLE)
 
 
 @asynccontextmanager
@@ -240,77 +214,87 @@ async def attach_classifier(
     *,
     netns: str | None = None,
     owner: str | None = None,
+    rtnl: HostRtnl | None = None,
 ) -> AsyncIterator[TcFilter]:
-    """Attach a loaded SCHED_CLS program (direct-action) for one container interface.
+    """Attach a loaded SCHED_CLS program (direct-action) for one container interface, through
+    ``rtnl`` (else a worker of its own).
 
     Always removes its filter on exit, also on cancellation.
     """
     name = filter_name(owner or current_owner(), program)
-    try:
-        tc_filter = await trio.to_thread.run_sync(
-            _add_filter, prog_fd, peer, direction.host_parent, name, abandon_on_cancel=False
-        )
-    except NetlinkError as exc:
-        raise AttachError(
-            program,
-            f"cannot add the tc filter: {exc}",
-            netns=netns,
-            interface=peer.host_ifname,
-            errno=exc.code,
-        ) from exc
-    logger.debug("classifier %s attached: %s", program, tc_filter)
-    try:
-        yield tc_filter
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_remove, tc_filter)
-        logger.debug("classifier %s detached: %s", program, tc_filter)
+    async with _rtnl(rtnl) as worker:
+        try:
+            # A cancelled caller waits for the answer: the filter is then removed below.
+            tc_filter = await worker.call(_add_filter, prog_fd, peer, direction.host_parent, name)
+        except OSError as exc:
+            raise AttachError(
+                program,
+                f"cannot add the tc filter: {exc}",
+                netns=netns,
+                interface=peer.host_ifname,
+                errno=exc.errno,
+            ) from exc
+        logger.debug("classifier %s attached: %s", program, tc_filter)
+        try:
+            yield tc_filter
+        finally:
+            with trio.CancelScope(shield=True):
+                await worker.call(_remove, tc_filter)
+            logger.debug("classifier %s detached: %s", program, tc_filter)
 
 
-def _bpf_name(f: Any) -> str | None:
-    options = f.get_attr("TCA_OPTIONS")
-    name = options.get_attr("TCA_BPF_NAME") if options is not None else None
-    return name if f.get_attr("TCA_KIND") == "bpf" and name else None
+@asynccontextmanager
+async def _rtnl(given: HostRtnl | None) -> AsyncIterator[HostRtnl]:
+    """``given``, or a worker of its own for as long as the block runs."""
+    if given is not None:
+        yield given
+        return
+    async with HostRtnl() as own:
+        yield own
 
 
-def _holds(ipr: Any, ifindex: int, parent: int, prio: int, name: str) -> bool:
+def _ours(filters: list[FilterInfo]) -> Iterator[tuple[FilterInfo, str, str]]:
+    for f in filters:
+        owner = owner_of(f.bpf_name) if f.kind == "bpf" and f.bpf_name else None
+        if owner is not None and f.bpf_name is not None:
+            yield f, f.bpf_name, owner
+
+
+def _holds(sock: RtnlSocket, ifindex: int, parent: int, prio: int, name: str) -> bool:
     """Whether `name` is still the filter at `prio`: another engine's cleanup may have removed
     the orphan since we listed, and a live engine may have taken the freed priority."""
     try:
-        filters = ipr.get_filters(ifindex, parent=parent)
-    except NetlinkError:
+        filters = list_filters(sock, ifindex, parent)
+    except OSError:
         return False
-    return any(f["info"] >> 16 == prio and _bpf_name(f) == name for f in filters)
+    return any(f.prio == prio and f.bpf_name == name for f in filters)
 
 
-def _remove_orphans(owner_alive: Callable[[str], bool]) -> int:
+def _remove_orphans(sock: RtnlSocket, owner_alive: Callable[[str], bool]) -> int:
     removed = 0
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            for parent in (TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS):
-                try:
-                    filters = ipr.get_filters(link["index"], parent=parent)
-                except NetlinkError as exc:
-                    if exc.code in (errno.ENODEV, errno.EINVAL, errno.ENOENT):
-                        continue  # link gone, or no clsact on it
-                    raise
-                for f in filters:
-                    name = _bpf_name(f)
-                    owner = owner_of(name) if name else None
-                    if name is None or owner is None or owner_alive(owner):
-                        continue
-                    prio = f["info"] >> 16
-                    if _holds(ipr, link["index"], parent, prio, name) and _delete_filter(
-                        ipr, link["index"], parent, prio, f["handle"]
-                    ):
-                        logger.info(
-                            "removed orphan filter %s on %s", name, link.get_attr("IFLA_IFNAME")
-                        )
-                        removed += 1
+    for ifindex, ifname in dump_links(sock):
+        for parent in (TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS):
+            try:
+                filters = list_filters(sock, ifindex, parent)
+            except OSError as exc:
+                if exc.errno in (errno.ENODEV, errno.EINVAL, errno.ENOENT):
+                    continue  # link gone, or no clsact on it
+                raise
+            for f, name, owner in _ours(filters):
+                if owner_alive(owner):
+                    continue
+                if _holds(sock, ifindex, parent, f.prio, name) and _delete_filter(
+                    sock, ifindex, parent, f.prio, f.handle
+                ):
+                    logger.info("removed orphan filter %s on %s", name, ifname)
+                    removed += 1
     return removed
 
 
-async def remove_orphan_filters(owner_alive: Callable[[str], bool]) -> int:
+async def remove_orphan_filters(
+    owner_alive: Callable[[str], bool], *, rtnl: HostRtnl | None = None
+) -> int:
     """Delete the filters of ours (named "engine_<owner>_...") whose owner is gone; leave all
     others. Returns how many were removed."""
-    return await trio.to_thread.run_sync(_remove_orphans, owner_alive)
+    async with _rtnl(rtnl) as worker:
+        return await worker.call(_remove_orphans, owner_alive)

@@ -28,6 +28,11 @@ def lib() -> Any:
     bcc_lib.bcc_iter_create.argtypes = [ct.c_int]
     bcc_lib.bpf_close_perf_event_fd.restype = ct.c_int
     bcc_lib.bpf_close_perf_event_fd.argtypes = [ct.c_int]  # bcc misspells "argtypes"
+    bcc_lib.bpf_lookup_and_delete.restype = ct.c_int
+    bcc_lib.bpf_lookup_and_delete.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    for size in (bcc_lib.bpf_table_key_size, bcc_lib.bpf_table_leaf_size):
+        size.restype = ct.c_size_t
+        size.argtypes = [ct.c_void_p, ct.c_char_p]
     return bcc_lib
 
 

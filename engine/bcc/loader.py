@@ -1,9 +1,11 @@
 """Compile a gadget with bcc once and load each of its programs once.
 
 bcc's compiler chdir()s the whole process, so compiles are serialized by one lock and run in
-a worker thread, off the trio thread. Programs are loaded by us (not by bcc's name-prefix
-magic), so gadget functions are named freely; the fds are registered with bcc's ``BPF``
-object so that its attach helpers reuse them.
+a worker thread, off the trio thread. Programs are loaded by us, never by bcc: the module is
+compiled with bcc's automatic load and attach of functions named ``kprobe__F``,
+``tracepoint__C__N``... turned off (those names are programs of the gadget, declared by bcc's
+naming conventions, engine.gadget.bcc_names, and attached by the engine like any other); the
+fds are registered with bcc's ``BPF`` object so that its table helpers find them.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from engine.bcc.origin_prelude import origin_prelude
 from engine.bcc.targets import TargetMissing, check_target, find_usdt
 from engine.bcc.usdt import argument_readers
 from engine.errors import (
+    BtfError,
     CompileError,
-    GadgetParseError,
     TargetNotFoundError,
     UnsupportedProgramError,
     VerifierError,
@@ -38,9 +40,11 @@ from engine.gadget.model import Gadget, ProgramSpec
 from engine.gadget.origin import OutputMap, rewrite_outputs
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
+from engine.kernel.btf import Btf
 from engine.kernel.features import probe_features, read_config
 from engine.kernel.headers import process_headers
 from engine.kernel.layouts import btf_prelude
+from engine.kernel.plain_structs import explain, rewrite_plain_structs
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +103,28 @@ static __always_inline bool engine_selected(void)
 
 _PRELUDE_SCAN = SourceScan.of(PRELUDE)
 
-# bcc attaches functions with these name prefixes by itself when a module is created.
-RESERVED_PREFIXES = (
-    "kprobe__",
-    "kretprobe__",
-    "tracepoint__",
-    "raw_tracepoint__",
-    "kfunc__",
-    "kretfunc__",
-    "lsm__",
-)
-
 
 def _bpf_module() -> Any:
     import bcc  # Debian's python3-bpfcc; imported late so that unit tests need no bcc.
 
     return bcc
+
+
+@functools.cache
+def _compile_only() -> Any:
+    """bcc's ``BPF`` class without its automatic load and attach of prefixed functions.
+
+    bcc's constructor ends by loading and attaching every function named ``kprobe__F``,
+    ``tracepoint__C__N`` and the rest; the engine loads each program itself (and attaches it
+    once, detaching it itself), so nothing may be attached behind its back.
+    """
+    bcc = _bpf_module()
+
+    class CompileOnly(bcc.BPF):  # type: ignore[misc,name-defined]
+        def _trace_autoload(self) -> None:
+            pass
+
+    return CompileOnly
 
 
 def prog_type_and_name(spec: ProgramSpec) -> tuple[str, str]:
@@ -174,6 +184,10 @@ class LoadedGadget:
     # The buffer maps, numbered as the origin rewrite numbered them (engine/gadget/origin.py).
     outputs: dict[str, OutputMap] = attrs.Factory(dict)
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
+    # What engine/world/kernel_filter.py last wrote to the selection maps.
+    selection_written: tuple[int, frozenset[tuple[int, int]]] | None = attrs.field(
+        default=None, eq=False, repr=False
+    )
     _closed: bool = False
 
     def program(self, function: str) -> LoadedProgram:
@@ -201,30 +215,30 @@ BuildSource = Callable[[Gadget], str]
 
 
 def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
-    """The text bcc compiles: true layouts, our prelude, then the gadget with its own lines."""
-    scans = (_PRELUDE_SCAN, *(SourceScan.of(text) for text in extra), gadget.scan)
-    layouts = btf_prelude(*scans, gadget_path=gadget.path)
+    """The text bcc compiles: true layouts, our prelude, then the gadget with its own lines.
+
+    When bcc's headers are not the running kernel's, the gadget's plain kernel structs are
+    read through true layouts too (engine.kernel.plain_structs); with matching headers the
+    gadget is compiled as written.
+    """
+    btf = _btf_when_headers_mismatch()
+    scan = gadget.scan if btf is None else rewrite_plain_structs(gadget.scan, btf)
+    scans = (_PRELUDE_SCAN, *(SourceScan.of(text) for text in extra), scan)
+    layouts = btf_prelude(*scans, btf=btf, gadget_path=gadget.path)
     path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')
-    return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + gadget.source
+    return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + scan.source
 
 
-def check_reserved_names(gadget: Gadget) -> None:
-    from engine.errors import SectionError
-
-    problems = [
-        SectionError(
-            gadget.path,
-            p.line,
-            p.section.text,
-            f"function name {p.function!r} starts with {prefix!r}, which bcc reserves "
-            "for its own automatic attachment; rename the function",
-        )
-        for p in gadget.programs
-        for prefix in RESERVED_PREFIXES
-        if p.function.startswith(prefix)
-    ]
-    if problems:
-        raise GadgetParseError(problems)
+def _btf_when_headers_mismatch() -> Btf | None:
+    """The kernel's BTF when bcc's headers are another kernel's; None when they match (or
+    when there is no BTF to read: then the headers' layouts are all there is)."""
+    if process_headers().matches:
+        return None
+    try:
+        return Btf.from_file()
+    except BtfError as exc:
+        log.warning("plain kernel structs keep the headers' layouts: %s", exc)
+        return None
 
 
 def check_targets(gadget: Gadget, skipped: Sequence[SkippedProgram] = ()) -> list[str]:
@@ -310,8 +324,6 @@ def _load_one(bcc: Any, bpf: Any, gadget: Gadget, spec: ProgramSpec) -> LoadedPr
     lib = libbcc.lib()
     fn = spec.function.encode()
     start = lib.bpf_function_start(bpf.module, fn)
-    if not start:
-        raise CompileError(gadget.path, f"function {spec.function!r} was not compiled")
     log_size = 1 << 20
     log_buf = ct.create_string_buffer(log_size)
     with _captured_stderr():  # libbcc repeats the verifier log there; we carry it instead
@@ -348,24 +360,26 @@ def load_sync(
     """Compile and load (blocking). Use ``load_gadget`` from trio."""
     bcc = _bpf_module()
     process_headers().warn_if_mismatched()
-    check_reserved_names(gadget)
     readers = check_targets(gadget, skipped)
     # Every record written to a buffer gets its origin in front (engine/gadget/origin.py).
     outputs = rewrite_outputs(attrs.evolve(gadget, scan=expand_iter_output(gadget.scan)))
     text = full_source(outputs.gadget, [origin_prelude(read_config()), *readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:
-            bpf = bcc.BPF(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))
+            bpf = _compile_only()(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))
         except Exception as exc:  # bcc raises bare Exception("Failed to compile ...")
             failed: Exception | None = exc
         else:
             failed = None
     shown = outputs.user_messages(messages)
     if failed is not None:
-        raise CompileError(gadget.path, "\n".join(shown)) from failed
+        btf = _btf_when_headers_mismatch()
+        explained = shown if btf is None else list(explain(shown, btf))
+        raise CompileError(gadget.path, "\n".join(explained)) from failed
     if shown:
         # Warnings from the compiler: the user's to see.
         log.warning("%s: compiler says:\n%s", gadget.path, "\n".join(shown))
+    skipped = [*skipped, *_compiled_out(bpf, gadget, skipped)]
     skip = {s.spec.function for s in skipped}
     loaded: dict[str, LoadedProgram] = {}
     try:
@@ -376,6 +390,24 @@ def load_sync(
         bpf.cleanup()
         raise
     return LoadedGadget(gadget, bpf, loaded, tuple(skipped), outputs=outputs.maps)
+
+
+def _compiled_out(
+    bpf: Any, gadget: Gadget, skipped: Sequence[SkippedProgram]
+) -> list[SkippedProgram]:
+    """Programs whose definition the preprocessor left out (``#ifdef LATENCY`` around one, as
+    bcc's tools write them): the source declares them, the module has no such function."""
+    lib = libbcc.lib()
+    skip = {s.spec.function for s in skipped}
+    out = []
+    for spec in gadget.programs:
+        if spec.function not in skip and not lib.bpf_function_start(
+            bpf.module, spec.function.encode()
+        ):
+            reason = "not compiled: the preprocessor left its definition out (#if/#ifdef)"
+            log.warning("%s:%d: program %s %s", gadget.path, spec.line, spec.function, reason)
+            out.append(SkippedProgram(spec, reason))
+    return out
 
 
 async def load_gadget(gadget: Gadget, **kwargs: Any) -> LoadedGadget:

@@ -14,18 +14,29 @@ from typing import Any, TextIO
 
 import attrs
 
+from engine.cli.histogram import map_lines
+
 HOST = "(host)"
 HOME = "\x1b[H"
 ERASE_LINE = "\x1b[K"
 ERASE_BELOW = "\x1b[J"
 HIDE_CURSOR = "\x1b[?25l"
 SHOW_CURSOR = "\x1b[?25h"
+# Column widths of container labels: in the counts, and in the latest events.
+_NAME = 32
+_SHORT = 24
 
 
 def container_label(container: Mapping[str, Any] | None) -> str:
-    """How a record's container shows in the view: its name, else its short id, else host."""
+    """How a record's container shows in the view: a Kubernetes pod's containers as
+    NAMESPACE/POD/CONTAINER (its sandbox as NAMESPACE/POD), any other by its name, else its
+    short id; host without a container."""
     if not container:
         return HOST
+    k8s = container.get("k8s")
+    if isinstance(k8s, Mapping):
+        parts = (k8s.get("namespace"), k8s.get("pod"), k8s.get("container"))
+        return "/".join(str(p) for p in parts if p)
     return str(container.get("name") or container.get("short_id") or container.get("id") or HOST)
 
 
@@ -36,7 +47,7 @@ def _summary(data: Mapping[str, Any]) -> str:
 def _note(record: Mapping[str, Any]) -> str | None:
     """One line for the engine's own records; None for gadget events."""
     kind = record.get("type")
-    if kind == "event":
+    if kind in ("event", "map"):
         return None
     if kind in ("container_added", "container_removed"):
         return f"{kind} {container_label(record.get('container'))}"
@@ -73,6 +84,8 @@ class LiveTable:
     rows: dict[str, ContainerRow] = attrs.Factory(dict)
     latest: deque[tuple[str, str, str]] = attrs.Factory(lambda: deque(maxlen=50))
     notes: deque[str] = attrs.Factory(lambda: deque(maxlen=5))
+    # The latest record of each map, drawn: "gadget/map" -> lines.
+    maps: dict[str, list[str]] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
@@ -88,6 +101,9 @@ class LiveTable:
             row.last = self.clock()
             source = f"{record.get('gadget')}/{record.get('source')}"
             self.latest.append((name, source, _summary(record.get("data") or {})))
+            return
+        if kind == "map":
+            self.maps[f"{record.get('gadget')}/{record.get('map')}"] = map_lines(record)
             return
         if kind == "lost":
             self.lost += int(record.get("count") or 0)
@@ -109,18 +125,22 @@ class LiveTable:
             f"engine: {self.title}  {now - self.started:5.1f}s  events {self.events}"
             f"  lost {self.lost}  containers {running}",
             "",
-            f"{'CONTAINER':<24} {'EVENTS':>8} {'LAST':>7}  STATE",
+            f"{'CONTAINER':<{_NAME}} {'EVENTS':>8} {'LAST':>7}  STATE",
         ]
         for row in sorted(self.rows.values(), key=lambda r: (-r.events, r.name)):
             last = "-" if row.last is None else f"{now - row.last:5.1f}s"
             state = "running" if row.running else "gone"
             if row.name == HOST:
                 state = ""
-            lines.append(f"{row.name[:24]:<24} {row.events:>8} {last:>7}  {state}")
-        lines += ["", f"{'CONTAINER':<16} {'SOURCE':<20} DATA"]
+            lines.append(f"{row.name[:_NAME]:<{_NAME}} {row.events:>8} {last:>7}  {state}")
+        for name, drawn in self.maps.items():
+            lines += ["", f"MAP {name}", *(drawn or ["(empty)"])]
+        lines += ["", f"{'CONTAINER':<{_SHORT}} {'SOURCE':<20} DATA"]
         room = max(height - len(lines) - len(self.notes) - 2, 0)
         shown = list(self.latest)[-room:] if room else []
-        lines += [f"{name[:16]:<16} {source[:20]:<20} {data}" for name, source, data in shown]
+        lines += [
+            f"{name[:_SHORT]:<{_SHORT}} {source[:20]:<20} {data}" for name, source, data in shown
+        ]
         if self.notes:
             lines += ["", *self.notes]
         return [line[:width] for line in lines[:height]]

@@ -47,6 +47,19 @@ def iterator_only_maps(gadget: Gadget) -> frozenset[str]:
     return frozenset(name for name, by_iter in used.items() if by_iter == {True})
 
 
+def histogram_maps(gadget: Gadget) -> frozenset[str]:
+    """Maps declared ``BPF_HISTOGRAM(name, ...)`` or ``BPF_TABLE("histogram", ..., name, ...)``:
+    log2 histograms, each key a slot (or a struct with a ``slot`` field)."""
+    scan = gadget.scan
+    names = {
+        scan.code[a:b].strip() for call in scan.calls("BPF_HISTOGRAM") for a, b in call.args[:1]
+    }
+    for call in scan.calls("BPF_TABLE"):
+        if len(call.args) >= 4 and scan.text[slice(*call.args[0])].strip() == '"histogram"':
+            names.add(scan.code[slice(*call.args[3])].strip())
+    return frozenset(names)
+
+
 def map_writers(gadget: Gadget, map_name: str) -> str | None:
     """The one program whose body names ``map_name``, if exactly one does."""
     pattern = re.compile(rf"\b{re.escape(map_name)}\s*\.")

@@ -1,4 +1,5 @@
-"""The gadget model: a C file for bcc and the programs its SEC("...") markers declare.
+"""The gadget model: a C file for bcc and the programs its SEC("...") markers and bcc's
+naming conventions (engine.gadget.bcc_names) declare.
 
 Pure code apart from reading the file: every problem is found before anything is compiled,
 and all of them are reported together, each with file and line.
@@ -12,6 +13,7 @@ from pathlib import Path
 import attrs
 
 from engine.errors import GadgetError, GadgetParseError, SectionError
+from engine.gadget.bcc_names import CONVENTIONS, section_of_name
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import ACCEPTED_FORMS, Kind, Section, SectionSyntaxError, parse_section
 
@@ -109,9 +111,34 @@ _FORMS = ", ".join(ACCEPTED_FORMS)
 
 
 def parse_programs(scan: SourceScan, path: str) -> tuple[ProgramSpec, ...]:
-    """Find every SEC("...") and the function after it; raise GadgetParseError on problems."""
-    programs: list[ProgramSpec] = []
+    """Every program: each SEC("...") and the function after it, and each function named by
+    one of bcc's conventions; raise GadgetParseError listing every problem.
+
+    A function with both is one program (its SEC and its name must agree). Programs come in
+    file order.
+    """
     problems: list[SectionError] = []
+    programs = _sec_programs(scan, path, problems)
+    programs += _named_programs(scan, path, {p.function: p for p in programs}, problems)
+    if problems:
+        raise GadgetParseError(problems)
+    if not programs:
+        raise GadgetParseError(
+            [
+                SectionError(
+                    path,
+                    1,
+                    None,
+                    f"no programs: mark each with SEC(...) (accepted forms: {_FORMS}) or name "
+                    f"it the bcc way ({', '.join(CONVENTIONS)})",
+                )
+            ]
+        )
+    return tuple(sorted(programs, key=lambda p: p.line))
+
+
+def _sec_programs(scan: SourceScan, path: str, problems: list[SectionError]) -> list[ProgramSpec]:
+    programs: list[ProgramSpec] = []
     seen: dict[str, int] = {}
     for call in scan.calls("SEC"):
         line = scan.line_of(call.start)
@@ -148,17 +175,53 @@ def parse_programs(scan: SourceScan, path: str) -> tuple[ProgramSpec, ...]:
             continue
         seen[function] = line
         programs.append(ProgramSpec(function=function, section=section, line=line))
-    if problems:
-        raise GadgetParseError(problems)
-    if not programs:
-        raise GadgetParseError(
-            [
+    return programs
+
+
+def _named_programs(
+    scan: SourceScan,
+    path: str,
+    by_sec: dict[str, ProgramSpec],
+    problems: list[SectionError],
+) -> list[ProgramSpec]:
+    """Programs declared by bcc's naming conventions; those that also have a SEC are checked
+    against it. A name defined twice (in two branches of an ``#if``) is one program."""
+    programs: list[ProgramSpec] = []
+    seen: set[str] = set()
+    for definition in scan.definitions():
+        function = definition.function
+        if definition.static or function in seen:
+            continue  # a static function is a helper: bcc never loads it
+        line = scan.line_of(definition.at)
+        try:
+            text = section_of_name(function)
+        except SectionSyntaxError as exc:
+            problems.append(SectionError(path, line, None, f"function name {function!r}: {exc}"))
+            continue
+        if text is None:
+            continue
+        seen.add(function)
+        try:
+            section = parse_section(text)
+        except SectionSyntaxError as exc:
+            problems.append(
+                SectionError(path, line, None, f"function name {function!r} (as {text}): {exc}")
+            )
+            continue
+        declared = by_sec.get(function)
+        if declared is None:
+            programs.append(ProgramSpec(function=function, section=section, line=line))
+        elif (declared.kind, declared.section.parts) != (section.kind, section.parts):
+            problems.append(
                 SectionError(
-                    path, 1, None, f"no programs: mark each with SEC(...); accepted forms: {_FORMS}"
+                    path,
+                    declared.line,
+                    declared.section.text,
+                    f"disagrees with the name of its function {function!r}, which bcc's "
+                    f"naming convention reads as {text}; make them agree or rename the function",
                 )
-            ]
-        )
-    return tuple(programs)
+            )
+    return programs
 
 
 def _function_after(scan: SourceScan, pos: int) -> str | None:

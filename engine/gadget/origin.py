@@ -247,7 +247,7 @@ def _one_line(text: str, span: Span) -> str:
 def _kinds_by_function(gadget: Gadget) -> dict[str, frozenset[Kind]]:
     """The kinds of the programs from which each function of the gadget can run."""
     scan = gadget.scan
-    defined = {d.name: d for d in scan.definitions}
+    defined = {d.function: d for d in scan.definitions()}
     callees = {
         name: {m.group(1) for m in _CALLED.finditer(scan.code, *d.body)} & defined.keys()
         for name, d in defined.items()
@@ -272,7 +272,7 @@ def _begin(site: _Site, definition: Definition, kinds: frozenset[Kind], scan: So
         return f"engine_begin_task({index}, &__engine_o)"
     if kinds - PACKET_KINDS:
         raise _Problem(
-            f"function {definition.name!r} runs in packet programs and in others; the engine "
+            f"function {definition.function!r} runs in packet programs and in others; the engine "
             "cannot tell where its records come from: use one function per kind of program"
         )
     if site.method in ("perf_submit", "perf_submit_skb"):
@@ -281,7 +281,7 @@ def _begin(site: _Site, definition: Definition, kinds: frozenset[Kind], scan: So
         found = _SKB_PARAM.search(scan.code, *definition.params)
         if found is None:
             raise _Problem(
-                f"{site.map.name}.{site.method} in {definition.name!r}, which a packet program "
+                f"{site.map.name}.{site.method} in {definition.function!r}, which a packet program "
                 "runs: the engine needs the packet to name the record's origin; give the "
                 "function a 'struct __sk_buff *' parameter"
             )
@@ -301,7 +301,7 @@ def _expand(
     want, kind = _METHODS[method]
     if definition is None:
         raise _Problem(f"{name}.{method} outside a function")
-    kinds = by_function.get(definition.name, frozenset())
+    kinds = by_function.get(definition.function, frozenset())
     if Kind.ITER in kinds and not kinds - {Kind.ITER}:
         return None  # an iterator's record type (its output is bpf_seq_write)
     if len(args) != want:

@@ -11,13 +11,14 @@ in one view holds in the source and in the others:
   the compiler sees anywhere, macro definitions included).
 
 Function bodies are found at the top level of ``code``, so braces, names and calls in
-comments or strings never count.
+comments or strings never count. A function is defined either by name (``int f(...) {``) or
+by one of bcc's defining macros (``TRACEPOINT_PROBE(sched, sched_process_exit) {`` defines
+``tracepoint__sched__sched_process_exit``; see ``DEFINING_MACROS``).
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -27,6 +28,19 @@ Span = tuple[int, int]
 
 _NOT_NEWLINE = re.compile(r"[^\n]")
 _OPEN, _CLOSE = "([{", ")]}"
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+_TOP_LEVEL_NAME = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+_STATIC = re.compile(r"\bstatic\b")
+
+# bcc's helpers.h macros whose call, followed by a body, defines a function: the macro, the
+# name it gives the function, made from the macro's first arguments, and how many those are.
+DEFINING_MACROS: dict[str, tuple[str, int]] = {
+    "TRACEPOINT_PROBE": ("tracepoint__{0}__{1}", 2),
+    "RAW_TRACEPOINT_PROBE": ("raw_tracepoint__{0}", 1),
+    "KFUNC_PROBE": ("kfunc__{0}", 1),
+    "KRETFUNC_PROBE": ("kretfunc__{0}", 1),
+    "LSM_PROBE": ("lsm__{0}", 1),
+}
 
 
 @attrs.frozen
@@ -40,12 +54,14 @@ class Call:
 
 @attrs.frozen
 class Definition:
-    """A top-level function definition: its name, parameter list and body; offsets into the
-    source."""
+    """A function defined at the top level: by name, or by a call of a defining macro."""
 
-    name: str
-    params: Span  # between the parentheses
+    function: str
+    at: int  # where its name (or the macro's name) starts
+    params: Span  # between the parentheses (a macro's arguments, for a macro)
     body: Span  # from after "{" to after "}"
+    static: bool  # declared ``static``: a helper, never a program
+    macro: str | None = None
 
 
 @attrs.frozen
@@ -59,6 +75,9 @@ class SourceScan:
     _block_opens: tuple[int, ...] = attrs.field(repr=False, eq=False)
     _block_ends: tuple[int, ...] = attrs.field(repr=False, eq=False)
     _bodies: dict[str, Span | None] = attrs.field(factory=dict, init=False, repr=False, eq=False)
+    _definitions: list[tuple[Definition, ...]] = attrs.field(
+        factory=list, init=False, repr=False, eq=False
+    )
 
     @classmethod
     def of(cls, source: str) -> SourceScan:
@@ -101,49 +120,60 @@ class SourceScan:
     def body_span(self, function: str) -> Span | None:
         """Where the body of ``function``'s definition lies: from after "{" to after "}"."""
         if function not in self._bodies:
-            self._bodies[function] = self._find_body(function)
+            found = self._find_body(function)
+            if found is None:
+                by_macro = (d for d in self.definitions() if d.function == function and d.macro)
+                found = next((d.body for d in by_macro), None)
+            self._bodies[function] = found
         return self._bodies[function]
+
+    def definitions(self) -> tuple[Definition, ...]:
+        """Every function defined at the top level, by name or by a defining macro, in order.
+
+        Found once per scan. A macro call whose arguments are not plain names defines nothing.
+        """
+        if not self._definitions:
+            self._definitions.append(tuple(self._find_definitions()))
+        return self._definitions[0]
+
+    def _find_definitions(self) -> Iterator[Definition]:
+        for match in _TOP_LEVEL_NAME.finditer(self.code):
+            if self._in_block(match.start()):
+                continue
+            close = self.closing(match.end() - 1)
+            if close is None:
+                continue
+            brace = _skip_space(self.code, close + 1)
+            if brace >= len(self.code) or self.code[brace] != "{":
+                continue
+            name = match.group(1)
+            body = (brace + 1, self._block_ends[bisect.bisect_left(self._block_opens, brace)])
+            static = self._declared_static(match.start())
+            macro = DEFINING_MACROS.get(name)
+            params = (match.end(), close)
+            if macro is None:
+                yield Definition(name, match.start(), params, body, static)
+                continue
+            pattern, count = macro
+            args = [self.code[a:b].strip() for a, b in self._arguments(match.end(), close)][:count]
+            if len(args) == count and all(_IDENTIFIER.fullmatch(a) for a in args):
+                yield Definition(pattern.format(*args), match.start(), params, body, False, name)
+
+    def _declared_static(self, at: int) -> bool:
+        """Whether the declaration that names a function at ``at`` says ``static``."""
+        start = max(self.code.rfind(";", 0, at), self.code.rfind("}", 0, at)) + 1
+        return _STATIC.search(self.code, start, at) is not None
 
     def body(self, function: str) -> str | None:
         """The code of ``function``'s body (``code`` view), or None if it is not defined."""
         span = self.body_span(function)
         return None if span is None else self.code[span[0] : span[1]]
 
-    @functools.cached_property
-    def definitions(self) -> tuple[Definition, ...]:
-        """Every top-level function definition, in source order."""
-        out: list[Definition] = []
-        for brace, end in zip(self._block_opens, self._block_ends, strict=True):
-            close = _skip_space_back(self.code, brace - 1)
-            if close < 0 or self.code[close] != ")":
-                continue  # a struct, an initializer, an enum
-            opening = self._opening(close)
-            if opening is None:
-                continue
-            name = _name_before(self.code, opening)
-            if name is None or name in _KEYWORDS:
-                continue
-            out.append(Definition(name, (opening + 1, close), (brace + 1, end)))
-        return tuple(out)
-
     def definition_at(self, offset: int) -> Definition | None:
         """The function definition whose body holds ``offset``, if any."""
-        for definition in self.definitions:
+        for definition in self.definitions():
             if definition.body[0] <= offset < definition.body[1]:
                 return definition
-        return None
-
-    def _opening(self, close: int) -> int | None:
-        """Where the "(" that the ")" at ``close`` closes is, in ``code``."""
-        depth = 0
-        for i in range(close, -1, -1):
-            c = self.code[i]
-            if c == ")":
-                depth += 1
-            elif c == "(":
-                depth -= 1
-                if depth == 0:
-                    return i
         return None
 
     def calls(self, name: str, within: Span | None = None) -> Iterator[Call]:
@@ -186,25 +216,6 @@ class SourceScan:
                 yield current, i
                 current = i + 1
         yield current, close
-
-
-_KEYWORDS = frozenset({"if", "for", "while", "switch", "return", "sizeof", "do", "else"})
-
-
-def _skip_space_back(text: str, i: int) -> int:
-    while i >= 0 and text[i].isspace():
-        i -= 1
-    return i
-
-
-def _name_before(text: str, at: int) -> str | None:
-    """The identifier that ends just before ``at`` (white space between allowed)."""
-    end = _skip_space_back(text, at - 1) + 1
-    start = end
-    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
-        start -= 1
-    name = text[start:end]
-    return name if name and not name[0].isdigit() else None
 
 
 def _call_pattern(name: str) -> re.Pattern[str]:

@@ -72,8 +72,8 @@ class Hooks:
     _registrations: list[_Registration] = attrs.Factory(list)
     _containers: dict[str, Container] = attrs.Factory(dict)
     # ``wait_for`` callers: each predicate with the one-slot channel its match goes to.
-    _waiters: list[tuple[Callable[[Record], bool], trio.MemorySendChannel[Record]]] = (
-        attrs.Factory(list)
+    _waiters: list[tuple[Callable[[Record], bool], trio.MemorySendChannel[Record]]] = attrs.Factory(
+        list
     )
 
     async def wait_for(self, predicate: Callable[[Record], bool]) -> Record:
@@ -114,9 +114,9 @@ class Hooks:
     def dispatch(self, record: Record) -> None:
         """Offer ``record`` to every hook that wants it; never blocks."""
         if isinstance(record, ContainerAdded):
-            self._containers[record.container.id] = record.container
+            self._containers[record.container.key] = record.container
         elif isinstance(record, ContainerRemoved):
-            self._containers.pop(record.container.id, None)
+            self._containers.pop(record.container.key, None)
         for registration in self._registrations:
             self._offer(registration, record)
         for predicate, send in self._waiters:

@@ -15,6 +15,9 @@ from engine.errors import EnvironmentProblem
 log = logging.getLogger(__name__)
 
 _UTS = re.compile(r'#define\s+UTS_RELEASE\s+"([^"]+)"')
+MODULES_DIR = Path("/lib/modules")
+# Where distributions put the headers that /lib/modules/RELEASE/build leads to.
+SOURCES_DIR = Path("/usr/src")
 
 
 @attrs.define
@@ -37,8 +40,8 @@ class KernelHeaders:
         self._warned = True
         log.warning(
             "bcc compiles against kernel headers for %s, but the running kernel is %s: "
-            "struct layouts from those headers may be wrong; use the __btf types (docs/btf.md) "
-            "to read kernel structs",
+            "kernel structs are read through the running kernel's layouts from BTF instead of "
+            "those headers' (docs/btf.md)",
             self.release or "an unknown release",
             self.running,
         )
@@ -53,7 +56,7 @@ def process_headers() -> KernelHeaders:
     return find_kernel_headers()
 
 
-def find_kernel_headers(modules_dir: Path = Path("/lib/modules")) -> KernelHeaders:
+def find_kernel_headers(modules_dir: Path = MODULES_DIR) -> KernelHeaders:
     """Where bcc looks ($BCC_KERNEL_SOURCE, else /lib/modules/$(uname -r)/build)."""
     running = os.uname().release
     env = os.environ.get("BCC_KERNEL_SOURCE")

@@ -6,7 +6,10 @@ definitions that reproduce those offsets exactly, for the types a gadget asks fo
 - `struct task_struct__btf` (any `NAME__btf` in the gadget) becomes a definition of the
   kernel's `NAME` with every member at its true offset;
 - `struct bpf_iter__task` (any `bpf_iter__TARGET` iterator context) is defined from BTF as
-  `bpf_iter__TARGET__btf` and the name is redirected to it with a `#define`.
+  `bpf_iter__TARGET__btf` and the name is redirected to it with a `#define`;
+- what a defined struct points to is forward-declared, and defined too when the gadget goes
+  through that member with ``->`` (``task->mm->arg_start``, ``upid.ns->level``), so chains of
+  pointers read true layouts all the way.
 
 What a gadget asks for is read from its scan (engine.gadget.scanner): names in comments and
 literals are not requests, names in macro definitions are.
@@ -52,7 +55,7 @@ class _Layout:
 
 # Pointees kept as the kernel headers' own type: gadgets only pass them to helpers
 # (bpf_seq_write, bpf_seq_printf) whose prototypes in bcc's helpers.h name the kernel tag.
-_KERNEL_TAGS = frozenset({"seq_file"})
+KERNEL_TAGS = frozenset({"seq_file"})
 _INDENT = "    "
 
 
@@ -61,6 +64,9 @@ class _Generator:
     """Writes C definitions of composites, dependencies first, pointees forward-declared."""
 
     btf: Btf
+    # Pointer members the sources go through with "->": their pointees are defined too.
+    follow: frozenset[str] = frozenset()
+    pointees: list[tuple[str, BtfType]] = attrs.field(factory=list)
     # tag -> type id, so two different BTF types with one name get distinct tags.
     _tags: dict[str, int] = attrs.field(factory=dict)
     _tag_of: dict[int, str] = attrs.field(factory=dict)
@@ -139,6 +145,8 @@ class _Generator:
             return [f"{indent}{self.define(t, name)} {declarator};"]
         if t.kind is Kind.PTR:
             base, stars = self._pointer(t.ref)
+            if m.name in self.follow and stars == 1:
+                self._follow(t.ref)
             return [f"{indent}{base} {'*' * stars}{declarator};"]
         scalar, bytes_only = _scalar(t)
         if bytes_only:
@@ -158,7 +166,7 @@ class _Generator:
             name = self._composite_name(type_id)
             if name is None:
                 return "void", stars
-            if name in _KERNEL_TAGS:
+            if name in KERNEL_TAGS:
                 return f"{_keyword(t)} {name}", stars
             tag = self.claim(name, t)
             self._forward[f"{_keyword(t)} {tag}"] = None
@@ -168,6 +176,14 @@ class _Generator:
             return ("void" if bytes_only else scalar), stars
         # void, functions, arrays: an untyped pointer is all a gadget can use.
         return "void", stars
+
+    def _follow(self, type_id: int) -> None:
+        pointee = self.btf.resolve(type_id)
+        name = self._composite_name(type_id)
+        if pointee.kind not in COMPOSITE or not name or name in KERNEL_TAGS:
+            return
+        if pointee.type_id not in self._defined:
+            self.pointees.append((name, pointee))
 
     def _composite_name(self, type_id: int) -> str | None:
         """The composite's own name, else the nearest typedef naming it, else None."""
@@ -180,13 +196,7 @@ class _Generator:
         return t.name or typedef_name
 
     def _is_bitfield(self, m: Member) -> bool:
-        if m.bitfield_size:
-            return True
-        # Without kind_flag, a bitfield shows as an odd bit offset or a narrow INT.
-        t = self.btf.resolve(m.type_id)
-        if m.bit_offset % 8:
-            return True
-        return t.kind is Kind.INT and (t.int_bit_offset != 0 or t.int_bits != t.size * 8)
+        return is_bitfield(self.btf, m)
 
     def _sizeof(self, type_id: int) -> int:
         t = self.btf.resolve(type_id)
@@ -239,6 +249,26 @@ class _Generator:
         return f" __attribute__((packed, aligned({layout.align})))"
 
 
+def is_bitfield(btf: Btf, m: Member) -> bool:
+    """Whether ``m`` is a bitfield (which C cannot place at a chosen bit: left out)."""
+    if m.bitfield_size:
+        return True
+    # Without kind_flag, a bitfield shows as an odd bit offset or a narrow INT.
+    t = btf.resolve(m.type_id)
+    if m.bit_offset % 8:
+        return True
+    return t.kind is Kind.INT and (t.int_bit_offset != 0 or t.int_bits != t.size * 8)
+
+
+def bitfield_names(btf: Btf, t: BtfType) -> Iterator[str]:
+    """The names of ``t``'s bitfields, those of its anonymous members included."""
+    for m in t.members:
+        if not m.name and btf.resolve(m.type_id).kind in COMPOSITE:
+            yield from bitfield_names(btf, btf.resolve(m.type_id))
+        elif is_bitfield(btf, m):
+            yield m.name
+
+
 def _keyword(t: BtfType) -> str:
     if t.kind is Kind.UNION or (t.kind is Kind.FWD and t.kind_flag):
         return "union"
@@ -277,6 +307,8 @@ class _Request:
 
 
 _BTF_NAME = re.compile(r"\b(\w+)" + SUFFIX + r"\b")
+# A member that is itself followed by "->" (after any subscripts): `a->b->c`, `a.b[i]->c`.
+_FOLLOWED = re.compile(r"(?:->|\.)\s*([A-Za-z_]\w*)\s*(?:\[[^\]\[]*\]\s*)*->")
 _ITER_PREFIX = "bpf_iter__"
 _ITER_CONTEXT = re.compile(r"\bstruct\s+(" + _ITER_PREFIX + r"\w+)\b")
 
@@ -297,6 +329,7 @@ class _Requests:
 
     names: list[_Request]
     contexts: list[_Request]
+    follow: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, scans: Sequence[SourceScan]) -> _Requests:
@@ -304,6 +337,9 @@ class _Requests:
         return cls(
             names=_first_uses(scans, _BTF_NAME),
             contexts=[r for r in contexts if not r.name.endswith(SUFFIX)],
+            follow=frozenset(
+                m.group(1) for scan in scans for m in _FOLLOWED.finditer(scan.with_directives)
+            ),
         )
 
     def __bool__(self) -> bool:
@@ -329,7 +365,7 @@ def generate(btf: Btf, *scans: SourceScan, gadget_path: str | None = None) -> st
 def _generate(btf: Btf, requests: _Requests, gadget_path: str | None) -> str:
     if not requests:
         return ""
-    gen = _Generator(btf)
+    gen = _Generator(btf, requests.follow)
     wanted = [(r.name, _lookup(btf, r, gadget_path)) for r in requests.names]
     context_types = [(r.name, _lookup(btf, r, gadget_path)) for r in requests.contexts]
     # Requested names claim their plain tags before anything reached recursively can.
@@ -345,6 +381,9 @@ def _generate(btf: Btf, requests: _Requests, gadget_path: str | None) -> str:
             # without the gadget naming `task_struct__btf` itself.
             for pointee_name, pointee in _context_pointees(btf, t):
                 gen.define(pointee, pointee_name)
+    while gen.pointees:
+        name, t = gen.pointees.pop()
+        gen.define(t, name)
     defines = "".join(f"#define {r.name} {r.name}{SUFFIX}\n" for r in requests.contexts)
     return (
         "/* True kernel layouts from BTF, generated by engine.kernel.layouts */\n"
@@ -362,15 +401,19 @@ def _context_pointees(btf: Btf, ctx: BtfType) -> Iterator[tuple[str, BtfType]]:
             yield from _context_pointees(btf, t)
         elif t.kind is Kind.PTR:
             pointee = btf.resolve(t.ref)
-            if pointee.kind in COMPOSITE and pointee.name and pointee.name not in _KERNEL_TAGS:
+            if pointee.kind in COMPOSITE and pointee.name and pointee.name not in KERNEL_TAGS:
                 yield pointee.name, pointee
 
 
 def btf_prelude(
-    *scans: SourceScan, btf_path: Path = VMLINUX_BTF, gadget_path: str | None = None
+    *scans: SourceScan,
+    btf_path: Path = VMLINUX_BTF,
+    btf: Btf | None = None,
+    gadget_path: str | None = None,
 ) -> str:
     """C text to put before the gadget: true layouts for what it names, or "" if nothing.
 
+    ``btf``, when given, is the kernel's BTF already read (else it is read from ``btf_path``).
     Raises `UnknownBtfTypeError` (naming `gadget_path` and the line, when given) for a type
     the kernel does not have, `BtfError` when the BTF file is unreadable or malformed.
     """
@@ -378,4 +421,4 @@ def btf_prelude(
     if not requests:
         # Reading several MB of BTF is wasted on gadgets that ask for nothing.
         return ""
-    return _generate(Btf.from_file(btf_path), requests, gadget_path)
+    return _generate(btf or Btf.from_file(btf_path), requests, gadget_path)

@@ -1,30 +1,46 @@
-"""Interface changes in this netns, as they happen: rtnetlink's RTMGRP_LINK.
+"""The host's veths, kept up to date from rtnetlink's RTMGRP_LINK: a link table of our own.
+
+A host-side veth whose peer is in a container's netns carries that netns's id in the host
+(IFLA_LINK_NETNSID): so a netns's host-side peers are looked up here by nsid (``peers_of``),
+without entering the netns or asking the kernel for every link each time. The table is
+dumped once at start, then follows every link message (dumped again if messages were lost).
 
 A container's netns is often seen before the runtime has moved its end of the veth pair into
-it. The host-side end changes when that happens (it gets its peer's netns id), so waiting for
-the next link change, instead of sleeping, lets classifiers attach the moment the veth is in.
-
-The same messages say when a runtime creates a veth pair and puts one end on a bridge, before
-it moves the other end into the container's netns: ``on_veth`` is told about each veth that
-changes, so that classifiers can be attached to the host-side end ahead of time
-(engine/preattach.py).
+it; the host-side end changes when that happens, so waiting on ``changed`` (set, then replaced,
+after each batch of messages) lets classifiers attach the moment the veth is in. The same
+messages say when a runtime creates a veth pair and puts one end on a bridge, before it moves
+the other end into the container's netns: ``on_veth`` is told about each veth that changes,
+so that classifiers can be attached to the host-side end ahead of time (engine/preattach.py).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import struct
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from engine.netns.netlink import (
+    RtnlSocket,
+    as_s32,
+    as_str,
+    as_u32,
+    attr_map,
+    enlarge_receive_buffer,
+    messages,
+    rtnl_socket,
+)
 
 logger = logging.getLogger(__name__)
 
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTMGRP_LINK = 0x1
+IFLA_IFNAME, IFLA_LINK, IFLA_LINKINFO, IFLA_LINK_NETNSID = 3, 5, 18, 37
+IFLA_INFO_KIND, IFLA_INFO_SLAVE_KIND = 1, 4
+_IFINFO = struct.Struct("=BxHiII")
 # Link messages of the bridge family (AF_BRIDGE) repeat the port's state without IFLA_LINKINFO:
 # only the generic ones say what kind of interface it is.
 _AF_UNSPEC = 0
@@ -37,66 +53,126 @@ class VethLink:
     ifindex: int
     ifname: str
     peer_ifindex: int  # 0: not known (the peer is in a netns that has no id here)
-    peer_here: bool  # the peer is in this netns too (no IFLA_LINK_NETNSID)
+    peer_nsid: int | None  # the netns of the peer, by its id here; None: this netns
     bridge_port: bool  # enslaved to a bridge (IFLA_INFO_SLAVE_KIND "bridge")
     deleted: bool
 
+    @property
+    def peer_here(self) -> bool:
+        return self.peer_nsid is None
 
-def _veth_link(msg: Any) -> VethLink | None:
-    kind = msg["header"]["type"]
-    if kind not in (RTM_NEWLINK, RTM_DELLINK) or msg["family"] != _AF_UNSPEC:
+
+def veth_link(kind: int, payload: bytes) -> VethLink | None:
+    """The veth a link message describes, or None for other messages and interfaces."""
+    if kind not in (RTM_NEWLINK, RTM_DELLINK) or len(payload) < _IFINFO.size:
         return None
-    info = msg.get_attr("IFLA_LINKINFO")
-    if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
+    family, _type, index, _flags, _change = _IFINFO.unpack_from(payload)
+    if family != _AF_UNSPEC:
+        return None
+    top = attr_map(payload, _IFINFO.size)
+    info = attr_map(top.get(IFLA_LINKINFO, b""))
+    if as_str(info.get(IFLA_INFO_KIND)) != "veth":
         return None
     return VethLink(
-        ifindex=msg["index"],
-        ifname=msg.get_attr("IFLA_IFNAME") or "",
-        peer_ifindex=msg.get_attr("IFLA_LINK") or 0,
-        peer_here=msg.get_attr("IFLA_LINK_NETNSID") is None,
-        bridge_port=info.get_attr("IFLA_INFO_SLAVE_KIND") == "bridge",
+        ifindex=index,
+        ifname=as_str(top.get(IFLA_IFNAME)) or "",
+        peer_ifindex=as_u32(top.get(IFLA_LINK)) or 0,
+        peer_nsid=as_s32(top.get(IFLA_LINK_NETNSID)),
+        bridge_port=as_str(info.get(IFLA_INFO_SLAVE_KIND)) == "bridge",
         deleted=kind == RTM_DELLINK,
     )
 
 
+def dump_links(sock: RtnlSocket) -> list[tuple[int, str]]:
+    """(index, name) of every interface of this netns now (blocking)."""
+    out = []
+    for m in sock.dump(RTM_GETLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0), "links"):
+        if m.kind == RTM_NEWLINK and len(m.payload) >= _IFINFO.size:
+            name = as_str(attr_map(m.payload, _IFINFO.size).get(IFLA_IFNAME)) or ""
+            out.append((_IFINFO.unpack_from(m.payload)[2], name))
+    return out
+
+
+def dump_veths(sock: RtnlSocket) -> list[VethLink]:
+    """Every veth of this netns now (blocking)."""
+    request = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    found = (veth_link(m.kind, m.payload) for m in sock.dump(RTM_GETLINK, request, "links"))
+    return [v for v in found if v is not None]
+
+
+def _dump_now() -> list[VethLink]:
+    sock = RtnlSocket()
+    try:
+        return dump_veths(sock)
+    finally:
+        sock.close()
+
+
 class LinkWatcher:
-    """Sets ``changed`` (then replaces it) whenever an interface of this netns changes, and
-    calls ``on_veth`` (when set) with each veth a message describes, in order."""
+    """The host's veths (``peers_of``), ``changed`` after each batch of link messages, and
+    ``on_veth`` (when set) told of each veth a message describes, in order."""
 
     def __init__(self) -> None:
         self.changed = trio.Event()
         self.on_veth: Callable[[VethLink], None] | None = None
-        self._marshal = MarshalRtnl()
+        self._veths: dict[int, VethLink] = {}
+        self._by_nsid: dict[int, dict[int, VethLink]] = {}
+
+    def peers_of(self, nsid: int) -> list[VethLink]:
+        """The host-side veths whose peer is in the netns of id ``nsid``."""
+        return list(self._by_nsid.get(nsid, {}).values())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Subscribed once started, until cancelled: the socket lives exactly as long as the
-        task, so nothing is left open by a watcher that never ran."""
-        with socket.socket(
-            socket.AF_NETLINK,
-            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        ) as sock:
-            sock.bind((0, RTMGRP_LINK))
+        """Subscribed and the table filled once started, until cancelled: the socket lives
+        exactly as long as the task, so nothing is left open by a watcher that never ran."""
+        with rtnl_socket(blocking=False, groups=RTMGRP_LINK) as sock:
+            enlarge_receive_buffer(sock)
+            # Subscribed first: what changes during the dump comes after it, and wins.
+            await self._refill()
             task_status.started()
             while True:
                 await trio.lowlevel.wait_readable(sock)
+                lost = False
                 try:
-                    while data := sock.recv(65536):
-                        self._tell(data)
+                    while data := sock.recv(1 << 16):
+                        self._take(data)
                 except BlockingIOError:
                     pass
                 except OSError as exc:
-                    # ENOBUFS: changes were dropped; waking the waiters is all that matters
-                    # (a veth missed here is attached the usual way, once it is moved).
+                    # ENOBUFS: changes were dropped; the table is made again.
                     logger.debug("link messages lost: %s", exc)
+                    lost = True
+                if lost:
+                    await self._refill()
                 changed, self.changed = self.changed, trio.Event()
                 changed.set()
 
-    def _tell(self, data: bytes) -> None:
+    async def _refill(self) -> None:
+        veths = await trio.to_thread.run_sync(_dump_now)
+        self._veths.clear()
+        self._by_nsid.clear()
+        for veth in veths:
+            self._note(veth)
+
+    def _take(self, data: bytes) -> None:
         on_veth = self.on_veth
-        if on_veth is None:
-            return
-        for msg in self._marshal.parse(data):
-            veth = _veth_link(msg)
-            if veth is not None:
+        for message in messages(data):
+            veth = veth_link(message.kind, message.payload)
+            if veth is None:
+                continue
+            self._note(veth)
+            if on_veth is not None:
                 on_veth(veth)
+
+    def _note(self, veth: VethLink) -> None:
+        old = self._veths.pop(veth.ifindex, None)
+        if old is not None and old.peer_nsid is not None:
+            peers = self._by_nsid.get(old.peer_nsid, {})
+            peers.pop(old.ifindex, None)
+            if not peers:
+                self._by_nsid.pop(old.peer_nsid, None)
+        if veth.deleted:
+            return
+        self._veths[veth.ifindex] = veth
+        if veth.peer_nsid is not None:
+            self._by_nsid.setdefault(veth.peer_nsid, {})[veth.ifindex] = veth

@@ -1,35 +1,23 @@
-"""Run a function inside a netns on a fresh thread that dies afterwards.
+"""Run a function inside a netns on a thread that serves only that call.
 
-setns(CLONE_NEWNET) changes only the calling thread. trio's worker threads are reused, so a
-netns entered there would leak into unrelated work; a dedicated thread per call cannot leak:
-it enters, runs the function, and exits.
+For occasional calls (tools, tests, start-up). The engine's per-netns work goes through
+long-lived workers instead (engine/netns/worker.py), which never leak a netns either.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar, TypeVarTuple
 
 import outcome
-import trio
 
-from engine.netns.handle import CLONE_NEWNET, NetnsHandle
+from engine.netns.handle import NetnsHandle
+from engine.netns.worker import Worker, setns_current_thread
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.setns.restype = ctypes.c_int
-
-
-def setns_current_thread(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def run_in_netns(handle: NetnsHandle, fn: Callable[[*Ts], T], *args: *Ts) -> T:
@@ -63,47 +51,23 @@ async def in_netns(
     fn: Callable[[*Ts], T],
     *args: *Ts,
     release: Callable[[T], object] | None = None,
+    worker: Worker | None = None,
 ) -> T:
-    """Await `fn(*args)` run inside the netns of `handle` on a dedicated, short-lived thread.
+    """Await `fn(*args)` run inside the netns of `handle`, on ``worker`` or else on a thread
+    of its own that ends after the call.
 
     Cancellation does not wait for the thread (a syscall cannot be interrupted): the caller
     returns at once and, when `fn` finishes later, its result is handed to `release` on that
     thread, so that what it made (a socket, an fd) is not leaked.
     """
-    fd = handle.dup()
-    token = trio.lowlevel.current_trio_token()
-    task = trio.lowlevel.current_task()
-    lock = threading.Lock()
-    # "waiting" until the thread reports or the caller gives up; then "delivered"/"abandoned".
-    state = ["waiting"]
-
-    def body() -> None:
-        try:
-            result = outcome.capture(_enter_and_call, fd, lambda: fn(*args))
-        finally:
-            os.close(fd)
-        with lock:
-            if state[0] == "waiting":
-                try:
-                    token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-                    state[0] = "delivered"
-                except trio.RunFinishedError:
-                    state[0] = "abandoned"
-        if state[0] == "abandoned" and release is not None and isinstance(result, outcome.Value):
-            release(result.value)
-
-    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-        with lock:
-            if state[0] == "delivered":
-                # The result is already on its way; the caller will own it.
-                return trio.lowlevel.Abort.FAILED
-            state[0] = "abandoned"
-            return trio.lowlevel.Abort.SUCCEEDED
-
+    if worker is not None:
+        return await worker.run(fn, *args, netns=handle, release=release or _keep)
+    own = Worker(f"netns {handle.id}")
     try:
-        threading.Thread(target=body, name=f"netns {handle.id}", daemon=True).start()
-    except BaseException:
-        os.close(fd)
-        raise
-    value: T = await trio.lowlevel.wait_task_rescheduled(abort)
-    return value
+        return await own.run(fn, *args, netns=handle, release=release or _keep)
+    finally:
+        own.close()
+
+
+def _keep(_value: object) -> None:
+    """What a cancelled call made that needs no release (bytes, a tuple)."""

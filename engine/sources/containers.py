@@ -35,11 +35,56 @@ def _labels(value: Mapping[str, str] | tuple[tuple[str, str], ...]) -> tuple[tup
 
 
 @attrs.frozen
+class K8s:
+    """Where Kubernetes put a container that the CRI made (kubelet's labels on it).
+
+    `container` is None for the pod's sandbox, which holds the pod's namespaces; `labels` are
+    the pod's own labels, where the runtime knows them.
+    """
+
+    namespace: str
+    pod: str
+    pod_uid: str
+    container: str | None
+    labels: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_labels)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "pod_uid": self.pod_uid,
+            "container": self.container,
+            "labels": dict(self.labels),
+        }
+
+
+@attrs.frozen
+class ProcessNamespaces:
+    """What identifies a container's process to the kernel; None where it cannot be read
+    (the process is gone, or its cgroup does not tell containers apart)."""
+
+    netns_inode: int | None
+    mntns_inode: int | None
+    cgroup_id: int | None
+
+    @classmethod
+    def of(cls, pid: int, *, proc: Path = Path("/proc")) -> ProcessNamespaces:
+        """Read from `proc` (blocking)."""
+        if pid <= 0:
+            return cls(None, None, None)
+        ns_dir = proc / str(pid) / "ns"
+        return cls(_inode(ns_dir / "net"), _inode(ns_dir / "mnt"), _cgroup_v2_id(proc, pid))
+
+
+@attrs.frozen
 class Container:
     """A running (or paused) container as the engine sees it.
 
     `shares_netns_with` is "host" for `--network host`, the full id of the other container for
-    `--network container:<id>`, and None when the container has a netns of its own.
+    `--network container:<id>` (and, for a pod's containers, their sandbox's), and None when the
+    container has a netns of its own. `runtime` is "docker", "containerd" or "podman";
+    `containerd_namespace` is containerd's namespace of the container (``k8s.io``,
+    ``default``...); `k8s` is set for the containers that the CRI made.
     """
 
     id: str
@@ -55,18 +100,31 @@ class Container:
     shares_netns_with: str | None = None
     paused: bool = False
     runtime: str = "docker"
+    k8s: K8s | None = None
+    containerd_namespace: str | None = None
 
     @property
     def short_id(self) -> str:
         return self.id[:SHORT_ID_LENGTH]
 
     @property
+    def key(self) -> str:
+        """What tells this container from every other on the machine: ids are unique only
+        within one runtime (and, for containerd, one of its namespaces)."""
+        if self.containerd_namespace is None:
+            return f"{self.runtime}/{self.id}"
+        return f"{self.runtime}/{self.containerd_namespace}/{self.id}"
+
+    @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
 
     @classmethod
-    def from_docker(cls, inspect: Mapping[str, Any], *, proc: Path = Path("/proc")) -> Container:
-        """Build from one `docker inspect` object; namespaces and cgroup are read from `proc`.
+    def from_docker(
+        cls, inspect: Mapping[str, Any], *, runtime: str = "docker", proc: Path = Path("/proc")
+    ) -> Container:
+        """Build from one `docker inspect` object (Docker's, or podman's Docker-compatible API:
+        `runtime` says which); namespaces and cgroup are read from `proc`.
 
         A process that is already gone leaves the namespace and cgroup fields None.
         """
@@ -77,26 +135,28 @@ class Container:
         pid = int(state.get("Pid") or 0)
         network_mode = str(host_config.get("NetworkMode") or "default")
         sandbox = str(network.get("SandboxKey") or "")
-        ns_dir = proc / str(pid) / "ns"
-        netns_path = sandbox or (str(ns_dir / "net") if pid > 0 else None)
+        netns_path = sandbox or (str(proc / str(pid) / "ns" / "net") if pid > 0 else None)
+        namespaces = ProcessNamespaces.of(pid, proc=proc)
         return cls(
             id=str(inspect["Id"]),
             name=str(inspect.get("Name") or "").lstrip("/"),
             image=str(config.get("Image") or inspect.get("Image") or ""),
             pid=pid,
             labels=config.get("Labels") or {},
-            netns_inode=_inode(ns_dir / "net") if pid > 0 else None,
+            netns_inode=namespaces.netns_inode,
             netns_path=netns_path,
-            mntns_inode=_inode(ns_dir / "mnt") if pid > 0 else None,
-            cgroup_id=_cgroup_v2_id(proc, pid) if pid > 0 else None,
+            mntns_inode=namespaces.mntns_inode,
+            cgroup_id=namespaces.cgroup_id,
             network_mode=network_mode,
-            shares_netns_with=_shared_netns(network_mode),
+            shares_netns_with=shared_netns(network_mode),
             paused=bool(state.get("Paused")),
+            runtime=runtime,
         )
 
     def to_json(self) -> dict[str, object]:
-        """The object that records (`container_added`, gadget events) carry."""
-        return {
+        """The object that records (`container_added`, gadget events) carry; "k8s" only for
+        the containers that the CRI made."""
+        out: dict[str, object] = {
             "id": self.id,
             "short_id": self.short_id,
             "name": self.name,
@@ -110,9 +170,13 @@ class Container:
             "shares_netns_with": self.shares_netns_with,
             "paused": self.paused,
         }
+        if self.k8s is not None:
+            out["k8s"] = self.k8s.to_json()
+        return out
 
 
-def _shared_netns(network_mode: str) -> str | None:
+def shared_netns(network_mode: str) -> str | None:
+    """`shares_netns_with` for a Docker-style network mode ("host", "container:<id>"...)."""
     if network_mode == "host":
         return "host"
     prefix = "container:"

@@ -6,6 +6,7 @@ event stream is then closed from the trio side, which unblocks that thread, so n
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -27,9 +28,8 @@ from engine.records import (
     ContainerRemoved,
     ContainerRenamed,
     ContainerUnpaused,
-    SourceDisconnected,
-    SourceReconnected,
 )
+from engine.sources.connection import Connection, Outbox
 from engine.sources.containers import Container
 from engine.sources.reconcile import diff
 
@@ -42,14 +42,26 @@ _ACTIONS = frozenset({"start", "die", "destroy", "pause", "unpause", "rename", "
 _CONNECTION_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
 def default_client() -> Any:
     """A low-level client configured like the docker CLI (DOCKER_HOST...); contacts the daemon."""
     kwargs = docker.utils.kwargs_from_env()
-    _check_unix_socket(kwargs.get("base_url") or DEFAULT_SOCKET)
+    _check_unix_socket(kwargs.get("base_url") or f"unix://{DEFAULT_SOCKET}")
     return docker.APIClient(**kwargs)
 
 
-DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+def client_at(socket_path: str) -> Any:
+    """A low-level client of the Docker API served on the unix socket `socket_path`."""
+    url = f"unix://{socket_path}"
+    _check_unix_socket(url)
+    return docker.APIClient(base_url=url)
+
+
+def client_factory(socket_path: str | None) -> Callable[[], Any]:
+    """Clients of the daemon on `socket_path`, or (None) where the docker CLI would look."""
+    return default_client if socket_path is None else functools.partial(client_at, socket_path)
 
 
 def _check_unix_socket(url: str) -> None:
@@ -88,6 +100,9 @@ class DockerSource:
     min_backoff: float = 0.1
     max_backoff: float = 2.0
     name: str = "docker"
+    # What the containers' records say runs them: podman's Docker-compatible API is followed
+    # by this same source (engine/sources/podman.py).
+    runtime: str = "docker"
     _known: dict[str, Container] = attrs.field(factory=dict, init=False)
     _last_event_nano: int | None = attrs.field(default=None, init=False)
 
@@ -103,12 +118,12 @@ class DockerSource:
         task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run until cancelled. Started with the first listing as its snapshot (the records
-        that take a consumer from nothing to what runs), or with the first failed connection
-        (``[SourceDisconnected]``: the engine then runs on the host alone); the records after
-        that are sent."""
+        that take a consumer from nothing to what runs, then ``SourceConnected``), or with
+        the first failed connection (``[SourceDisconnected]``: the engine then runs without
+        this runtime); the records after that are sent."""
         backoff = self.min_backoff
-        gap: SourceDisconnected | None = None
-        ready = False
+        connection = Connection(self.name, self.runtime)
+        out = Outbox(send_channel, task_status)
         while True:
             try:
                 api = await trio.to_thread.run_sync(self.client_factory, abandon_on_cancel=True)
@@ -119,33 +134,20 @@ class DockerSource:
                     stream = await self._open_events(api)
                     try:
                         records = await self._relist(api)
-                        if gap is not None:
-                            logger.info("%s: reconnected", self.name)
-                            records.append(SourceReconnected(self.name, gap.at, time.time()))
-                            gap = None
-                        if ready:
-                            for record in records:
-                                await send_channel.send(record)
-                        else:
-                            task_status.started(records)
-                            ready = True
+                        now = connection.connected()
+                        await out.put(records if now is None else [*records, now])
                         backoff = self.min_backoff
                         await self._follow(api, stream, send_channel)
                         problem = "event stream ended"
                     finally:
-                        stream.close()
+                        _close_events(stream)
                 except _CONNECTION_ERRORS as exc:
                     problem = f"lost: {exc}"
                 finally:
                     api.close()
-            if gap is None:
-                logger.warning("%s: daemon unavailable (%s); retrying", self.name, problem)
-                gap = SourceDisconnected(self.name, time.time(), problem)
-                if ready:
-                    await send_channel.send(gap)
-                else:
-                    task_status.started([gap])
-                    ready = True
+            gap = connection.lost(problem)
+            if gap is not None:
+                await out.put([gap])
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -165,7 +167,9 @@ class DockerSource:
         )
 
     async def _relist(self, api: Any) -> list[ContainerEvent]:
-        running = await trio.to_thread.run_sync(_list_running, api, abandon_on_cancel=True)
+        running = await trio.to_thread.run_sync(
+            _list_running, api, self.runtime, abandon_on_cancel=True
+        )
         changes = diff(running, self._known)
         records: list[ContainerEvent] = []
         for gone in changes.to_remove.values():
@@ -191,7 +195,7 @@ class DockerSource:
                 continue
             logger.debug("%s: %s %s", self.name, action, container_id[:12])
             current = await trio.to_thread.run_sync(
-                _inspect_running, api, container_id, abandon_on_cancel=True
+                _inspect_running, api, container_id, self.runtime, abandon_on_cancel=True
             )
             for record in self._update(container_id, current, action):
                 await out.send(record)
@@ -230,25 +234,37 @@ def transition(
     return records
 
 
+def _close_events(stream: Any) -> None:
+    """End an event stream and release its connection. The SDK's close() shuts the socket
+    down, but when the daemon ended the stream first the response's file object still holds
+    the fd (until a garbage collection finds it): close the response as well."""
+    try:
+        stream.close()
+    finally:
+        response = getattr(stream, "_response", None)
+        if response is not None:
+            response.close()
+
+
 def _next_event(stream: Any) -> dict[str, Any] | None:
     # The SDK's stream turns a vanished daemon (and close()) into StopIteration.
     return next(stream, None)
 
 
-def _inspect_running(api: Any, container_id: str) -> Container | None:
+def _inspect_running(api: Any, container_id: str, runtime: str) -> Container | None:
     try:
         inspected = api.inspect_container(container_id)
     except docker.errors.NotFound:
         return None
     if not (inspected.get("State") or {}).get("Running"):
         return None
-    return Container.from_docker(inspected)
+    return Container.from_docker(inspected, runtime=runtime)
 
 
-def _list_running(api: Any) -> dict[str, Container]:
+def _list_running(api: Any, runtime: str) -> dict[str, Container]:
     running = {}
     for summary in api.containers():
-        container = _inspect_running(api, summary["Id"])
+        container = _inspect_running(api, summary["Id"], runtime)
         if container is not None:
             running[container.id] = container
     return running

@@ -6,11 +6,22 @@ Events, not polling:
 - inotify on /run/netns (and the runtimes' netns folders) for files created and removed, plus
   mount-table changes for the bind mount that `ip netns add` puts on such a file.
 
-An nsid event carries only the id. It is mapped to a netns by scanning the places a netns can be
-reached from (the folders above, then /proc/*/ns/net) and asking the kernel for the id of each
-netns not known yet (RTM_GETNSID with NETNSA_FD). Every netns found is given an id when it has none
-(`assign_ids`), so that its destruction always arrives as RTM_DELNSID: that is the one reliable
-"gone" signal, since a bind mount can be removed while processes still use the netns.
+Every netns found is given an id when it has none (`assign_ids`), so that its destruction always
+arrives as RTM_DELNSID: that is the one reliable "gone" signal, since a bind mount can be removed
+while processes still use the netns. An nsid event carries only the id: it is mapped to a netns
+through the files first (the runtimes make theirs before they move a veth in), then, only if
+none has it, through /proc/*/ns/net.
+
+A netns is known by its nsfs inode, and the kernel gives a freed inode to the next netns at
+once: under churn the netns seen through a new file may have the inode of one that has just
+gone. Its RTM_DELNSID was queued before the inode could be reused, so the nsid events are read
+before anything else is looked at, every time.
+
+A netns found through a process only, while the source runs, is reported after
+``naming_wait`` seconds, or as soon as a file reaches it: `ip netns add` and the runtimes
+bind-mount the file moments after the first process entered it, and the record then carries
+that path and name (found through `nsenter ... ip link set` in a half-made netns, it used to
+be reported nameless, for good).
 
 The source never keeps a netns open (that would keep it alive): consumers open a NetnsHandle from
 the record's path when they need one.
@@ -21,10 +32,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import attrs
 import trio
@@ -39,23 +51,44 @@ from engine.netns.inotify import (
     Inotify,
 )
 from engine.netns.mounts import MountWatcher
-from engine.netns.rtnl import NETNSA_NSID_NOT_ASSIGNED, NsidClient, open_event_socket, parse_events
+from engine.netns.rtnl import (
+    NETNSA_NSID_NOT_ASSIGNED,
+    NsidClient,
+    NsidEvent,
+    open_event_socket,
+    parse_events,
+)
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
 
 logger = logging.getLogger(__name__)
 
 NAMED_NETNS_DIR = "/run/netns"
 RUNTIME_NETNS_DIRS = ("/run/docker/netns",)
+NAMING_WAIT = 1.0
+# Netns that lost their last file are looked for among the processes together, this long
+# after the first: one look at /proc for a burst of removals.
+ORPHAN_BATCH = 0.05
+WAKE_CHANNEL = 256
 
 
 @attrs.frozen
 class _Wake:
     """Why the processing loop should look again."""
 
-    nsid_added: int | None = None
-    nsid_removed: int | None = None
+    nsids: bool = False  # the nsid event socket is readable
+    names: bool = False  # a pending name may have its bind mount now
     rescan: bool = False
-    path_gone: bool = False
+    gone: frozenset[str] = frozenset()  # files removed
+    sweep: bool = False  # look at every known netns (``recheck``)
+
+    def merge(self, other: _Wake) -> _Wake:
+        return _Wake(
+            self.nsids or other.nsids,
+            self.names or other.names,
+            self.rescan or other.rescan,
+            self.gone | other.gone,
+            self.sweep or other.sweep,
+        )
 
 
 @attrs.define
@@ -64,11 +97,19 @@ class NetnsSource:
     runtime_dirs: tuple[str, ...] = RUNTIME_NETNS_DIRS
     scan_processes: bool = True
     assign_ids: bool = True
-    _known: dict[NetnsId, int] = attrs.field(factory=dict, init=False)
+    naming_wait: float = NAMING_WAIT
+    _known: dict[NetnsId, int] = attrs.field(factory=dict, init=False)  # reported or deferred
     _by_nsid: dict[int, NetnsId] = attrs.field(factory=dict, init=False)
+    _files: dict[str, NetnsId] = attrs.field(factory=dict, init=False)
+    _files_of: dict[NetnsId, set[str]] = attrs.field(factory=dict, init=False)
+    _paths: dict[NetnsId, str] = attrs.field(factory=dict, init=False)  # how it was found
+    _orphans: set[NetnsId] = attrs.field(factory=set, init=False)  # their last file went
+    _orphans_due: float | None = attrs.field(default=None, init=False)
+    _deferred: dict[NetnsId, tuple[str, float]] = attrs.field(factory=dict, init=False)
     _pending_names: set[str] = attrs.field(factory=set, init=False)
     _host: NetnsId = attrs.field(factory=host_netns_id, init=False)
     _requests: trio.MemorySendChannel[_Wake] | None = attrs.field(default=None, init=False)
+    _drained: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     async def run(
         self,
@@ -82,25 +123,26 @@ class NetnsSource:
         The snapshot is not sent: a channel that nobody reads until ``start()`` returns would
         hold the start-up of a host with more netns than it has slots.
         """
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
             # Subscribe before listing so that nothing between the two is lost.
             events = stack.enter_context(open_event_socket())
             inotify = stack.enter_context(contextlib.closing(Inotify()))
             mounts = stack.enter_context(contextlib.closing(MountWatcher()))
-            nsids = stack.enter_context(contextlib.closing(NsidClient()))
+            nsids = await stack.enter_async_context(NsidClient())
             self._watch_dirs(inotify)
             async with send_channel:
-                found: list[NetnsAdded] = []
-                await self._scan(nsids, found)
-                task_status.started(found)
-                wake_send, wake_receive = trio.open_memory_channel[_Wake](64)
+                found: list[NetnsEvent] = []
+                await self._scan(nsids, found, defer=False)
+                task_status.started([r for r in found if isinstance(r, NetnsAdded)])
+                wake_send, wake_receive = trio.open_memory_channel[_Wake](WAKE_CHANNEL)
                 self._requests = wake_send.clone()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._follow_nsids, events, wake_send.clone())
                     nursery.start_soon(self._follow_dirs, inotify, wake_send.clone())
                     nursery.start_soon(self._follow_mounts, mounts, wake_send)
-                    async for wake in wake_receive:
-                        for record in await self._handle(wake, nsids):
+                    while True:
+                        wake = await self._next_wake(wake_receive)
+                        for record in await self._handle(wake, events, nsids):
                             await send_channel.send(record)
 
     def recheck(self) -> None:
@@ -112,9 +154,23 @@ class NetnsSource:
         """
         if self._requests is None:
             return
-        for wake in (_Wake(path_gone=True), _Wake(rescan=True)):
-            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                self._requests.send_nowait(wake)
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            self._requests.send_nowait(_Wake(sweep=True, rescan=True))
+
+    async def _next_wake(self, receive: trio.MemoryReceiveChannel[_Wake]) -> _Wake:
+        """The next reason to look, merged with all those already waiting; an empty one when
+        a deferred netns or a batch of orphans is due."""
+        deadlines = [deadline for _, deadline in self._deferred.values()]
+        if self._orphans_due is not None:
+            deadlines.append(self._orphans_due)
+        wake = _Wake()
+        with trio.move_on_at(min(deadlines, default=math.inf)):
+            wake = await receive.receive()
+        while True:
+            try:
+                wake = wake.merge(receive.receive_nowait())
+            except trio.WouldBlock:
+                return wake
 
     def _watch_dirs(self, inotify: Inotify) -> None:
         # `ip netns add` makes /run/netns too; making it first lets us watch it from the start.
@@ -124,38 +180,28 @@ class NetnsSource:
                 inotify.watch(directory, IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
 
     async def _follow_nsids(self, sock: socket.socket, wake: trio.MemorySendChannel[_Wake]) -> None:
+        """Say when nsid events wait; the processing loop reads them (``_read_nsids``)."""
         async with wake:
             while True:
                 await trio.lowlevel.wait_readable(sock)
-                try:
-                    buf = sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    logger.warning("nsid events were lost (ENOBUFS): rescanning")
-                    await wake.send(_Wake(rescan=True))
-                    continue
-                for event in parse_events(buf):
-                    if event.added:
-                        await wake.send(_Wake(nsid_added=event.nsid))
-                    else:
-                        await wake.send(_Wake(nsid_removed=event.nsid))
+                drained = self._drained
+                await wake.send(_Wake(nsids=True))
+                await drained.wait()
 
     async def _follow_dirs(self, inotify: Inotify, wake: trio.MemorySendChannel[_Wake]) -> None:
         async with wake:
             while True:
                 for event in await inotify.read():
+                    path = os.path.join(event.directory, event.name)
                     if event.mask & IN_Q_OVERFLOW:
-                        await wake.send(_Wake(rescan=True))
+                        await wake.send(_Wake(rescan=True, sweep=True))
                     elif event.mask & (IN_CREATE | IN_MOVED_TO):
                         # The file exists before its bind mount: wait for the mount.
-                        self._pending_names.add(os.path.join(event.directory, event.name))
-                        await wake.send(_Wake())
+                        self._pending_names.add(path)
+                        await wake.send(_Wake(names=True))
                     elif event.mask & (IN_DELETE | IN_MOVED_FROM):
-                        self._pending_names.discard(os.path.join(event.directory, event.name))
-                        await wake.send(_Wake(path_gone=True))
+                        self._pending_names.discard(path)
+                        await wake.send(_Wake(gone=frozenset([path])))
 
     async def _follow_mounts(
         self, mounts: MountWatcher, wake: trio.MemorySendChannel[_Wake]
@@ -164,68 +210,209 @@ class NetnsSource:
             while True:
                 await mounts.changed()
                 if self._pending_names:
-                    await wake.send(_Wake())
+                    await wake.send(_Wake(names=True))
 
-    async def _handle(self, wake: _Wake, nsids: NsidClient) -> Sequence[NetnsEvent]:
-        """What changed, as records to send."""
-        if wake.nsid_removed is not None:
-            gone = self._by_nsid.pop(wake.nsid_removed, None)
-            if gone is None:
-                return []
-            del self._known[gone]
-            return [NetnsRemoved(gone)]
-        if wake.path_gone:
-            return self._forget_unreachable()
-        if wake.nsid_added is not None and wake.nsid_added in self._by_nsid:
-            return []  # our own assignment, or already known
-        found: list[NetnsAdded] = []
-        if wake.rescan or wake.nsid_added is not None:
-            await self._scan(nsids, found)
-            return found
+    async def _handle(
+        self, wake: _Wake, events: socket.socket, nsids: NsidClient
+    ) -> list[NetnsEvent]:
+        """What changed, as records to send, in the order it happened."""
+        records: list[NetnsEvent] = []
+        # First, always: a removal there may free the inode of a netns seen below.
+        unknown, lost = await self._read_nsids(events, nsids, records)
+        found: list[NetnsEvent] = []
+        for path in wake.gone:
+            self._file_gone(path)
+        if self._orphans_due is not None and trio.current_time() >= self._orphans_due:
+            records += self._check_orphans()
+        if wake.sweep or lost:
+            records += self._forget_unreachable()
         for path in sorted(self._pending_names):
-            if await self._consider(path, nsids, found):
+            if await self._consider(path, nsids, found, defer=True):
                 self._pending_names.discard(path)
-        return found
+        unknown -= self._by_nsid.keys()  # the pending names may have told already
+        if wake.rescan or lost:
+            await self._scan(nsids, found, defer=True)
+        elif unknown:
+            # The runtimes' files first; the processes only for an id no file explains.
+            await self._scan_files(nsids, found, only_new=True)
+            if any(nsid not in self._by_nsid for nsid in unknown) and self.scan_processes:
+                await self._scan_paths(self._process_paths(), nsids, found, defer=True)
+        records += found
+        records += self._due(trio.current_time())
+        return records
 
-    def _candidates(self) -> Iterator[str]:
+    async def _read_nsids(
+        self, sock: socket.socket, nsids: NsidClient, records: list[NetnsEvent]
+    ) -> tuple[set[int], bool]:
+        """Apply every nsid event waiting: removals become records; returns the ids added
+        that no known netns has, and whether events were lost.
+
+        Ids are reused as fast as inodes, and the kernel frees an id before it says so: the
+        netns an RTM_DELNSID names by id is asked whether it still has that id before it is
+        forgotten (the id may already be a new netns's, one we assigned it to).
+        """
+        lost = False
+        events: list[NsidEvent] = []
+        while True:
+            try:
+                events += parse_events(sock.recv(65536))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                logger.warning("nsid events were lost (ENOBUFS): looking at everything again")
+                lost = True
+        self._drained.set()
+        self._drained = trio.Event()
+        for event in events:
+            gone = None if event.added else self._by_nsid.get(event.nsid)
+            if gone is not None and not await self._still_has(gone, event.nsid, nsids):
+                records += self._forget(gone)
+        # After the removals: an id given anew just after it was freed is a new netns's.
+        return {e.nsid for e in events if e.added} - self._by_nsid.keys(), lost
+
+    async def _still_has(self, ident: NetnsId, nsid: int, nsids: NsidClient) -> bool:
+        for path in {*self._files_of.get(ident, ()), self._paths.get(ident, "")} - {""}:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if NetnsId.from_stat(os.fstat(fd)) == ident:
+                    return await nsids.get(fd) == nsid
+            except OSError:
+                return False
+            finally:
+                os.close(fd)
+        return False
+
+    def _forget(self, ident: NetnsId) -> list[NetnsEvent]:
+        """Forget a netns; its record, unless it was never reported."""
+        nsid = self._known.pop(ident, NETNSA_NSID_NOT_ASSIGNED)
+        self._paths.pop(ident, None)
+        if self._by_nsid.get(nsid) == ident:
+            del self._by_nsid[nsid]
+        for path in self._files_of.pop(ident, set()):
+            self._files.pop(path, None)
+        if self._deferred.pop(ident, None) is not None:
+            return []
+        return [NetnsRemoved(ident)]
+
+    def _file_gone(self, path: str) -> None:
+        """A file of a known netns went (or now reaches another): if it was its last one, the
+        netns is checked for processes in the next batch (``_check_orphans``)."""
+        ident = self._files.pop(path, None)
+        if ident is None:
+            return
+        left = self._files_of.get(ident, set())
+        left.discard(path)
+        if not left and ident in self._known:
+            self._orphans.add(ident)
+            if self._orphans_due is None:
+                self._orphans_due = trio.current_time() + ORPHAN_BATCH
+
+    def _check_orphans(self) -> list[NetnsEvent]:
+        """The netns whose last file went and that no process is in any more are gone.
+
+        Such a netns may live on through the fds and sockets of whoever traces it (our own
+        packet sockets keep it alive): it would never be destroyed, so RTM_DELNSID would never
+        come. A netns whose file is gone but that still has processes stays known. One look
+        at every process serves every netns of the batch.
+        """
+        orphans = {i for i in self._orphans if i in self._known and not self._files_of.get(i)}
+        self._orphans.clear()
+        self._orphans_due = None
+        for path in self._process_paths() if orphans else ():
+            with contextlib.suppress(OSError):
+                orphans.discard(NetnsId.of_path(path))
+            if not orphans:
+                break
+        return [record for ident in orphans for record in self._forget(ident)]
+
+    def _forget_unreachable(self) -> list[NetnsEvent]:
+        """Forget, as removed, the netns that no file and no process reaches any more (every
+        known one looked at)."""
+        reachable = set()
+        for path in [*self._file_paths(), *self._process_paths()]:
+            with contextlib.suppress(OSError):
+                ident = NetnsId.of_path(path)
+                reachable.add(ident)
+                if self._files.get(path, ident) != ident:
+                    self._file_gone(path)
+        for path in [p for p in self._files if not os.path.lexists(p)]:
+            self._file_gone(path)
+        records: list[NetnsEvent] = []
+        for ident in [i for i in self._known if i not in reachable]:
+            records += self._forget(ident)
+        return records
+
+    def _due(self, now: float) -> list[NetnsEvent]:
+        """The netns found through a process whose naming wait is over, reported by it (or
+        by another process, if that one left)."""
+        due = [i for i, (_, deadline) in self._deferred.items() if deadline <= now]
+        if not due:
+            return []
+        paths = {i: self._deferred[i][0] for i in due if _reaches(self._deferred[i][0], i)}
+        missing = set(due) - paths.keys()
+        for path in self._process_paths() if missing else ():
+            with contextlib.suppress(OSError):
+                ident = NetnsId.of_path(path)
+                if ident in missing:
+                    missing.discard(ident)
+                    paths[ident] = path
+        records: list[NetnsEvent] = []
+        for ident in due:
+            if ident in paths:
+                del self._deferred[ident]
+                self._paths[ident] = paths[ident]
+                records.append(NetnsAdded(netns_id=ident, path=paths[ident], name=None))
+            else:
+                self._forget(ident)  # no process left in it: forgotten, never reported
+        return records
+
+    def _file_paths(self) -> Iterator[str]:
         for directory in (self.named_dir, *self.runtime_dirs):
             try:
                 names = sorted(os.listdir(directory))
             except FileNotFoundError:
                 continue
             yield from (os.path.join(directory, name) for name in names)
+
+    def _process_paths(self) -> Iterator[str]:
         if self.scan_processes:
             for entry in os.listdir("/proc"):
                 if entry.isdigit():
                     yield f"/proc/{entry}/ns/net"
 
-    def _forget_unreachable(self) -> list[NetnsEvent]:
-        """Forget, as removed, the netns that no file and no process reaches any more.
-
-        Such a netns lives on only through the fds and sockets of whoever traces it (our own
-        packet sockets keep it alive): it would never be destroyed, so RTM_DELNSID would never
-        come. A netns whose file is gone but that still has processes stays known.
-        """
-        reachable = set()
-        for path in self._candidates():
-            with contextlib.suppress(OSError):
-                reachable.add(NetnsId.of_path(path))
-        removed: list[NetnsEvent] = []
-        for ident in [i for i in self._known if i not in reachable]:
-            nsid = self._known.pop(ident)
-            self._by_nsid.pop(nsid, None)
-            removed.append(NetnsRemoved(ident))
-        return removed
-
-    async def _scan(self, nsids: NsidClient, found: list[NetnsAdded]) -> None:
+    async def _scan(self, nsids: NsidClient, found: list[NetnsEvent], *, defer: bool) -> None:
         started = time.perf_counter()
-        for path in self._candidates():
-            await self._consider(path, nsids, found)
+        await self._scan_files(nsids, found, only_new=False)
+        await self._scan_paths(self._process_paths(), nsids, found, defer=defer)
         logger.debug("netns scan: %.3f s, %d new", time.perf_counter() - started, len(found))
 
-    async def _consider(self, path: str, nsids: NsidClient, found: list[NetnsAdded]) -> bool:
-        """Add the netns at `path` to `found` if it is new. False when `path` is not (yet) a
-        netns."""
+    async def _scan_files(
+        self, nsids: NsidClient, found: list[NetnsEvent], *, only_new: bool
+    ) -> None:
+        paths = [p for p in self._file_paths() if not (only_new and p in self._files)]
+        await self._scan_paths(paths, nsids, found, defer=False)
+
+    async def _scan_paths(
+        self,
+        paths: Iterator[str] | list[str],
+        nsids: NsidClient,
+        found: list[NetnsEvent],
+        *,
+        defer: bool,
+    ) -> None:
+        for path in paths:
+            await self._consider(path, nsids, found, defer=defer)
+
+    async def _consider(
+        self, path: str, nsids: NsidClient, found: list[NetnsEvent], *, defer: bool
+    ) -> bool:
+        """Add the netns at `path` to `found` if it is new (or deferred: see the module doc).
+        False when `path` is not (yet) a netns."""
         try:
             st = os.stat(path)
         except OSError:
@@ -233,7 +420,14 @@ class NetnsSource:
         ident = NetnsId.from_stat(st)
         if ident.dev != self._host.dev:
             return False  # not on nsfs: a plain file whose bind mount is not there yet
-        if ident == self._host or ident in self._known:
+        if ident == self._host:
+            return True
+        through_file = not path.startswith("/proc/")
+        if ident in self._known:
+            if through_file:
+                self._note_file(path, ident)
+                if self._deferred.pop(ident, None) is not None:
+                    found.append(self._added(ident, path))
             return True
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -249,8 +443,35 @@ class NetnsSource:
         finally:
             os.close(fd)
         self._known[ident] = nsid
+        self._paths[ident] = path
         if nsid != NETNSA_NSID_NOT_ASSIGNED:
+            # An id is given again only once its netns is being destroyed, even if that
+            # netns's RTM_DELNSID has not been read yet.
+            old = self._by_nsid.get(nsid)
+            if old is not None and old != ident:
+                found += self._forget(old)
             self._by_nsid[nsid] = ident
-        name = os.path.basename(path) if os.path.dirname(path) == self.named_dir else None
-        found.append(NetnsAdded(netns_id=ident, path=path, name=name))
+        if through_file:
+            self._note_file(path, ident)
+        elif defer:
+            self._deferred[ident] = (path, trio.current_time() + self.naming_wait)
+            return True
+        found.append(self._added(ident, path))
         return True
+
+    def _note_file(self, path: str, ident: NetnsId) -> None:
+        if self._files.get(path, ident) != ident:
+            self._file_gone(path)  # the name now leads to another netns
+        self._files[path] = ident
+        self._files_of.setdefault(ident, set()).add(path)
+
+    def _added(self, ident: NetnsId, path: str) -> NetnsAdded:
+        name = os.path.basename(path) if os.path.dirname(path) == self.named_dir else None
+        return NetnsAdded(netns_id=ident, path=path, name=name)
+
+
+def _reaches(path: str, ident: NetnsId) -> bool:
+    try:
+        return NetnsId.of_path(path) == ident
+    except OSError:
+        return False

@@ -20,7 +20,12 @@ async def sync_filter(loaded: LoadedGadget, world: World) -> None:
     tables are not safe to touch while a hook or an attach uses the same ``BPF`` object.
     """
     mode, known = world.kernel_selection()
-    await loaded.call(_write, loaded.bpf, mode, dict(known))
+    wanted = (mode, frozenset(known.items()))
+    # Called at every change of the world: most (a netns come or gone) leave it as it is.
+    if wanted == loaded.selection_written:
+        return
+    await loaded.call(_write, loaded.bpf, mode, known)
+    loaded.selection_written = wanted
 
 
 def _write(bpf: Any, mode: int, wanted: Mapping[int, int]) -> None:

@@ -26,8 +26,12 @@ from engine.sources.containers import Container
 from engine.world.mntns import PendingMntns
 from engine.world.selection import Selection
 
-# Where container runtimes put the netns files of their containers (bind mounts).
+# Where container runtimes put the netns files of their containers (bind mounts): Docker's
+# folder, and named netns (`ip netns` folder) that CNI made for a CRI pod sandbox ("cni-<uuid>",
+# containerd's cri plugin) or podman for a container ("netns-<uuid>").
 RUNTIME_NETNS_DIRS = ("/run/docker/netns/", "/var/run/docker/netns/")
+NAMED_NETNS_DIRS = ("/run/netns/", "/var/run/netns/")
+RUNTIME_NETNS_NAMES = ("cni-", "netns-")
 DEFAULT_IDENTIFY_TIMEOUT = 5.0
 _PROCESS_NETNS = re.compile(r"/proc/\d+/ns/net")
 
@@ -36,9 +40,12 @@ def is_runtime_netns(path: str) -> bool:
     """Whether a netns reached by ``path`` may be a container's that the runtime has not
     reported yet: a runtime's netns file, or a process's netns. Under load the netns source
     often finds a new container's netns through its first process, before the runtime's bind
-    mount is in place (seen with 11 containers started at once: 3 of them); ``ip netns add``
-    names (/run/netns) are never a container's."""
-    return path.startswith(RUNTIME_NETNS_DIRS) or _PROCESS_NETNS.fullmatch(path) is not None
+    mount is in place (seen with 11 containers started at once: 3 of them). Other ``ip netns
+    add`` names are never a container's."""
+    if path.startswith(RUNTIME_NETNS_DIRS) or _PROCESS_NETNS.fullmatch(path) is not None:
+        return True
+    folder, _, name = path.rpartition("/")
+    return folder + "/" in NAMED_NETNS_DIRS and name.startswith(RUNTIME_NETNS_NAMES)
 
 
 @attrs.frozen
@@ -82,7 +89,7 @@ class Identified:
 @attrs.define
 class World:
     selection: Selection
-    containers: dict[str, Container] = attrs.Factory(dict)
+    containers: dict[str, Container] = attrs.Factory(dict)  # by Container.key
     netns_paths: dict[int, str] = attrs.Factory(dict)  # netns inode → a path that reaches it
     host_netns: int | None = None
     host_mntns: int | None = None
@@ -115,11 +122,18 @@ class World:
     _json: dict[str, Mapping[str, Any]] = attrs.Factory(dict)
 
     def add_container(self, container: Container) -> None:
-        self.containers[container.id] = container
+        self.containers[container.key] = container
+        inode = container.netns_inode
+        if inode in self._rejected and self.selection.matches(container):
+            # Reported after its netns timed out pending (its runtime was away longer than
+            # the identify timeout): what comes from that netns is the user's again.
+            self._rejected.discard(inode)
+            for ifindex in [i for i, n in self._rejected_ifindexes.items() if n == inode]:
+                del self._rejected_ifindexes[ifindex]
         self._reindex()
 
-    def remove_container(self, container_id: str) -> Container | None:
-        removed = self.containers.pop(container_id, None)
+    def remove_container(self, container: Container) -> Container | None:
+        removed = self.containers.pop(container.key, None)
         self._reindex()
         return removed
 
@@ -136,9 +150,9 @@ class World:
 
     def container_json(self, container: Container) -> Mapping[str, Any]:
         """The container's JSON object, shared by every event that names it."""
-        cached = self._json.get(container.id)
+        cached = self._json.get(container.key)
         if cached is None:
-            cached = self._json[container.id] = container.to_json()
+            cached = self._json[container.key] = container.to_json()
         return cached
 
     def add_netns(self, inode: int, path: str, now: float) -> None:

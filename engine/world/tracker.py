@@ -1,6 +1,7 @@
-"""The world feeder: the Docker and netns sources into the world, and every change acted on.
+"""The world feeder: the runtimes' sources (Docker, containerd, podman) and the netns source
+into the world, and every change acted on.
 
-``Tracker.run`` starts both sources, takes in what they listed at start (each hands its
+``Tracker.run`` starts the sources, takes in what they listed at start (each hands its
 snapshot back through ``task_status.started``) and the first attachments under way, and only
 then reports itself started; from there it follows their records. Each change settles the
 netns pending identification (their held records released or dropped), brings the gadgets'
@@ -30,8 +31,8 @@ from engine.records import (
     NetnsRemoved,
     ProgramRecord,
 )
-from engine.sources.docker import DockerSource
 from engine.sources.netns import NetnsSource
+from engine.sources.runtimes import Runtimes, start_all
 from engine.world.held import Held, Taken
 from engine.world.kernel_filter import sync_filter
 from engine.world.state import Identified, Verdict, World, preattached_key
@@ -44,7 +45,7 @@ SOURCE_CHANNEL = 256
 
 @attrs.define
 class Tracker:
-    """Feeds the world from the Docker and netns sources and acts on every change."""
+    """Feeds the world from the runtimes' and netns sources and acts on every change."""
 
     world: World
     per_netns: PerNetns
@@ -54,6 +55,7 @@ class Tracker:
     reconcile_interval: float = 30.0
     corrections: int = 0
     netns_source: NetnsSource = attrs.Factory(NetnsSource)
+    runtimes: Runtimes = attrs.Factory(Runtimes)
     _lock: trio.Lock = attrs.Factory(trio.Lock)
     _pending_added: trio.Event = attrs.Factory(trio.Event)
 
@@ -64,39 +66,48 @@ class Tracker:
             removed = await remove_orphan_filters(owner_alive)
             if removed:
                 log.warning("removed %d tc filters left by engines that are gone", removed)
-        docker_send, docker_receive = trio.open_memory_channel[ContainerEvent](SOURCE_CHANNEL)
+        containers_send, containers_receive = trio.open_memory_channel[ContainerEvent](
+            SOURCE_CHANNEL
+        )
         netns_send, netns_receive = trio.open_memory_channel[NetnsEvent](SOURCE_CHANNEL)
         async with trio.open_nursery() as nursery:
             netns_now: list[NetnsAdded] = await nursery.start(self.netns_source.run, netns_send)
-            docker_now: list[ContainerEvent] = await nursery.start(DockerSource().run, docker_send)
+            containers_now = await start_all(nursery, self.runtimes.sources(), containers_send)
             # What exists at start is in the world before the engine says it is ready, so that
             # the first attachments are under way.
             for netns in netns_now:
                 self._apply_netns(netns)
-            for container in docker_now:
-                self._apply_docker(container)
+            for container in containers_now:
+                self._apply_container(container)
             await self.changed()
             task_status.started()
-            nursery.start_soon(self._follow_docker, docker_receive)
+            nursery.start_soon(self._follow_containers, containers_receive)
             nursery.start_soon(self._follow_netns, netns_receive)
             nursery.start_soon(self._reconcile_periodically)
             nursery.start_soon(self._settle_on_timeouts)
 
-    async def _follow_docker(self, channel: trio.MemoryReceiveChannel[ContainerEvent]) -> None:
+    async def _follow_containers(self, channel: trio.MemoryReceiveChannel[ContainerEvent]) -> None:
         async for record in channel:
-            self._apply_docker(record)
+            self._apply_container(record)
             await self.changed()
 
     async def _follow_netns(self, channel: trio.MemoryReceiveChannel[NetnsEvent]) -> None:
         async for record in channel:
             self._apply_netns(record)
+            # The records already waiting go in with it, in order: one reconcile for the
+            # batch, so that a burst costs the engine less per netns, not more.
+            while True:
+                try:
+                    self._apply_netns(channel.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
             await self.changed()
 
-    def _apply_docker(self, record: ContainerEvent) -> None:
+    def _apply_container(self, record: ContainerEvent) -> None:
         if isinstance(record, ContainerAdded):
             self.world.add_container(record.container)
         elif isinstance(record, ContainerRemoved):
-            self.world.remove_container(record.container.id)
+            self.world.remove_container(record.container)
         elif hasattr(record, "container"):
             self.world.add_container(record.container)
         self.outlet.put(record)

@@ -61,7 +61,8 @@ async def churn(containers: Containers) -> None:
 
 
 def count(records: list[dict[str, Any]], kind: str) -> int:
-    return sum(1 for r in records if r["type"] == kind)
+    """The Docker source's records of ``kind`` (the other runtimes' sources have their own)."""
+    return sum(1 for r in records if r["type"] == kind and r["runtime"] == "docker")
 
 
 async def stop_and_restart(rec: Recorder, signum: int) -> None:

@@ -1,5 +1,7 @@
-"""Every test here leaves nothing of ours behind (tests/support/leaks.py)."""
+"""Every test here leaves nothing of ours behind (tests/support/leaks.py); the other runtimes'
+test containers (tests/support/runtimes.py)."""
 
 from tests.support.leaks import nothing_left
+from tests.support.runtimes import cri, ctr_containers, podman_containers
 
-__all__ = ["nothing_left"]
+__all__ = ["cri", "ctr_containers", "nothing_left", "podman_containers"]

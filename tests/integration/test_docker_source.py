@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
-import attrs
 import docker
 import docker.errors
 import pytest
@@ -29,44 +27,9 @@ from engine.sources.docker import DockerSource, default_client
 from tests.support.commands import adocker
 from tests.support.constants import TEST_IMAGE
 from tests.support.docker import Containers, start_dockerd, stop_dockerd
-from tests.support.waiting import Changes
+from tests.support.sources import Records, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
-
-
-@attrs.define
-class Records(Changes):
-    """Everything a source sent, with ``until`` to wait for a condition on it."""
-
-    seen: list[ContainerEvent] = attrs.Factory(list)
-    snapshot: list[ContainerEvent] = attrs.Factory(list)
-
-    async def consume(self, receive: trio.abc.ReceiveChannel[ContainerEvent]) -> None:
-        async for record in receive:
-            self.seen.append(record)
-            self.changed()
-
-    def describe(self) -> str:
-        return f"saw {self.seen}"
-
-    def about(self, name: str) -> list[ContainerEvent]:
-        """The records about one container, in order (source records excluded)."""
-        return [r for r in self.seen if hasattr(r, "container") and r.container.name == name]
-
-
-@asynccontextmanager
-async def running(source: DockerSource) -> AsyncIterator[Records]:
-    """The source running, its records collected (``snapshot``: what ``start()`` handed back,
-    also first in ``seen``); stopped when the block ends."""
-    records = Records()
-    send, receive = trio.open_memory_channel[ContainerEvent](0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(records.consume, receive)
-        with trio.fail_after(10):
-            records.snapshot = await nursery.start(source.run, send)
-        records.seen += records.snapshot
-        yield records
-        nursery.cancel_scope.cancel()
 
 
 async def started(containers: Containers, role: str, *options: str) -> str:
@@ -311,7 +274,14 @@ async def test_daemon_restart_loses_nothing(containers: Containers, restores_doc
             for r in records.seen
             if not hasattr(r, "container") or r.container.name in (in_gap, live)
         ]
-        assert order == ["source_disconnected", in_gap, "source_reconnected", live]
+        assert order == [
+            "source_connected",
+            "source_disconnected",
+            in_gap,
+            "source_reconnected",
+            live,
+        ]
+        assert {r.runtime for r in records.seen if not hasattr(r, "container")} == {"docker"}
         ours = {c.name for c in source.known.values() if c.name.startswith(containers.prefix)}
         assert ours == {restarting, in_gap, live}
 

@@ -316,3 +316,40 @@ async def test_python_usdt_counts_calls_per_process(root: None, tmp_path: Path) 
     }  # line 1 prints the pid
     final = run.lines(rf"^python_usdt: pid {pid}: ")[-1]
     assert final.startswith(f"python_usdt: pid {pid}: engine_key=200 (<string>)"), final
+
+
+async def test_exits_bcc_names_each_exit_with_its_container(containers: Containers) -> None:
+    traced = containers.start("exits")
+    other = containers.start("other")
+    with trio.fail_after(40):
+        async with engine_process(
+            str(EXAMPLES / "exits_bcc.c"), "--select", f"name={traced}"
+        ) as run:
+            await run.until(attached(run, "tracepoint__sched__sched_process_exit"))
+            await containers.exec(other, "sh", "-c", "sh -c 'exit 4'; true")
+            await containers.exec(traced, "sh", "-c", "sh -c 'exit 3'; true")
+            await run.until(lambda: [e for e in run.events("exits") if e["data"]["exit_code"]])
+            assert await run.stop() == 0, run.stderr
+    # Only the selected container's exits reach Python: the others are dropped in the kernel.
+    assert {e["container"]["name"] for e in run.events("exits")} == {traced}
+    (three,) = [e["data"] for e in run.events("exits") if e["data"]["exit_code"]]
+    assert (three["exit_code"], three["signal"], three["comm"]) == (3, 0, "sh")
+    assert three["ppid"] > 1 and three["pid"] not in (0, three["ppid"])
+
+
+async def test_readsize_bcc_histogram_per_container(containers: Containers) -> None:
+    reader = containers.start("reader")
+    with trio.fail_after(40):
+        async with engine_process(str(EXAMPLES / "readsize_bcc.c"), *selecting(containers)) as run:
+            await run.until(attached(run, "tracepoint__syscalls__sys_exit_read"))
+            await containers.exec(
+                reader, "dd", "if=/dev/zero", "of=/dev/null", "bs=4096", "count=300"
+            )
+            assert await run.stop() == 0, run.stderr
+    (sizes,) = run.of_type("map")
+    assert (sizes["map"], sizes["kind"]) == ("sizes", "log2_histogram")
+    (section,) = [s for s in sizes["entries"] if s["container"]]
+    assert section["container"]["name"] == reader
+    assert section["key"] == {"mntns_id": section["container"]["mntns"]}
+    page = next(b for b in section["value"] if b["low"] == 4096)
+    assert page["high"] == 8191 and page["count"] >= 300

@@ -196,12 +196,6 @@ async def test_iter_tcp_lists_a_port_in_its_container_only(containers: Container
     assert all(e["source"] == "listeners" and e["data"]["family"] in (2, 10) for e in rec.events())
 
 
-@pytest.mark.xfail(
-    reason="passes in most full runs; in one of five here a container's programs never "
-    "ended with attached+detached or attach_failed within 90 s (a missing lifecycle record "
-    "under churn, like test_netns_deleted_mid_attach), under investigation",
-    strict=False,
-)
 async def test_fifty_containers_churn_leaves_nothing(containers: Containers) -> None:
     count = 50
     gadget = Gadget.from_source(CHURN, "churn.c")
@@ -286,13 +280,6 @@ async def test_races_end_in_one_record_and_the_engine_goes_on(containers: Contai
             )
 
 
-@pytest.mark.xfail(
-    reason="passes alone and after most files; after tests/integration/test_first_packet.py "
-    "the netns deleted at the 'open' step gets netns_added and netns_removed but no "
-    "attach_failed (a missing record, under investigation; the same race passes in "
-    "tests/faults/test_attach_races.py)",
-    strict=False,
-)
 async def test_netns_deleted_mid_attach(root: None) -> None:
     tag = uuid.uuid4().hex[:6]
     early, late, kept = (f"engine-test-{tag}-{s}" for s in ("early", "late", "kept"))

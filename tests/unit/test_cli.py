@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli.main import build_parser, main
+from engine.cli.main import main
 from engine.cli.metrics import Metrics, parse_address
+from engine.cli.parser import build_parser
 from engine.cli.table import HOST, LiveTable
 from engine.errors import HookFileError
 from engine.hooks.hookfile import HookFile
@@ -221,3 +222,20 @@ def test_metrics_text() -> None:
     text = metrics.render()
     assert "engine_attached_netns 0\n" in text
     assert "engine_containers 0\n" in text
+
+
+def test_live_table_names_pods_by_namespace_pod_and_container() -> None:
+    table = LiveTable("execsnoop.c", clock=FakeClock())
+    pod = {"namespace": "shop", "pod": "web-1", "pod_uid": "u", "labels": {}}
+    app = {"id": "a" * 64, "name": "web-1/app", "k8s": {**pod, "container": "app"}}
+    sandbox = {"id": "s" * 64, "name": "web-1", "k8s": {**pod, "container": None}}
+    table.observe({"type": "container_added", "container": sandbox})
+    table.observe({"type": "container_added", "container": app})
+    table.observe(_event(app, 7))
+    lines = table.render(100, 40)
+    assert next(line for line in lines if line.startswith("shop/web-1/app ")).split()[:2] == [
+        "shop/web-1/app",
+        "1",
+    ]
+    assert any(line.startswith("shop/web-1 ") for line in lines)
+    assert "container_added shop/web-1/app" in "\n".join(lines)

@@ -12,7 +12,9 @@ from engine.records import (
     ContainerPaused,
     ContainerRemoved,
     ContainerRenamed,
+    SourceConnected,
     SourceDisconnected,
+    SourceReconnected,
 )
 from engine.sources.containers import Container
 from engine.sources.docker import transition
@@ -94,8 +96,29 @@ def test_json_forms(tmp_path: Path) -> None:
     assert ContainerAdded(container).to_json() == {"type": "container_added", "container": body}
     assert ContainerRemoved(container, "die").to_json()["reason"] == "die"
     assert ContainerRenamed(container, "old").to_json()["type"] == "container_renamed"
-    gap = SourceDisconnected("docker", 1.5, "refused").to_json()
-    assert gap == {"type": "source_disconnected", "source": "docker", "at": 1.5, "error": "refused"}
+    gap = SourceDisconnected("docker", 1.5, "refused", "docker").to_json()
+    assert gap == {
+        "type": "source_disconnected",
+        "source": "docker",
+        "at": 1.5,
+        "error": "refused",
+        "runtime": "docker",
+    }
+    back = SourceReconnected("podman", 1.5, 2.0, "podman").to_json()
+    assert back == {
+        "type": "source_reconnected",
+        "source": "podman",
+        "disconnected_at": 1.5,
+        "at": 2.0,
+        "runtime": "podman",
+    }
+    first = SourceConnected("containerd", 3.0, "containerd").to_json()
+    assert first == {
+        "type": "source_connected",
+        "source": "containerd",
+        "at": 3.0,
+        "runtime": "containerd",
+    }
 
 
 def test_transitions_between_known_and_current() -> None:

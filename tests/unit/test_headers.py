@@ -19,8 +19,8 @@ def test_mismatched_headers_warn_once(caplog: pytest.LogCaptureFixture) -> None:
         KernelHeaders(Path("/h"), "6.18.0", "6.18.0").warn_if_mismatched()
     assert [r.getMessage() for r in caplog.records] == [
         "bcc compiles against kernel headers for 6.1.0-amd64, but the running kernel is "
-        "6.18.0: struct layouts from those headers may be wrong; use the __btf types "
-        "(docs/btf.md) to read kernel structs"
+        "6.18.0: kernel structs are read through the running kernel's layouts from BTF "
+        "instead of those headers' (docs/btf.md)"
     ]
 
 

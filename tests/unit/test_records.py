@@ -113,4 +113,4 @@ def test_every_record_type_is_exported_from_engine_with_a_type_of_its_own() -> N
     defined = record_types(vars(engine.records))
     exported = record_types({name: getattr(engine, name) for name in engine.__all__})
     assert exported == defined
-    assert len({t.TYPE for t in defined}) == len(defined) == 18
+    assert len({t.TYPE for t in defined}) == len(defined) == 20

@@ -217,11 +217,11 @@ int prog(void *ctx) { emit(0, 1); return 0; }
 """
     scan = SourceScan.of(source)
     found = [
-        (d.name, source[d.params[0] : d.params[1]], scan.line_of(d.body[0]))
-        for d in scan.definitions
+        (d.function, source[d.params[0] : d.params[1]], scan.line_of(d.body[0]))
+        for d in scan.definitions()
     ]
     assert found == [("emit", "struct __sk_buff *skb, u32 n", 4), ("prog", "void *ctx", 9)]
     inside = source.index("helper")
     definition = scan.definition_at(inside)
-    assert definition is not None and definition.name == "emit"
+    assert definition is not None and definition.function == "emit"
     assert scan.definition_at(source.index("table")) is None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
-from engine.sources.containers import Container
+from engine.sources.containers import Container, K8s
 from engine.world.selection import Selection
-from engine.world.state import Verdict, World, preattached_key
+from engine.world.state import Verdict, World, is_runtime_netns, preattached_key
 from tests.support.requirements import unavailable
 
 HOST_NETNS = 4026531840
@@ -132,7 +133,7 @@ def test_unselected_container_is_detached_and_its_records_dropped() -> None:
     assert w.screen({"ifindex": 55}) == (Verdict.DROP, 102)
     w.forget_ifindex(55)  # detached; its records may still be in the buffers
     assert w.screen({"ifindex": 55}) == (Verdict.DROP, 102)
-    w.remove_container("db" * 4)
+    w.remove_container(container("db", 102, 202))
     w.remove_netns(102)
     assert w.screen({"ifindex": 55}) == (Verdict.DELIVER, 0)  # forgotten with the netns
 
@@ -149,6 +150,28 @@ def test_never_identified_times_out() -> None:
     assert set(w.desired_netns()) == {104}
     assert w.next_deadline() == 17.0
     assert w.screen({"netns_id": 103}) == (Verdict.DROP, 103)
+
+
+def test_reported_after_the_timeout_is_traced_and_delivered_again() -> None:
+    # Its runtime was away longer than the identify timeout (a restart): the netns was given
+    # up, then the runtime re-lists and reports a selected container in it.
+    w = selecting("web", timeout=1.0)
+    w.add_netns(106, "/run/netns/cni-1", now=0.0)
+    w.host_ifindexes[56] = 106
+    (expired,) = w.settle(now=1.0)
+    assert not expired.keep
+    w.forget_ifindex(56)
+    assert w.screen({"netns_id": 106}) == (Verdict.DROP, 106)
+    w.add_container(container("web", 106, 206))
+    assert 106 in w.desired_netns()
+    w.host_ifindexes[56] = 106
+    assert w.screen({"netns_id": 106}) == (Verdict.DELIVER, 106)
+    assert w.screen({"ifindex": 56}) == (Verdict.DELIVER, 106)
+    # An unselected one stays given up.
+    w.add_netns(107, "/run/netns/cni-2", now=2.0)
+    w.settle(now=3.0)
+    w.add_container(container("db", 107, 207))
+    assert w.screen({"netns_id": 107}) == (Verdict.DROP, 107)
 
 
 def test_vanished_while_pending_settles() -> None:
@@ -222,3 +245,66 @@ def test_preattached_veth_records_held_by_veth_until_handed(select: bool) -> Non
     if select:
         w.add_container(container("web", 110, 210))
     assert w.screen({"ifindex": 60}) == (Verdict.DELIVER, 110 if select else 0)
+
+
+def test_netns_that_runtimes_name_are_theirs() -> None:
+    for path in (
+        "/run/netns/cni-0b8f7c4e-1111-2222-3333-444455556666",  # CNI, for a CRI pod sandbox
+        "/var/run/netns/cni-0b8f7c4e-1111-2222-3333-444455556666",
+        "/run/netns/netns-cd060c01-74d9-7c4c-bc8f-ff199d941c58",  # podman
+        "/run/docker/netns/1a2b3c4d5e6f",
+        "/proc/42/ns/net",
+    ):
+        assert is_runtime_netns(path), path
+    for path in ("/run/netns/blue", "/run/netns/sub/cni-1", "/tmp/cni-1", "/proc/self/ns/net"):
+        assert not is_runtime_netns(path), path
+
+
+def test_the_same_id_in_two_runtimes_is_two_containers() -> None:
+    w = World(Selection(), host_netns=HOST_NETNS)
+    in_docker = Container("f" * 64, "web", "img", 10, netns_inode=101, mntns_inode=201)
+    in_podman = attrs.evolve(in_docker, runtime="podman", netns_inode=102, mntns_inode=202)
+    in_k8s = attrs.evolve(
+        in_docker,
+        runtime="containerd",
+        containerd_namespace="k8s.io",
+        netns_inode=103,
+        mntns_inode=203,
+    )
+    in_default = attrs.evolve(in_k8s, containerd_namespace="default", mntns_inode=204)
+    for c in (in_docker, in_podman, in_k8s, in_default):
+        w.add_container(c)
+    assert len(w.containers) == 4
+    assert w.container_for({"mntns_id": 202}) == in_podman
+    assert w.container_json(in_default)["id"] == "f" * 64  # the JSON id stays the runtime's
+    w.remove_container(in_k8s)
+    assert w.container_for({"mntns_id": 203}) is None
+    assert w.container_for({"mntns_id": 204}) == in_default
+    assert {c.runtime for c in w.containers.values()} == {"docker", "podman", "containerd"}
+
+
+def test_a_pod_is_one_netns_target_named_after_its_sandbox() -> None:
+    w = World(Selection.parse(["k8s.namespace=shop"], (), False), host_netns=HOST_NETNS)
+    pod = K8s("shop", "web-1", "uid-1", None)
+    w.add_netns(110, "/run/netns/cni-1", now=0.0)
+    assert w.desired_netns()[110].speculative  # CNI's netns: traced before the sandbox shows
+    sandbox = Container("s" * 64, "web-1", "pause", 10, netns_inode=110, mntns_inode=210, k8s=pod)
+    app = Container(
+        "a" * 64,
+        "web-1/app",
+        "img",
+        11,
+        netns_inode=110,
+        mntns_inode=211,
+        shares_netns_with="s" * 64,
+        k8s=attrs.evolve(pod, container="app"),
+    )
+    w.add_container(sandbox)
+    w.add_container(app)
+    (identified,) = w.settle(now=0.1)
+    assert identified.keep
+    (target,) = w.desired_netns().values()
+    assert (target.inode, target.speculative) == (110, False)
+    assert [c.name for c in target.containers] == ["web-1", "web-1/app"]
+    assert w.container_for({"netns_id": 110}) == sandbox
+    assert w.container_for({"mntns_id": 211}) == app

@@ -1,0 +1,196 @@
+"""Follow a containerd daemon's containers (every namespace) as an ordered stream of lifecycle
+records: the same records, and the same discipline, as the Docker source.
+
+Every blocking gRPC call runs in a worker thread that is abandoned on cancellation; the event
+stream is then cancelled from the trio side, which ends the call that thread is blocked in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import attrs
+import grpc
+import trio
+
+from engine.records import ContainerEvent
+from engine.sources.connection import Connection, Outbox
+from engine.sources.containerd_api import (
+    DEFAULT_SOCKET,
+    ContainerdClient,
+    ContainerRecord,
+    Envelope,
+    EventStream,
+    describe,
+)
+from engine.sources.containerd_model import by_sandbox_first, container_from_containerd, sandbox_id
+from engine.sources.containers import Container
+from engine.sources.docker import transition
+from engine.sources.reconcile import diff
+
+logger = logging.getLogger(__name__)
+
+# Docker's own containers, when Docker runs on this containerd (its source reports them).
+DOCKER_NAMESPACE = "moby"
+# containerd's namespace and the container's id: ids are unique only within a namespace.
+Key = tuple[str, str]
+_CONNECTION_ERRORS = (grpc.RpcError, OSError)
+
+
+@attrs.define
+class ContainerdSource:
+    """Lists the running containers of every namespace, then follows containerd's events.
+
+    When the daemon is absent at start or goes away, the source keeps trying with capped
+    exponential backoff. On (re)connect it subscribes to the events first and then re-lists,
+    diffing against what it knew: containers that went away during the gap are reported
+    removed, new ones added (containerd keeps no event history to replay; its tasks outlive
+    a restart of the daemon, so those that ran through the gap change nothing). Containers
+    that both started and stopped during the gap are not reported: they left nothing to trace.
+
+    Each event is only a hint: the container and its task are looked up and the record
+    compared with the known one, so duplicated events change nothing. Records are sent from
+    one task, so they are in order per container.
+    """
+
+    socket: str = DEFAULT_SOCKET
+    skip_namespaces: frozenset[str] = frozenset()
+    client_factory: Callable[[str], ContainerdClient] = ContainerdClient
+    min_backoff: float = 0.1
+    max_backoff: float = 2.0
+    name: str = "containerd"
+    proc: Path = Path("/proc")
+    _known: dict[Key, Container] = attrs.field(factory=dict, init=False)
+
+    @property
+    def known(self) -> Mapping[Key, Container]:
+        """The containers this source believes are running, by (namespace, id)."""
+        return MappingProxyType(self._known)
+
+    async def run(
+        self,
+        send_channel: trio.abc.SendChannel[ContainerEvent],
+        *,
+        task_status: trio.TaskStatus[list[ContainerEvent]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until cancelled. Started with the first listing as its snapshot (the records
+        that take a consumer from nothing to what runs, then ``SourceConnected``), or with
+        the first failed connection (``[SourceDisconnected]``); the records after that are
+        sent."""
+        backoff = self.min_backoff
+        connection = Connection(self.name, "containerd")
+        out = Outbox(send_channel, task_status)
+        while True:
+            try:
+                client = self.client_factory(self.socket)
+            except _CONNECTION_ERRORS as exc:
+                problem = _problem(exc)
+            else:
+                try:
+                    stream = await trio.to_thread.run_sync(client.subscribe, abandon_on_cancel=True)
+                    try:
+                        records = await self._relist(client)
+                        now = connection.connected()
+                        await out.put(records if now is None else [*records, now])
+                        backoff = self.min_backoff
+                        await self._follow(client, stream, send_channel)
+                        problem = "event stream ended"
+                    finally:
+                        stream.close()
+                except _CONNECTION_ERRORS as exc:
+                    problem = _problem(exc)
+                finally:
+                    client.close()
+            gap = connection.lost(problem)
+            if gap is not None:
+                await out.put([gap])
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _relist(self, client: ContainerdClient) -> list[ContainerEvent]:
+        running = await trio.to_thread.run_sync(
+            _list_running, client, self.skip_namespaces, self.proc, abandon_on_cancel=True
+        )
+        changes = diff(running, self._known)
+        records: list[ContainerEvent] = []
+        for key in changes.to_remove:
+            records += self._update(key, None, "gone while disconnected")
+        for key, (_, current) in changes.to_update.items():
+            records += self._update(key, current, "restarted")
+        for key, new in changes.to_add.items():
+            records += self._update(key, new, "added")
+        return records
+
+    async def _follow(
+        self,
+        client: ContainerdClient,
+        stream: EventStream,
+        out: trio.abc.SendChannel[ContainerEvent],
+    ) -> None:
+        while True:
+            event = await trio.to_thread.run_sync(stream.next, abandon_on_cancel=True)
+            if event is None:
+                return
+            if event.namespace in self.skip_namespaces or not event.concerns_init:
+                continue
+            logger.debug(
+                "%s: %s %s/%s", self.name, event.topic, event.namespace, event.container_id
+            )
+            key = (event.namespace, event.container_id)
+            current = await trio.to_thread.run_sync(
+                _inspect_running, client, event, self.proc, abandon_on_cancel=True
+            )
+            for record in self._update(key, current, event.topic.rsplit("/", 1)[-1]):
+                await out.send(record)
+
+    def _update(self, key: Key, current: Container | None, reason: str) -> list[ContainerEvent]:
+        """The one place where the known set changes; returns the records saying how."""
+        previous = self._known.get(key)
+        if current is None:
+            self._known.pop(key, None)
+        else:
+            self._known[key] = current
+        return transition(previous, current, reason)
+
+
+def _problem(exc: BaseException) -> str:
+    return describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
+
+
+def _inspect_running(client: ContainerdClient, event: Envelope, proc: Path) -> Container | None:
+    """The container an event is about, if it runs (blocking)."""
+    record = client.container(event.namespace, event.container_id)
+    if record is None:
+        return None
+    task = client.task(event.namespace, record.id)
+    if task is None or not task.running:
+        return None
+    owner = sandbox_id(record)
+    sandbox = None if owner is None else client.container(event.namespace, owner)
+    return container_from_containerd(record, task, sandbox=sandbox, proc=proc)
+
+
+def _list_running(
+    client: ContainerdClient, skip: Iterable[str], proc: Path
+) -> dict[Key, Container]:
+    """Every running container of every namespace but `skip`, sandboxes first (blocking)."""
+    skipped = frozenset(skip)
+    running: dict[Key, Container] = {}
+    for namespace in client.namespaces():
+        if namespace in skipped:
+            continue
+        records = {r.id: r for r in client.containers(namespace)}
+        tasks = client.tasks(namespace)
+        for record in by_sandbox_first(records):
+            task = tasks.get(record.id)
+            if task is None or not task.running:
+                continue
+            owner = sandbox_id(record)
+            sandbox: ContainerRecord | None = None if owner is None else records.get(owner)
+            running[(namespace, record.id)] = container_from_containerd(
+                record, task, sandbox=sandbox, proc=proc
+            )
+    return running

@@ -20,17 +20,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 INTO, OUT_OF = 0, 1  # directions, seen from the container
 PACKET_PROGRAMS = {"sock", "tc_in", "tc_out"}
 
-# No engine helper, no attribution field: a record is the packet's length and direction.
-LEN_DIR = r"""
+ICMP = r"""
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
-
-#define PACKET_OUTGOING 4
-
-struct packet_t { u32 len; u32 dir; };
-BPF_RINGBUF_OUTPUT(by_socket, 64);
-BPF_RINGBUF_OUTPUT(by_tc, 64);
 
 static __always_inline bool is_icmp(struct __sk_buff *skb)
 {
@@ -40,6 +33,18 @@ static __always_inline bool is_icmp(struct __sk_buff *skb)
     bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1);
     return proto == IPPROTO_ICMP;
 }
+"""
+# No engine helper, no attribution field: a record is the packet's length and direction.
+LEN_DIR = (
+    ICMP
+    + r"""
+
+#define PACKET_OUTGOING 4
+
+struct packet_t { u32 len; u32 dir; };
+BPF_RINGBUF_OUTPUT(by_socket, 64);
+BPF_RINGBUF_OUTPUT(by_tc, 64);
+
 
 SEC("socket")
 int sock(struct __sk_buff *skb)
@@ -65,12 +70,12 @@ int tc_in(struct __sk_buff *skb) { note(skb, 0); return TC_ACT_UNSPEC; }
 SEC("classifier/egress/tc_out")
 int tc_out(struct __sk_buff *skb) { note(skb, 1); return TC_ACT_UNSPEC; }
 """
+)
 
 # The gadget's own attribution fields, as the examples write them.
-OWN_FIELDS = r"""
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/ip.h>
+OWN_FIELDS = (
+    ICMP
+    + r"""
 
 struct exec_t { u64 mntns_id; u64 netns_id; u64 cgroup_id; char comm[16]; };
 struct sock_t { u64 netns_id; u32 len; u32 pad; };
@@ -101,14 +106,6 @@ int on_exec(void *ctx)
     return 0;
 }
 
-static __always_inline bool is_icmp(struct __sk_buff *skb)
-{
-    u8 proto = 0;
-    if (skb->protocol != htons(ETH_P_IP))
-        return false;
-    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1);
-    return proto == IPPROTO_ICMP;
-}
 
 SEC("socket")
 int own_sock(struct __sk_buff *skb)
@@ -130,6 +127,7 @@ int own_tc(struct __sk_buff *skb)
     return TC_ACT_UNSPEC;
 }
 """
+)
 
 
 ENGOWN = "ln -sf /bin/busybox /tmp/engown-x; /tmp/engown-x; true"  # an exec that exits at once

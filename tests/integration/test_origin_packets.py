@@ -176,9 +176,17 @@ async def test_tc_and_socket_records_of_len_and_dir_name_their_container_per_dir
                 10,
                 "the marker's reply",
             )
-    # one: 3 requests out, 3 replies in; then 2 requests in, 2 replies out; two the mirror.
-    five = {(src, d): 5 for src in ("by_socket", "by_tc") for d in (INTO, OUT_OF)}
-    expected = Counter({(c, src, d): n for c in (one, two) for (src, d), n in five.items()})
+    # one: 3 requests out, 3 replies in, then 2 requests in, 2 replies out, and the marker's
+    # request in, its reply out; two: 3 in, 3 out, then 2 out, 2 in.
+    per_direction = {one: 6, two: 5}
+    expected = Counter(
+        {
+            (c, src, d): n
+            for c, n in per_direction.items()
+            for src in ("by_socket", "by_tc")
+            for d in (INTO, OUT_OF)
+        }
+    )
     assert Counter({k: n for k, n in counts().items() if k[0] != marker}) == expected
     netns = {c: await containers.netns(c) for c in (one, two, marker)}
     for event in rec.events():

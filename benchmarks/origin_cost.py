@@ -137,8 +137,11 @@ def _engine(source: str, selection: bool) -> tuple[Any, int]:
     """Loaded by the engine (origin rewrite); with ``selection``, one that takes this host."""
     from engine.bcc.loader import load_sync
     from engine.gadget.model import Gadget
+    from engine.kernel import skb_netns
 
-    loaded = load_sync(Gadget.from_source(source, "bench.c"))
+    gadget = Gadget.from_source(source, "bench.c")
+    # As the engine loads it: a socket filter's origin needs the packet's netns helper.
+    loaded = load_sync(gadget, extra_source=skb_netns.extra_source(gadget))
     if selection:
         mntns = os.stat("/proc/self/ns/mnt").st_ino
         loaded.bpf.get_table("engine_mntns")[ct.c_ulonglong(mntns)] = ct.c_ubyte(1)

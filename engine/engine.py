@@ -282,6 +282,7 @@ async def _running(
         host_netns=_inode("/proc/self/ns/net"),
         host_mntns=_inode("/proc/self/ns/mnt"),
         identify_timeout=options.identify_timeout,
+        follows_containers=options.containers,
     )
     held = Held()
     send, receive = trio.open_memory_channel[Record](buffer)

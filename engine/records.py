@@ -83,7 +83,12 @@ def _inode(netns: NetnsId | None) -> int | None:
 
 @attrs.frozen
 class Event(Record):
-    """One record a gadget wrote to a ring or perf buffer (or an iterator's output)."""
+    """One record a gadget wrote to a ring or perf buffer (or an iterator's output).
+
+    `origin`: where the kernel says it was written from (docs/events.md): for a task
+    `mntns`, `netns`, `cgroup`, `tgid`; for a packet or an iterator `netns`; `{}` for the
+    kernel's own work (an interrupt, a kernel thread); None when not known.
+    """
 
     TYPE = "event"
     gadget: str
@@ -91,6 +96,7 @@ class Event(Record):
     program: str | None
     data: Mapping[str, Any] = attrs.field(metadata=json_as(convert=dict))
     container: Mapping[str, Any] | None = attrs.field(default=None, metadata=json_as(convert=_copy))
+    origin: Mapping[str, int] | None = attrs.field(default=None, metadata=json_as(convert=_copy))
 
 
 @attrs.frozen

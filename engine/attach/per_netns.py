@@ -429,6 +429,7 @@ class PerNetns:
         self, gadget: LoadedGadget, program: LoadedProgram, handle: NetnsHandle, target: NetnsTarget
     ) -> None:
         from engine.events.iter_decode import decode_iter_output
+        from engine.events.origin import netns_origin
         from engine.gadget.maps import iter_source
 
         try:
@@ -441,7 +442,10 @@ class PerNetns:
         )
         source = iter_source(gadget.gadget, program.spec)
         for data in decode_iter_output(gadget, program, raw):
-            event = Event(gadget.gadget.name, source, program.spec.function, data, container)
+            origin = netns_origin(target.inode)
+            event = Event(
+                gadget.gadget.name, source, program.spec.function, data, container, origin
+            )
             if self.held is not None and self.world.is_pending(target.inode):
                 self.held.hold_event(target.inode, event)
             else:

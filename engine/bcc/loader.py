@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from engine.bcc import libbcc
+from engine.bcc.origin_prelude import origin_prelude
 from engine.bcc.targets import TargetMissing, check_target, find_usdt
 from engine.bcc.usdt import argument_readers
 from engine.errors import (
@@ -36,6 +37,7 @@ from engine.errors import (
 )
 from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.model import Gadget, ProgramSpec
+from engine.gadget.origin import OutputMap, rewrite_outputs
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
 from engine.kernel.btf import Btf
@@ -74,17 +76,28 @@ static __always_inline u64 engine_mntns_id(void)
     return inum;
 }
 
-/* True when the current task belongs to the selection (always true with no selection).
- * Call it first in a static probe and return early when it is false: the event is then
- * dropped in the kernel, before anything is written. */
-static __always_inline bool engine_selected(void)
+/* Whether the selection takes a task of mount namespace `id`. engine_filter[0]: 0 no
+ * selection; 1 only the mount namespaces engine_mntns marks 1; 2 those, and the ones it does
+ * not know yet (a container that the runtime has not reported: the engine holds its records
+ * until it does). engine_mntns: 1 selected, 0 known and not selected (docs/events.md). */
+static __always_inline bool engine_mntns_selected(u64 id)
 {
     u32 zero = 0;
-    u32 *on = engine_filter.lookup(&zero);
-    if (!on || !*on)
+    u32 *mode = engine_filter.lookup(&zero);
+    if (!mode || !*mode)
         return true;
-    u64 id = engine_mntns_id();
-    return engine_mntns.lookup(&id) != 0;
+    u8 *known = engine_mntns.lookup(&id);
+    if (known)
+        return *known;
+    return *mode == 2;
+}
+
+/* True when the current task belongs to the selection (always true with no selection).
+ * Every record of a static program is checked anyway when it is written; call this first to
+ * skip the program's work early for tasks outside the selection. */
+static __always_inline bool engine_selected(void)
+{
+    return engine_mntns_selected(engine_mntns_id());
 }
 """
 
@@ -168,9 +181,11 @@ class LoadedGadget:
     bpf: Any
     programs: dict[str, LoadedProgram]
     skipped: tuple[SkippedProgram, ...] = ()
+    # The buffer maps, numbered as the origin rewrite numbered them (engine/gadget/origin.py).
+    outputs: dict[str, OutputMap] = attrs.Factory(dict)
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
     # What engine/world/kernel_filter.py last wrote to the selection maps.
-    selection_written: tuple[bool, frozenset[int]] | None = attrs.field(
+    selection_written: tuple[int, frozenset[tuple[int, int]]] | None = attrs.field(
         default=None, eq=False, repr=False
     )
     _closed: bool = False
@@ -208,7 +223,8 @@ def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
     """
     btf = _btf_when_headers_mismatch()
     scan = gadget.scan if btf is None else rewrite_plain_structs(gadget.scan, btf)
-    layouts = btf_prelude(_PRELUDE_SCAN, scan, btf=btf, gadget_path=gadget.path)
+    scans = (_PRELUDE_SCAN, *(SourceScan.of(text) for text in extra), scan)
+    layouts = btf_prelude(*scans, btf=btf, gadget_path=gadget.path)
     path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')
     return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + scan.source
 
@@ -345,8 +361,9 @@ def load_sync(
     bcc = _bpf_module()
     process_headers().warn_if_mismatched()
     readers = check_targets(gadget, skipped)
-    expanded = attrs.evolve(gadget, scan=expand_iter_output(gadget.scan))
-    text = full_source(expanded, [*readers, *extra_source])
+    # Every record written to a buffer gets its origin in front (engine/gadget/origin.py).
+    outputs = rewrite_outputs(attrs.evolve(gadget, scan=expand_iter_output(gadget.scan)))
+    text = full_source(outputs.gadget, [origin_prelude(), *readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:
             bpf = _compile_only()(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))
@@ -354,13 +371,14 @@ def load_sync(
             failed: Exception | None = exc
         else:
             failed = None
+    shown = outputs.user_messages(messages)
     if failed is not None:
         btf = _btf_when_headers_mismatch()
-        explained = messages if btf is None else list(explain(messages, btf))
+        explained = shown if btf is None else list(explain(shown, btf))
         raise CompileError(gadget.path, "\n".join(explained)) from failed
-    if messages:
+    if shown:
         # Warnings from the compiler: the user's to see.
-        log.warning("%s: compiler says:\n%s", gadget.path, "\n".join(messages))
+        log.warning("%s: compiler says:\n%s", gadget.path, "\n".join(shown))
     skipped = [*skipped, *_compiled_out(bpf, gadget, skipped)]
     skip = {s.spec.function for s in skipped}
     loaded: dict[str, LoadedProgram] = {}
@@ -371,7 +389,7 @@ def load_sync(
     except BaseException:
         bpf.cleanup()
         raise
-    return LoadedGadget(gadget, bpf, loaded, tuple(skipped))
+    return LoadedGadget(gadget, bpf, loaded, tuple(skipped), outputs=outputs.maps)
 
 
 def _compiled_out(

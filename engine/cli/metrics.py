@@ -138,6 +138,18 @@ class Metrics:
             ):
                 labels = _labels({"gadget": gadget, "map": name, "where": where})
                 lines.append(f"engine_events_lost_total{labels} {count}")
+        family(
+            "engine_events_unselected_total",
+            "counter",
+            "Records of tasks or netns outside the selection, by where they were dropped.",
+        )
+        for (gadget, name), stats in sorted(maps.items()):
+            for where, count in (
+                ("kernel", stats.unselected_kernel),
+                ("engine", stats.unselected - stats.unselected_kernel),
+            ):
+                labels = _labels({"gadget": gadget, "map": name, "where": where})
+                lines.append(f"engine_events_unselected_total{labels} {count}")
         hooks = {} if self.engine is None else self.engine.hook_stats
         family("engine_hook_dropped_total", "counter", "Records a slow hook could not take.")
         for hook, hs in sorted(hooks.items()):

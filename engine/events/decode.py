@@ -125,10 +125,11 @@ class RecordDecoder:
     plan: tuple[tuple[str, int, int, Converter | None], ...]  # name, first, count, converter
     undecoded: tuple[str, ...] = ()
 
-    def decode(self, raw: bytes) -> dict[str, Any]:
-        if len(raw) < self.struct.size:
-            raw = raw.ljust(self.struct.size, b"\0")
-        values = self.struct.unpack_from(raw)
+    def decode(self, raw: bytes, offset: int = 0) -> dict[str, Any]:
+        """The record that starts at ``offset`` of ``raw`` (a short one padded with zeros)."""
+        if len(raw) - offset < self.struct.size:
+            raw, offset = raw[offset:].ljust(self.struct.size, b"\0"), 0
+        values = self.struct.unpack_from(raw, offset)
         out: dict[str, Any] = {}
         for name, first, count, convert in self.plan:
             value: Any = values[first] if count == 1 else list(values[first : first + count])

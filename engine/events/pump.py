@@ -2,8 +2,13 @@
 
 Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``; when the
 kernel says records are waiting, they are read in one batch and handed on as raw bytes: ring
-buffers from their own mmap (engine/ringbuf.py), perf buffers through libbcc. An idle gadget
-costs no CPU.
+buffers from their own mmap (engine/ringbuf.py), perf buffers through libbcc. ``on_tick``
+runs after reads (at most every ``TICK_AFTER_READ`` seconds), every ``tick_interval`` seconds
+and once when the pump ends: the reader reads the kernel's counts of lost and refused records
+then (engine/events/kernel_counts.py). An idle gadget costs one tick a second.
+
+Perf buffers' own loss reports (PERF_RECORD_LOST) are not used: the kernel's counts cover
+every failed write, and perf's come late or never (kernel_counts.py).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
 
 Batch = Callable[[str, list[bytes]], None]
-LostCallback = Callable[[str, int], None]
+# Seconds between two ticks that follow reads: a steady flow of batches does not read the
+# counts once per batch.
+TICK_AFTER_READ = 0.1
 
 
 @attrs.frozen
@@ -63,13 +70,15 @@ class BufferPump:
     bpf: Any
     maps: list[BufferMap]
     on_batch: Batch
-    on_lost: LostCallback
+    on_tick: Callable[[], None] | None = None
+    tick_interval: float = 1.0
     page_count: int = 256
     ring_batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
     _rings: list[tuple[str, RingReader]] = attrs.Factory(list)
     _pending: dict[str, list[bytes]] = attrs.Factory(dict)
     _readers: list[tuple[str, Any, int]] = attrs.Factory(list)  # map, reader, fd
     _callbacks: list[Any] = attrs.Factory(list)  # keeps ctypes callbacks alive
+    _last_tick: float = float("-inf")
     _closed: bool = False
 
     def open(self) -> None:
@@ -95,7 +104,7 @@ class BufferPump:
             pending.append(ct.string_at(data, size))
 
         def on_lost(_cookie: Any, lost: int) -> None:
-            self.on_lost(name, int(lost))
+            log.debug("perf buffer %r says %d lost (counted by the kernel already)", name, lost)
 
         raw_type, lost_type = libbcc.perf_callback_types()
         cb, lost_cb = raw_type(on_record), lost_type(on_lost)
@@ -135,12 +144,31 @@ class BufferPump:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         lib = libbcc.lib()
-        async with trio.open_nursery() as nursery:
-            for name, ring in self._rings:
-                nursery.start_soon(self._watch_ringbuf, name, ring)
-            for _, reader, fd in self._readers:
-                nursery.start_soon(self._watch_perf, lib, reader, fd)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                for name, ring in self._rings:
+                    nursery.start_soon(self._watch_ringbuf, name, ring)
+                for _, reader, fd in self._readers:
+                    nursery.start_soon(self._watch_perf, lib, reader, fd)
+                if self.on_tick is not None:
+                    nursery.start_soon(self._tick_periodically)
+                task_status.started()
+        finally:
+            self._tick()  # the last counts, before the record channel closes
+
+    def _tick(self) -> None:
+        if self.on_tick is not None and not self._closed:
+            self._last_tick = trio.current_time()
+            self.on_tick()
+
+    def _tick_after_read(self) -> None:
+        if trio.current_time() - self._last_tick >= TICK_AFTER_READ:
+            self._tick()
+
+    async def _tick_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.tick_interval)
+            self._tick()
 
     async def _watch_ringbuf(self, name: str, ring: RingReader) -> None:
         while True:
@@ -149,6 +177,7 @@ class BufferPump:
             batch = ring.read(self.ring_batch)
             if batch:
                 self.on_batch(name, batch)
+                self._tick_after_read()
             await trio.lowlevel.checkpoint()
 
     async def _watch_perf(self, lib: Any, reader: Any, fd: int) -> None:
@@ -156,6 +185,7 @@ class BufferPump:
             await trio.lowlevel.wait_readable(fd)
             lib.perf_reader_event_read(reader)
             self._flush()
+            self._tick_after_read()
             await trio.lowlevel.checkpoint()
 
     def close(self) -> None:

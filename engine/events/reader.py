@@ -1,9 +1,12 @@
-"""One gadget's buffers turned into named records: decode, screen, name the container, deliver.
+"""One gadget's buffers turned into named records: decode, place, deliver.
 
 ``open_reader`` sets up the gadget's ``BufferPump`` (engine.events.pump) with a batch handler
-that decodes each raw record, asks the world whether it may reach consumers yet (held while
-its netns is pending identification, dropped when it belongs to no selected container), names
-its container, and hands the batch to the outlet.
+that reads each raw record's origin (engine/events/origin.py) and decodes the gadget's own
+record after it, asks the world where it came from and whether it may reach consumers yet
+(engine/world/placement.py: held while its namespace is pending identification, dropped when
+it belongs to no selected container), names its container, and hands the batch to the
+outlet. On every tick it reads the kernel's counts (engine/events/kernel_counts.py): records
+the kernel could not write become ``lost`` records, those it refused count as unselected.
 """
 
 from __future__ import annotations
@@ -11,20 +14,39 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
+import trio
+
 from engine.bcc import libbcc
 from engine.bcc.loader import LoadedGadget
+from engine.bcc.origin_prelude import COUNTS_MAP
+from engine.errors import GadgetError
 from engine.events.decode import RecordDecoder, build_decoder, fields_from_bcc
+from engine.events.kernel_counts import KernelCounts
+from engine.events.origin import HEADER, Origin
 from engine.events.outlet import Outlet
 from engine.events.pump import BufferMap, BufferPump, buffer_maps
 from engine.gadget.maps import iterator_only_maps, map_writers
 from engine.records import Event, Lost, Record
 from engine.world.held import Held
+from engine.world.placement import place
 from engine.world.state import Verdict, World
 
 
 def decoders(loaded: LoadedGadget, maps: Sequence[BufferMap]) -> dict[str, RecordDecoder]:
     lib = libbcc.lib()
     return {m.name: build_decoder(fields_from_bcc(lib, loaded.bpf.module, m.name)) for m in maps}
+
+
+def _check_rewritten(loaded: LoadedGadget, maps: Sequence[BufferMap]) -> None:
+    """Every buffer map bcc made is one whose writes carry an origin."""
+    for m in maps:
+        if m.name not in loaded.outputs:
+            raise GadgetError(
+                loaded.gadget.path,
+                f"buffer map {m.name!r} is not declared with BPF_RINGBUF_OUTPUT or "
+                "BPF_PERF_OUTPUT in the gadget's own code (a macro?): the engine cannot give "
+                "its records an origin",
+            )
 
 
 async def open_reader(
@@ -38,7 +60,9 @@ async def open_reader(
     running; None when the gadget has no buffer to read."""
     gadget = loaded.gadget
     typing_only = iterator_only_maps(gadget)
-    maps = [m for m in buffer_maps(libbcc.lib(), loaded.bpf.module) if m.name not in typing_only]
+    every_map = buffer_maps(libbcc.lib(), loaded.bpf.module)
+    _check_rewritten(loaded, every_map)
+    maps = [m for m in every_map if m.name not in typing_only]
     if not maps:
         return None
     decode_by_map = decoders(loaded, maps)
@@ -48,41 +72,51 @@ async def open_reader(
     def on_batch(name: str, batch: list[bytes]) -> None:
         decode = decode_by_map[name].decode
         program = programs[name]
-        container_for, container_json, screen = (
-            world.container_for,
-            world.container_json,
-            world.screen,
-        )
+        container_json, host_ifindexes = world.container_json, world.host_ifindexes
         stats = outlet.stats.for_map(gadget_name, name)
         stats.received += len(batch)
+        now = trio.current_time()
         records: list[Record] = []
         for raw in batch:
-            data = decode(raw)
-            verdict, inode = screen(data)
-            if verdict is Verdict.HOLD:
-                held.hold_event(inode, Event(gadget_name, name, program, data))
-                continue
+            origin = Origin.of(raw)
+            data = decode(raw, HEADER)
+            verdict, key, container = place(world, origin, data, now)
             if verdict is Verdict.DROP:
                 stats.unselected += 1
                 continue
-            container = container_for(data)
-            records.append(
-                Event(
-                    gadget_name,
-                    name,
-                    program,
-                    data,
-                    None if container is None else container_json(container),
-                )
+            event = Event(
+                gadget_name,
+                name,
+                program,
+                data,
+                None if container is None else container_json(container),
+                origin.to_json(world.host_netns, host_ifindexes),
             )
+            if verdict is Verdict.HOLD:
+                held.hold_event(key, event)
+            else:
+                records.append(event)
         outlet.deliver(gadget_name, name, records)
 
-    def on_lost(name: str, count: int) -> None:
-        outlet.stats.for_map(gadget_name, name).lost_kernel += count
-        outlet.put(Lost(gadget_name, name, count, "kernel"))
+    counts: list[KernelCounts] = []
 
-    pump = BufferPump(loaded.bpf, maps, on_batch, on_lost)
+    def on_tick() -> None:
+        for changed in counts[0].read():
+            stats = outlet.stats.for_map(gadget_name, changed.map)
+            stats.unselected_kernel += changed.unselected
+            stats.unselected += changed.unselected
+            if changed.lost:
+                stats.lost_kernel += changed.lost
+                outlet.put(Lost(gadget_name, changed.map, changed.lost, "kernel"))
+
+    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick)
     stack.callback(pump.close)
-    # Opening writes the perf buffer map (one reader fd per CPU): a table of the gadget.
-    await loaded.call(pump.open)
+
+    def open_all() -> None:
+        # Opening writes the perf buffer map (one reader fd per CPU): a table of the gadget.
+        pump.open()
+        table = loaded.bpf.get_table(COUNTS_MAP)
+        counts.append(KernelCounts.open(libbcc.lib(), table, loaded.outputs.values()))
+
+    await loaded.call(open_all)
     return pump

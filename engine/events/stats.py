@@ -14,9 +14,12 @@ class MapStats:
     lost_kernel: int = 0
     lost_engine: int = 0
     lost_pending: int = 0  # held for a netns pending identification, over the bound
-    # Read from a netns traced speculatively that turned out not to be the user's (or was
-    # never identified): dropped, not lost, since they were never the user's records.
+    # Records of tasks outside the selection, and read from a netns traced speculatively that
+    # turned out not to be the user's (or was never identified): dropped, not lost, since they
+    # were never the user's records. All of them, those the kernel refused included.
     unselected: int = 0
+    # Of those, the ones the kernel refused before they were written (engine_counts).
+    unselected_kernel: int = 0
 
     def to_json(self) -> dict[str, int]:
         return attrs.asdict(self)

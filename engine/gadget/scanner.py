@@ -58,6 +58,7 @@ class Definition:
 
     function: str
     at: int  # where its name (or the macro's name) starts
+    params: Span  # between the parentheses (a macro's arguments, for a macro)
     body: Span  # from after "{" to after "}"
     static: bool  # declared ``static``: a helper, never a program
     macro: str | None = None
@@ -149,13 +150,14 @@ class SourceScan:
             body = (brace + 1, self._block_ends[bisect.bisect_left(self._block_opens, brace)])
             static = self._declared_static(match.start())
             macro = DEFINING_MACROS.get(name)
+            params = (match.end(), close)
             if macro is None:
-                yield Definition(name, match.start(), body, static)
+                yield Definition(name, match.start(), params, body, static)
                 continue
             pattern, count = macro
             args = [self.code[a:b].strip() for a, b in self._arguments(match.end(), close)][:count]
             if len(args) == count and all(_IDENTIFIER.fullmatch(a) for a in args):
-                yield Definition(pattern.format(*args), match.start(), body, False, name)
+                yield Definition(pattern.format(*args), match.start(), params, body, False, name)
 
     def _declared_static(self, at: int) -> bool:
         """Whether the declaration that names a function at ``at`` says ``static``."""
@@ -166,6 +168,13 @@ class SourceScan:
         """The code of ``function``'s body (``code`` view), or None if it is not defined."""
         span = self.body_span(function)
         return None if span is None else self.code[span[0] : span[1]]
+
+    def definition_at(self, offset: int) -> Definition | None:
+        """The function definition whose body holds ``offset``, if any."""
+        for definition in self.definitions():
+            if definition.body[0] <= offset < definition.body[1]:
+                return definition
+        return None
 
     def calls(self, name: str, within: Span | None = None) -> Iterator[Call]:
         """Each call of ``name`` in the code (in ``within`` only, when given), in order."""

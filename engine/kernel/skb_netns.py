@@ -14,7 +14,8 @@ So the helper reads ``skb->dev->nd_net.net->ns.inum`` with ``bpf_probe_read_kern
 to socket filters loaded by root since 5.x): the nsfs inode of the netns of the device the
 packet crosses, loopback included, which is the key the engine already uses for netns. The
 offsets come from the running kernel's BTF, not from headers of another kernel; the helper is
-added only to gadgets that call it, so that other gadgets pay nothing.
+added only to gadgets that call it or have socket filters writing records (the engine names the
+netns of each of their records with it), so that other gadgets pay nothing.
 
 In a classifier the device is the host side of the veth: the helper then returns the host's
 netns, and TC records name their container by ``ifindex`` instead.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import re
 
 from engine.gadget.model import Gadget
+from engine.gadget.origin import output_maps
+from engine.gadget.sections import Kind
 from engine.kernel.btf import Btf
 
 HELPER = "engine_skb_netns_id"
@@ -64,11 +67,19 @@ def calls_helper(gadget: Gadget) -> bool:
     return _CALLED.search(gadget.scan.with_directives) is not None
 
 
+def needs_helper(gadget: Gadget) -> bool:
+    """Whether the gadget calls the helper, or has socket filters and buffers: the engine
+    names the netns of each record a socket filter writes with it (engine/gadget/origin.py)."""
+    if calls_helper(gadget):
+        return True
+    return any(p.kind is Kind.SOCKET for p in gadget.programs) and bool(output_maps(gadget.scan))
+
+
 def extra_source(gadget: Gadget, btf: Btf | None = None) -> list[str]:
-    """What to compile before ``gadget``: the helper if it calls it, else nothing.
+    """What to compile before ``gadget``: the helper if it needs it, else nothing.
 
     Blocking (reads the kernel's BTF when needed): call it from a worker thread.
     """
-    if not calls_helper(gadget):
+    if not needs_helper(gadget):
         return []
     return [helper_source(btf if btf is not None else Btf.from_file())]

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
 from engine.sources.containers import Container
+from engine.world.mntns import PendingMntns
 from engine.world.selection import Selection
 
 # Where container runtimes put the netns files of their containers (bind mounts): Docker's
@@ -105,6 +106,15 @@ class World:
     _rejected: set[int] = attrs.Factory(set)
     _rejected_ifindexes: dict[int, int] = attrs.Factory(dict)
     _unselected_netns: tuple[Selection, frozenset[int]] | None = None
+    # Whether a runtime source says whose namespaces are whose (``open_engine(containers=)``):
+    # without one, a mount namespace the engine does not know stays unknown.
+    follows_containers: bool = True
+    # Mount namespaces records named before a container claimed them (engine/world/mntns.py).
+    mntns_pending: PendingMntns = attrs.field(
+        default=attrs.Factory(lambda self: PendingMntns(self.identify_timeout), takes_self=True)
+    )
+    # Told when a mount namespace starts pending, so that its timeout is waited for.
+    on_pending: Callable[[], None] | None = None
 
     # Lookups by namespace or cgroup id, and each container's JSON, made once per change
     # rather than once per event.
@@ -173,8 +183,35 @@ class World:
         return inode in self._pending
 
     def next_deadline(self) -> float | None:
-        """When the earliest pending netns times out, if any is pending."""
-        return min(self._pending.values(), default=None)
+        """When the earliest pending netns or mount namespace times out, if any is pending."""
+        deadlines = [*self._pending.values(), self.mntns_pending.next_deadline()]
+        return min((d for d in deadlines if d is not None), default=None)
+
+    @property
+    def filters_tasks(self) -> bool:
+        """Whether some task's records are not the user's (``--exclude`` alone counts)."""
+        return not self.selection.selects_everything or bool(self.selection.excludes)
+
+    def hold_mntns(self, mntns: int, now: float) -> None:
+        """Records of ``mntns``, which no container claims yet, are held from ``now`` on."""
+        if self.mntns_pending.pend(mntns, now) and self.on_pending is not None:
+            self.on_pending()
+
+    def kernel_selection(self) -> tuple[int, dict[int, int]]:
+        """What the in-kernel selection maps should say (the loader's PRELUDE):
+        ``engine_filter[0]``, and ``engine_mntns``: 1 selected, 0 known and not selected."""
+        if not self.filters_tasks:
+            return 0, {}
+        known: dict[int, int] = {m: 0 for m in self.mntns_pending.rejected()}
+        for c in self.containers.values():
+            if c.mntns_inode is not None:
+                selected = int(self.selection.matches(c))
+                known[c.mntns_inode] = max(known.get(c.mntns_inode, 0), selected)
+        if self.host_mntns is not None:
+            known[self.host_mntns] = int(self.selection.includes_host)
+        # Mode 2: the kernel lets namespaces it does not know through, for the engine to hold
+        # until the runtime says whose they are; with no runtime followed, nobody will.
+        return (2 if self.follows_containers else 1), known
 
     def settle(self, now: float) -> list[Identified]:
         """End the pending state of every netns a container now claims, or whose time is up.
@@ -187,11 +224,23 @@ class World:
             out.append(self._settled(inode, None))
         self._vanished.clear()
         for inode, deadline in list(self._pending.items()):
-            claimer = self._find("netns_inode", inode)
+            claimer = self.find("netns_inode", inode)
             if claimer is None and now < deadline:
                 continue
             del self._pending[inode]
             out.append(self._settled(inode, claimer))
+        claimed = frozenset(value for key, value in self._index if key == "mntns_inode")
+        for mntns in self.mntns_pending.due(now, claimed):
+            claimer = self.find("mntns_inode", mntns)
+            if claimer is None:
+                # Nobody's container: a host process with mounts of its own, or a container
+                # never reported; from now on the kernel drops what it writes (if not taken).
+                keep = self.selection.includes_host
+                if not keep:
+                    self.mntns_pending.reject(mntns)
+            else:
+                keep = self.selection.matches(claimer)
+            out.append(Identified(mntns, claimer, keep))
         return out
 
     def _settled(self, inode: int, claimer: Container | None) -> Identified:
@@ -225,9 +274,9 @@ class World:
         """
         if self.selection.selects_everything and not self._pending and not self.preattached:
             return Verdict.DELIVER, 0
-        if _first_id(data, ("mntns_id", "mntns")) is not None:
+        if first_id(data, ("mntns_id", "mntns")) is not None:
             return Verdict.DELIVER, 0
-        inode = _first_id(data, ("netns_id", "netns"))
+        inode = first_id(data, ("netns_id", "netns"))
         if inode is None or inode == self.host_netns:
             ifindex = data.get("ifindex")
             if not isinstance(ifindex, int):
@@ -263,13 +312,6 @@ class World:
 
     def selected(self) -> list[Container]:
         return [c for c in self.containers.values() if self.selection.matches(c)]
-
-    def selected_mntns(self) -> set[int]:
-        """Mount namespace ids whose processes the in-kernel filter lets through."""
-        ids = {c.mntns_inode for c in self.selected() if c.mntns_inode is not None}
-        if self.selection.includes_host and self.host_mntns is not None:
-            ids.add(self.host_mntns)
-        return ids
 
     def desired_netns(self) -> dict[int, NetnsTarget]:
         """The netns that should carry per-netns programs, by inode.
@@ -317,19 +359,20 @@ class World:
         3. ``ifindex``: a host-side veth that a classifier is attached to;
         4. ``cgroup_id``.
         """
-        mntns = _first_id(data, ("mntns_id", "mntns"))
+        mntns = first_id(data, ("mntns_id", "mntns"))
         if mntns is not None:
-            return self._find("mntns_inode", mntns)
-        netns = _first_id(data, ("netns_id", "netns"))
+            return self.find("mntns_inode", mntns)
+        netns = first_id(data, ("netns_id", "netns"))
         if netns is not None and netns != self.host_netns:
-            return self._find("netns_inode", netns)
+            return self.find("netns_inode", netns)
         ifindex = data.get("ifindex")
         if isinstance(ifindex, int) and ifindex in self.host_ifindexes:
-            return self._find("netns_inode", self.host_ifindexes[ifindex])
-        cgroup = _first_id(data, ("cgroup_id",))
-        return None if cgroup is None else self._find("cgroup_id", cgroup)
+            return self.find("netns_inode", self.host_ifindexes[ifindex])
+        cgroup = first_id(data, ("cgroup_id",))
+        return None if cgroup is None else self.find("cgroup_id", cgroup)
 
-    def _find(self, attribute: str, value: int) -> Container | None:
+    def find(self, attribute: str, value: int) -> Container | None:
+        """The container whose ``attribute`` (mntns_inode, netns_inode, cgroup_id) is ``value``."""
         return self._index.get((attribute, value))
 
 
@@ -338,7 +381,7 @@ def preattached_key(ifindex: int) -> int:
     return -ifindex
 
 
-def _first_id(data: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+def first_id(data: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
     """The first non-zero integer among ``keys`` (0 is how a gadget says "unknown")."""
     for key in keys:
         value = data.get(key)

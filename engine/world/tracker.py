@@ -60,6 +60,8 @@ class Tracker:
     _pending_added: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # A mount namespace that starts pending (engine/world/mntns.py) has a timeout to wait for.
+        self.world.on_pending = self._pending_added_now
         if any(p.spec.kind is Kind.CLASSIFIER for g in self.loaded for p in g.programs.values()):
             removed = await remove_orphan_filters(owner_alive)
             if removed:
@@ -77,6 +79,7 @@ class Tracker:
                 self._apply_netns(netns)
             for container in containers_now:
                 self._apply_container(container)
+                self.outlet.put(container)
             await self.changed()
             task_status.started()
             nursery.start_soon(self._follow_containers, containers_receive)
@@ -87,6 +90,14 @@ class Tracker:
     async def _follow_containers(self, channel: trio.MemoryReceiveChannel[ContainerEvent]) -> None:
         async for record in channel:
             self._apply_container(record)
+            # The kernel's selection says what the world says before the record is out: a
+            # consumer that sees `container_added` and then makes the container run something
+            # finds its records refused or written as the selection says (a mount namespace
+            # the kernel does not know yet passes it, to be held and judged here).
+            async with self._lock:
+                for loaded in self.loaded:
+                    await sync_filter(loaded, self.world)
+            self.outlet.put(record)
             await self.changed()
 
     async def _follow_netns(self, channel: trio.MemoryReceiveChannel[NetnsEvent]) -> None:
@@ -108,7 +119,6 @@ class Tracker:
             self.world.remove_container(record.container)
         elif hasattr(record, "container"):
             self.world.add_container(record.container)
-        self.outlet.put(record)
 
     def _apply_netns(self, record: NetnsEvent) -> None:
         if isinstance(record, NetnsAdded):
@@ -198,6 +208,9 @@ class Tracker:
                 self.outlet.put(Lost(gadget, source, count, "pending"))
             else:
                 stats.for_map(gadget, source).unselected += count
+
+    def _pending_added_now(self) -> None:
+        self._pending_added.set()
 
     async def _settle_on_timeouts(self) -> None:
         """Settle each pending netns when its identify timeout expires: sleeps until the

@@ -81,6 +81,7 @@ def test_fields_are_converted_for_json() -> None:
         "program": None,
         "data": {"pid": 1},
         "container": None,
+        "origin": None,
     }
     assert out["data"] is not data  # a consumer may change what it got
     assert NetnsAdded(NETNS, "/run/netns/a", "a").to_json() == {

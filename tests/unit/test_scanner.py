@@ -201,3 +201,27 @@ def test_the_scan_follows_the_source() -> None:
     assert other.scan.body("tp") == " return 1; }"
     with pytest.raises(TypeError):
         attrs.evolve(gadget, source="int x;")  # type: ignore[call-arg]
+
+
+def test_definitions_are_top_level_functions_with_their_parameters() -> None:
+    source = """\
+struct s { int (*fn)(int); };
+static int table[2] = {1, 2};
+static __always_inline void emit(struct __sk_buff *skb, u32 n)
+{
+    if (n) { helper(skb); }
+}
+int proto(void);
+SEC("x")
+int prog(void *ctx) { emit(0, 1); return 0; }
+"""
+    scan = SourceScan.of(source)
+    found = [
+        (d.function, source[d.params[0] : d.params[1]], scan.line_of(d.body[0]))
+        for d in scan.definitions()
+    ]
+    assert found == [("emit", "struct __sk_buff *skb, u32 n", 4), ("prog", "void *ctx", 9)]
+    inside = source.index("helper")
+    definition = scan.definition_at(inside)
+    assert definition is not None and definition.function == "emit"
+    assert scan.definition_at(source.index("table")) is None

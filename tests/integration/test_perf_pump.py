@@ -13,6 +13,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from engine.attach.static import attach_tracepoint
 from engine.bcc import libbcc
@@ -41,14 +42,20 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
     u32 *seq = calls.lookup(&zero);
     if (!seq)
         return 0;
-    struct hit h = {tid, __sync_fetch_and_add(seq, 1)};
+    /* One thread only: no atomics needed (and bcc's BPF target refuses a fetch-and-add
+     * whose result is used). */
+    struct hit h = {tid, *seq};
+    *seq += 1;
     hits.perf_submit(args, &h, sizeof(h));
     return 0;
 }
 """
 
 
-async def test_records_written_between_a_read_and_the_next_wait_arrive(root: None) -> None:
+@pytest.mark.parametrize("first", ["before_the_first_wait", "while_waiting"])
+async def test_records_written_while_the_pump_is_not_waiting_arrive(root: None, first: str) -> None:
+    """The first record comes before the pump waits, or while it does; the second always
+    from the batch callback, between a read and the next wait."""
     tid = threading.get_native_id()
     gadget = Gadget.from_source(f"#define TID {tid}\n" + GADGET, "pump.c")
     loaded = await load_gadget(gadget)
@@ -73,10 +80,14 @@ async def test_records_written_between_a_read_and_the_next_wait_arrive(root: Non
             await stack.enter_async_context(
                 attach_tracepoint(loaded, loaded.program("tracepoint__syscalls__sys_enter_getppid"))
             )
-            # Written before the pump's first wait: its wake-up comes before epoll is armed.
-            os.getppid()
+            if first == "before_the_first_wait":
+                # Its wake-up comes before epoll is armed.
+                os.getppid()
             async with trio.open_nursery() as nursery:
                 await nursery.start(pump.run)
+                if first == "while_waiting":
+                    await trio.testing.wait_all_tasks_blocked()
+                    os.getppid()
                 with trio.move_on_after(10):
                     await arrived.wait()
                 nursery.cancel_scope.cancel()

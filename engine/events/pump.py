@@ -182,11 +182,24 @@ class BufferPump:
 
     async def _watch_perf(self, lib: Any, reader: Any, fd: int) -> None:
         while True:
-            await trio.lowlevel.wait_readable(fd)
-            lib.perf_reader_event_read(reader)
-            self._flush()
-            self._tick_after_read()
+            async with trio.open_nursery() as nursery:
+                # A perf fd reports each wake-up once (its poll clears the flag), and trio
+                # re-arms epoll with EPOLL_CTL_MOD, which polls: a wake-up that came since
+                # the last read is used up there and epoll_wait then finds nothing, leaving
+                # records unread until the next one. So read once more after arming:
+                # wait_readable arms before it sleeps, and this task runs only then.
+                nursery.start_soon(self._read_perf_async, lib, reader)
+                await trio.lowlevel.wait_readable(fd)
+            self._read_perf(lib, reader)
             await trio.lowlevel.checkpoint()
+
+    def _read_perf(self, lib: Any, reader: Any) -> None:
+        lib.perf_reader_event_read(reader)
+        self._flush()
+        self._tick_after_read()
+
+    async def _read_perf_async(self, lib: Any, reader: Any) -> None:
+        self._read_perf(lib, reader)
 
     def close(self) -> None:
         """Release the readers; idempotent. Call after the ``run`` task has ended."""

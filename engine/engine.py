@@ -36,6 +36,7 @@ from engine.errors import (
     EngineStoppedError,
     sole_exception,
 )
+from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.stats import Stats
@@ -164,6 +165,7 @@ async def open_engine(
     docker_socket: str | None = None,
     containerd_socket: str = CONTAINERD_SOCKET,
     podman_socket: str = PODMAN_SOCKET,
+    filter: Sequence[str] = (),
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -192,11 +194,14 @@ async def open_engine(
     ``MapSnapshot`` records every ``maps`` seconds and when the engine stops, emptied after
     each with ``maps_clear``; without it, the maps of gadgets that have no ring or perf buffer
     are emitted when the engine stops (engine.events.maps).
+    ``filter`` expressions (engine.events.filter) keep only the events for which all hold,
+    before hooks and ``events()``; a bad one raises ``FilterError`` before compiling.
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
         check_all_trusted(g for g in gadgets if not isinstance(g, Gadget))
     parsed = parse_gadgets(gadgets, all_or_nothing=all_or_nothing)
+    record_filter = RecordFilter.parse(filter, (g for g in parsed if isinstance(g, Gadget)))
     for gadget in parsed:
         if isinstance(gadget, Gadget):
             for warning in tc_return_warnings(gadget):
@@ -213,6 +218,7 @@ async def open_engine(
         maps,
         maps_clear,
         Runtimes(docker_socket, containerd_socket, podman_socket),
+        record_filter,
     )
     try:
         async with _running(
@@ -243,6 +249,7 @@ class _Options:
     maps: float | None = None
     maps_clear: bool = False
     runtimes: Runtimes = attrs.Factory(Runtimes)
+    record_filter: RecordFilter | None = None
 
 
 async def _watch_links(
@@ -287,6 +294,8 @@ async def _running(
     send, receive = trio.open_memory_channel[Record](buffer)
     stats = Stats()
     outlet = Outlet(send, stats, reserve=buffer // 8)
+    if options.record_filter is not None:
+        outlet.keeps = options.record_filter.keeps
     hooks = Hooks(outlet.put, strict=strict, buffer=hook_buffer)
     outlet.tap = hooks.dispatch
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import attrs
 import trio
 
+from engine.attach.startup import parse_gadgets
 from engine.cli.metrics import Metrics, serve_metrics
 from engine.cli.parser import build_parser
 from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
@@ -38,6 +39,7 @@ from engine.errors import (
     GadgetsFailedError,
     sole_exception,
 )
+from engine.events.filter import RecordFilter
 from engine.gadget.model import Gadget
 from engine.hooks.hookfile import HookFile
 from engine.kernel.security import check_all_trusted, require_capabilities
@@ -167,6 +169,7 @@ async def _serve(
         docker_socket=args.docker_socket,
         containerd_socket=args.containerd_socket,
         podman_socket=args.podman_socket,
+        filter=args.filter,
     ) as engine:
         run.engine = engine
         if metrics is not None:
@@ -286,8 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def _readable_gadgets(paths: Sequence[str]) -> list[Gadget]:
+    """The gadgets that parse, for checks before compiling; the others are reported when the
+    engine starts, as it does for every gadget that cannot run."""
+    return [g for g in parse_gadgets(paths, all_or_nothing=False) if isinstance(g, Gadget)]
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     Selection.parse(args.select, args.exclude, args.host)  # bad input before compiling
+    RecordFilter.parse(args.filter, _readable_gadgets(args.gadgets))
     if not args.allow_untrusted_files:
         check_all_trusted([*args.gadgets, *args.hook])  # before a hook file's code runs
     hook_files = [HookFile.load(path) for path in args.hook]

@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", action="store_true", help="also trace the host (implied without --select)"
     )
     run.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="keep only the events for which EXPR holds: FIELD==VALUE, !=, <, <=, >, >=,"
+        " FIELD~REGEX, FIELD!~REGEX on a record field or container.name, container.image,"
+        " k8s.namespace, k8s.pod, gadget, source; repeatable (all must hold)",
+    )
+    run.add_argument(
         "--hook",
         action="append",
         default=[],

@@ -125,6 +125,19 @@ class RecordDecoder:
     plan: tuple[tuple[str, int, int, Converter | None], ...]  # name, first, count, converter
     undecoded: tuple[str, ...] = ()
 
+    def value_types(self) -> dict[str, type]:
+        """The Python type of each decoded field (``ipaddress`` classes for addresses), found
+        by decoding a record of zeros, so that they follow the rules above exactly."""
+        types: dict[str, type] = {}
+        for (name, _, _, convert), value in zip(self.plan, self.decode(b"").values(), strict=True):
+            if convert is _ipv4:
+                types[name] = ipaddress.IPv4Address
+            elif convert is _ipv6:
+                types[name] = ipaddress.IPv6Address
+            else:
+                types[name] = type(value)
+        return types
+
     def decode(self, raw: bytes) -> dict[str, Any]:
         if len(raw) < self.struct.size:
             raw = raw.ljust(self.struct.size, b"\0")

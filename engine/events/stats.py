@@ -17,6 +17,7 @@ class MapStats:
     # Read from a netns traced speculatively that turned out not to be the user's (or was
     # never identified): dropped, not lost, since they were never the user's records.
     unselected: int = 0
+    filtered: int = 0  # refused by the user's --filter
 
     def to_json(self) -> dict[str, int]:
         return attrs.asdict(self)

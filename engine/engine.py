@@ -166,6 +166,7 @@ async def open_engine(
     containerd_socket: str = CONTAINERD_SOCKET,
     podman_socket: str = PODMAN_SOCKET,
     filter: Sequence[str] = (),
+    padding: bool = False,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -196,6 +197,7 @@ async def open_engine(
     are emitted when the engine stops (engine.events.maps).
     ``filter`` expressions (engine.events.filter) keep only the events for which all hold,
     before hooks and ``events()``; a bad one raises ``FilterError`` before compiling.
+    Records leave out their structs' padding members unless ``padding=True``.
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
@@ -219,6 +221,7 @@ async def open_engine(
         maps_clear,
         Runtimes(docker_socket, containerd_socket, podman_socket),
         record_filter,
+        padding,
     )
     try:
         async with _running(
@@ -250,6 +253,7 @@ class _Options:
     maps_clear: bool = False
     runtimes: Runtimes = attrs.Factory(Runtimes)
     record_filter: RecordFilter | None = None
+    padding: bool = False
 
 
 async def _watch_links(
@@ -314,6 +318,7 @@ async def _running(
             outlet=outlet,
             world=world,
             held=held,
+            padding=options.padding,
         )
         host_iters = await stack.enter_async_context(host_iterators(loaded_all))
         runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)

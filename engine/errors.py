@@ -51,6 +51,12 @@ class FilterError(ExpressionError):
     OPTION = "--filter"
 
 
+class FieldsError(ExpressionError):
+    """``--fields`` names no field of the gadgets' records, or one twice."""
+
+    OPTION = "--fields"
+
+
 class MetricsError(BadInputError):
     """The metrics endpoint cannot be served (address in use, not local...)."""
 

@@ -168,6 +168,8 @@ class LoadedGadget:
     bpf: Any
     programs: dict[str, LoadedProgram]
     skipped: tuple[SkippedProgram, ...] = ()
+    # Whether its records keep their padding members (engine.events.decode).
+    padding: bool = False
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
     # What engine/world/kernel_filter.py last wrote to the selection maps.
     selection_written: tuple[bool, frozenset[int]] | None = attrs.field(
@@ -340,6 +342,7 @@ def load_sync(
     extra_source: Sequence[str] = (),
     cflags: Sequence[str] = (),
     usdt_contexts: Sequence[Any] = (),
+    padding: bool = False,
 ) -> LoadedGadget:
     """Compile and load (blocking). Use ``load_gadget`` from trio."""
     bcc = _bpf_module()
@@ -371,7 +374,7 @@ def load_sync(
     except BaseException:
         bpf.cleanup()
         raise
-    return LoadedGadget(gadget, bpf, loaded, tuple(skipped))
+    return LoadedGadget(gadget, bpf, loaded, tuple(skipped), padding)
 
 
 def _compiled_out(

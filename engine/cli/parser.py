@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         " k8s.namespace, k8s.pod, gadget, source; repeatable (all must hold)",
     )
     run.add_argument(
+        "--fields",
+        metavar="A,B,C",
+        help="show only these fields of the events' data, in this order (JSON lines and table)",
+    )
+    run.add_argument(
         "--hook",
         action="append",
         default=[],

@@ -151,7 +151,9 @@ class RecordFilter:
         for condition in conditions:
             if condition.field not in META_FIELDS and not (condition.field in known or unread):
                 raise FilterError(
-                    condition.text, f"unknown field {condition.field!r}; {_fields_text(layouts)}"
+                    condition.text,
+                    f"unknown field {condition.field!r}; {fields_text(layouts)}; every event"
+                    f" has {', '.join(META_FIELDS)}",
                 )
         found = cls(conditions, {k: v for k, v in layouts.items() if v is not None})
         for key, types in found.layouts.items():
@@ -178,13 +180,16 @@ class RecordFilter:
         return self._checks[key]
 
 
-def record_types(gadgets: Iterable[Gadget]) -> dict[tuple[str, str], Mapping[str, type] | None]:
-    """Per (gadget, buffer map), the type of each field as decoded; None for a map whose
-    struct the source does not show plainly."""
+def record_types(
+    gadgets: Iterable[Gadget], *, padding: bool = False
+) -> dict[tuple[str, str], Mapping[str, type] | None]:
+    """Per (gadget, buffer map), the type of each field as decoded (padding members too
+    with ``padding``); None for a map whose struct the source does not show plainly."""
     out: dict[tuple[str, str], Mapping[str, type] | None] = {}
     for gadget in gadgets:
         for name, members in buffer_structs(gadget).items():
-            decoder = None if members is None else build_decoder([Field(*m) for m in members])
+            fields = [Field(*m) for m in members or ()]
+            decoder = None if members is None else build_decoder(fields, padding=padding)
             out[(gadget.name, name)] = None if decoder is None else decoder.value_types()
     return out
 
@@ -193,10 +198,10 @@ def _data(name: str) -> Callable[[Event], Any]:
     return lambda event: event.data.get(name)
 
 
-def _fields_text(layouts: Mapping[tuple[str, str], Mapping[str, type] | None]) -> str:
-    maps = [
+def fields_text(layouts: Mapping[tuple[str, str], Mapping[str, type] | None]) -> str:
+    """What fields each map has, for an error message."""
+    return "; ".join(
         f"{gadget}/{name} has {', '.join(fields) or 'no fields'}"
         for (gadget, name), fields in layouts.items()
         if fields is not None
-    ]
-    return "; ".join([*maps, f"every event has {', '.join(META_FIELDS)}"])
+    )

@@ -99,7 +99,7 @@ async def test_a_bad_filter_is_one_line_and_exit_2_before_compiling(root: None) 
     lines = result.stderr.decode().splitlines()
     assert lines == [
         "engine: --filter 'pidd>=3': unknown field 'pidd'; execsnoop/events has pid, ppid,"
-        " uid, pad, mntns_id, comm, filename; every event has gadget, source,"
+        " uid, mntns_id, comm, filename; every event has gadget, source,"
         " container.name, container.image, k8s.namespace, k8s.pod"
     ]
     assert result.stdout == b""

@@ -57,6 +57,12 @@ class FieldsError(ExpressionError):
     OPTION = "--fields"
 
 
+class SortError(ExpressionError):
+    """``--sort`` names no field of the gadgets' records."""
+
+    OPTION = "--sort"
+
+
 class MetricsError(BadInputError):
     """The metrics endpoint cannot be served (address in use, not local...)."""
 

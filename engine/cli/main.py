@@ -30,6 +30,7 @@ from engine.cli.fields import FieldChoice
 from engine.cli.metrics import Metrics, serve_metrics
 from engine.cli.output import Output
 from engine.cli.parser import build_parser
+from engine.cli.sections import parse_sort
 from engine.cli.table import LiveTable
 from engine.engine import Engine, open_engine
 from engine.errors import (
@@ -133,13 +134,8 @@ def _ready_message(engine: Engine, seconds: float) -> str:
     return text
 
 
-async def _run(
-    args: argparse.Namespace,
-    out: TextIO,
-    hook_files: Sequence[HookFile],
-    fields: FieldChoice | None,
-) -> _Run:
-    run = _Run(Output(out, fields))
+async def _run(args: argparse.Namespace, hook_files: Sequence[HookFile], output: Output) -> _Run:
+    run = _Run(output)
     with trio.CancelScope() as everything:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, everything, run)
@@ -188,7 +184,8 @@ async def _serve(
         if args.duration is not None:
             nursery.start_soon(_stop_after, engine, args.duration, run)
         if args.output == "table":
-            await output.show_table(engine, LiveTable(names))
+            table = LiveTable(names, sort=output.sort, max_rows=args.max_rows)
+            await output.show_table(engine, table)
         else:
             await output.write_json(engine)
 
@@ -256,13 +253,14 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     gadgets = _readable_gadgets(args.gadgets)
     RecordFilter.parse(args.filter, gadgets)
     fields = FieldChoice.parse(args.fields, gadgets)
+    sort = parse_sort(args.sort, gadgets, padding=fields is not None and fields.padding)
     if not args.allow_untrusted_files:
         check_all_trusted([*args.gadgets, *args.hook])  # before a hook file's code runs
     hook_files = [HookFile.load(path) for path in args.hook]
     require_capabilities()
     if args.output is None:
         args.output = "table" if out.isatty() else "json"
-    run = trio.run(_run, args, out, hook_files, fields)
+    run = trio.run(_run, args, hook_files, Output(out, fields, sort))
     print(run.summary(), file=sys.stderr)
     return 0
 

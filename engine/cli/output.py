@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from engine.cli.fields import FieldChoice
+from engine.cli.sections import SortKey
 from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
 from engine.engine import Engine
 from engine.records import Record
@@ -25,6 +26,7 @@ REFRESH_SECONDS = 0.5
 class Output:
     out: TextIO
     fields: FieldChoice | None = None
+    sort: tuple[SortKey, ...] = ()  # how the table orders each section's rows
     observers: list[Callable[[Mapping[str, Any]], None]] = attrs.Factory(list)
     records: int = 0
 

@@ -21,6 +21,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _metrics_address(text: str) -> tuple[str, int]:
     try:
         return parse_address(text)
@@ -82,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--fields",
         metavar="A,B,C",
         help="show only these fields of the events' data, in this order (JSON lines and table)",
+    )
+    run.add_argument(
+        "--sort",
+        metavar="FIELD[,FIELD]",
+        help="order the table's rows of each gadget map by these fields (-FIELD: descending)",
+    )
+    run.add_argument(
+        "--max-rows",
+        type=_positive_count,
+        metavar="N",
+        help="show at most N rows in each of the table's sections",
     )
     run.add_argument(
         "--hook",

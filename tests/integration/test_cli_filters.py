@@ -4,7 +4,6 @@ run before anything is compiled."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -13,20 +12,11 @@ import trio
 
 from tests.support.constants import BRIDGE, EXAMPLES, ROOT
 from tests.support.docker import Containers
+from tests.support.hooks import hooked, seen_hook
 from tests.support.process import ENGINE, EngineProcess, engine_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-# Each event a hook sees, as one line on stderr.
-HOOK = """\
-import json
-import sys
-
-
-async def on_event(event):
-    name = event.container["name"] if event.container else None
-    print("hooked:", json.dumps([event.gadget, event.source, name, event.data]), file=sys.stderr)
-"""
 # An echo reply of a 200-byte ping, as the classifier sees it: Ethernet, IP, ICMP headers.
 REPLY_LEN = 14 + 20 + 8 + 200
 
@@ -43,8 +33,6 @@ async def test_only_matching_exec_and_packet_events_reach_json_and_hooks(
 ) -> None:
     kept = containers.start("kept", "sleep", "300")
     other = containers.start("other", "sleep", "300")
-    hook = tmp_path / "seen_hook.py"
-    hook.write_text(HOOK)
     filters = [
         "filename~^/bin/(true|false)$",
         "filename!~false",
@@ -60,7 +48,7 @@ async def test_only_matching_exec_and_packet_events_reach_json_and_hooks(
     gadgets = [str(EXAMPLES / "execsnoop.c"), str(EXAMPLES / "tc_bytes.c")]
     with trio.fail_after(60):
         async with engine_process(
-            *gadgets, "--select", *containers.selection, "--hook", str(hook), *options
+            *gadgets, "--select", *containers.selection, "--hook", seen_hook(tmp_path), *options
         ) as run:
             await run.until(lambda: _attached(run, "trace_execve"))
             for name in (kept, other):
@@ -81,8 +69,9 @@ async def test_only_matching_exec_and_packet_events_reach_json_and_hooks(
         (REPLY_LEN, 0, 1)
     ] * 2, packets
     assert {e["container"]["name"] for e in events} == {kept}
-    hooked = [json.loads(line.removeprefix("hooked: ")) for line in run.lines("^hooked: ")]
-    assert hooked == [[e["gadget"], e["source"], e["container"]["name"], e["data"]] for e in events]
+    assert hooked(run) == [
+        [e["gadget"], e["source"], e["container"]["name"], e["data"]] for e in events
+    ]
 
 
 async def test_a_bad_filter_is_one_line_and_exit_2_before_compiling(root: None) -> None:

@@ -11,6 +11,7 @@ User mistakes are one clear message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -28,6 +29,7 @@ import trio
 from engine.attach.startup import parse_gadgets
 from engine.cli.fields import FieldChoice
 from engine.cli.metrics import Metrics, serve_metrics
+from engine.cli.otlp import OtlpExport
 from engine.cli.output import Output
 from engine.cli.parser import build_parser
 from engine.cli.sections import parse_sort
@@ -149,11 +151,29 @@ async def _serve(
 ) -> None:
     output = run.output
     metrics = None
-    if args.metrics is not None:
+    if args.metrics is not None or args.otlp is not None:
         metrics = Metrics()
         output.observers.append(metrics.observe)
+    if args.metrics is not None:
         host, port = await nursery.start(serve_metrics, metrics, *args.metrics)
         _progress(f"metrics on http://{_url_host(host)}:{port}/metrics")
+    async with contextlib.AsyncExitStack() as stack:
+        if metrics is not None and args.otlp is not None:
+            export = OtlpExport.start(args.otlp, metrics)
+            stack.push_async_callback(export.aclose)
+            output.observers.append(export.observe)
+            _progress(f"exporting to OTLP {args.otlp.protocol} collector {args.otlp.url}")
+        await _run_engine(args, hook_files, run, nursery, metrics)
+
+
+async def _run_engine(
+    args: argparse.Namespace,
+    hook_files: Sequence[HookFile],
+    run: _Run,
+    nursery: trio.Nursery,
+    metrics: Metrics | None,
+) -> None:
+    output = run.output
     names = ", ".join(Path(g).name for g in args.gadgets)
     _progress(f"compiling {names}\u2026")
     compiling = time.monotonic()

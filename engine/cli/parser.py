@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from engine.cli.metrics import parse_address
+from engine.cli.otlp import Endpoint
 from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
 from engine.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
@@ -29,6 +30,13 @@ def _positive_count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return value
+
+
+def _otlp_endpoint(text: str) -> Endpoint:
+    try:
+        return Endpoint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _metrics_address(text: str) -> tuple[str, int]:
@@ -117,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_metrics_address,
         metavar="ADDR",
         help="serve Prometheus metrics on ADDR, an IP address and port (127.0.0.1:9464)",
+    )
+    run.add_argument(
+        "--otlp",
+        type=_otlp_endpoint,
+        metavar="ENDPOINT",
+        help="export every record as an OpenTelemetry log record and the engine's metrics to"
+        " an OTLP collector: HOST[:PORT] or grpc://HOST[:PORT] for gRPC (port 4317),"
+        " http://HOST[:PORT] for HTTP (port 4318)",
     )
     run.add_argument(
         "--allow-untrusted-files",

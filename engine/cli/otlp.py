@@ -255,25 +255,29 @@ def attributes(record: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             yield key, _value(value)
 
 
+# Our container keys as OpenTelemetry's semantic conventions name them.
+_CONTAINER = {"id": "id", "name": "name", "image": "image.name", "runtime": "runtime"}
+_K8S = {
+    "namespace": "namespace.name",
+    "pod": "pod.name",
+    "pod_uid": "pod.uid",
+    "container": "container.name",
+}
+
+
 def _container(container: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
-    for key, name in (
-        ("id", "id"),
-        ("name", "name"),
-        ("image", "image.name"),
-        ("runtime", "runtime"),
-    ):
-        if container.get(key) is not None:
-            yield f"container.{name}", _value(container[key])
+    yield from _renamed(container, _CONTAINER, "container")
     k8s = container.get("k8s")
     if isinstance(k8s, Mapping):
-        for key, name in (
-            ("namespace", "namespace.name"),
-            ("pod", "pod.name"),
-            ("pod_uid", "pod.uid"),
-            ("container", "container.name"),
-        ):
-            if k8s.get(key) is not None:
-                yield f"k8s.{name}", _value(k8s[key])
+        yield from _renamed(k8s, _K8S, "k8s")
+
+
+def _renamed(
+    values: Mapping[str, Any], names: Mapping[str, str], prefix: str
+) -> Iterator[tuple[str, Any]]:
+    for key, name in names.items():
+        if values.get(key) is not None:
+            yield f"{prefix}.{name}", _value(values[key])
 
 
 def _value(value: Any) -> Any:

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--sort",
         metavar="FIELD[,FIELD]",
-        help="order the table's rows of each gadget map by these fields (-FIELD: descending)",
+        help="order the table's rows of each gadget map by these fields (-FIELD: descending;"
+        " --sort=-FIELD when the first is)",
     )
     run.add_argument(
         "--max-rows",

@@ -44,8 +44,7 @@ async def test_table_sections_sorted_filtered_and_fitted(
         f"container.name=={kept}",
         "--filter",
         "protocol==1",
-        "--sort",
-        "-len,direction",
+        "--sort=-len,direction",  # with "=": a value that starts with "-" is not an option
         "--max-rows",
         "6",
         "--hook",

@@ -28,8 +28,9 @@ def _named(program: str) -> str:
 
 
 async def _exec(containers: Containers, box: str, program: str) -> None:
-    await containers.exec(box, "sh", "-c", f"ln -sf /bin/true {_named(program)}")
-    await containers.exec(box, _named(program))
+    await containers.exec(box, "ln", "-sf", "/bin/true", _named(program))
+    # busybox under a name it has no applet for exits 127, after the exec that counts here.
+    await containers.exec(box, _named(program), check=False)
 
 
 def _got(program: str) -> Callable[[Received], bool]:

@@ -36,6 +36,7 @@ from engine.errors import (
     EngineStoppedError,
     sole_exception,
 )
+from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.stats import Stats
@@ -164,6 +165,8 @@ async def open_engine(
     docker_socket: str | None = None,
     containerd_socket: str = CONTAINERD_SOCKET,
     podman_socket: str = PODMAN_SOCKET,
+    filter: Sequence[str] = (),
+    padding: bool = False,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -192,11 +195,15 @@ async def open_engine(
     ``MapSnapshot`` records every ``maps`` seconds and when the engine stops, emptied after
     each with ``maps_clear``; without it, the maps of gadgets that have no ring or perf buffer
     are emitted when the engine stops (engine.events.maps).
+    ``filter`` expressions (engine.events.filter) keep only the events for which all hold,
+    before hooks and ``events()``; a bad one raises ``FilterError`` before compiling.
+    Records leave out their structs' padding members unless ``padding=True``.
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
         check_all_trusted(g for g in gadgets if not isinstance(g, Gadget))
     parsed = parse_gadgets(gadgets, all_or_nothing=all_or_nothing)
+    record_filter = RecordFilter.parse(filter, (g for g in parsed if isinstance(g, Gadget)))
     for gadget in parsed:
         if isinstance(gadget, Gadget):
             for warning in tc_return_warnings(gadget):
@@ -213,6 +220,8 @@ async def open_engine(
         maps,
         maps_clear,
         Runtimes(docker_socket, containerd_socket, podman_socket),
+        record_filter,
+        padding,
     )
     try:
         async with _running(
@@ -243,6 +252,8 @@ class _Options:
     maps: float | None = None
     maps_clear: bool = False
     runtimes: Runtimes = attrs.Factory(Runtimes)
+    record_filter: RecordFilter | None = None
+    padding: bool = False
 
 
 async def _watch_links(
@@ -288,6 +299,8 @@ async def _running(
     send, receive = trio.open_memory_channel[Record](buffer)
     stats = Stats()
     outlet = Outlet(send, stats, reserve=buffer // 8)
+    if options.record_filter is not None:
+        outlet.keeps = options.record_filter.keeps
     hooks = Hooks(outlet.put, strict=strict, buffer=hook_buffer)
     outlet.tap = hooks.dispatch
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
@@ -306,6 +319,7 @@ async def _running(
             outlet=outlet,
             world=world,
             held=held,
+            padding=options.padding,
         )
         host_iters = await stack.enter_async_context(host_iterators(loaded_all))
         runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)

@@ -9,7 +9,7 @@ the fields are the details, `__str__` is the message.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
@@ -31,6 +31,36 @@ class EnvironmentProblem(EngineError):
 
 class SelectionError(BadInputError):
     """A selection expression (--select/--exclude) is malformed."""
+
+
+@attrs.define
+class ExpressionError(BadInputError):
+    """An expression given to an option (``OPTION``) is wrong: which one, and what is wrong."""
+
+    OPTION: ClassVar[str] = "an option"
+    expression: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.OPTION} {self.expression!r}: {self.problem}"
+
+
+class FilterError(ExpressionError):
+    """A ``--filter`` expression is malformed, names an unknown field or mistypes its value."""
+
+    OPTION = "--filter"
+
+
+class FieldsError(ExpressionError):
+    """``--fields`` names no field of the gadgets' records, or one twice."""
+
+    OPTION = "--fields"
+
+
+class SortError(ExpressionError):
+    """``--sort`` names no field of the gadgets' records."""
+
+    OPTION = "--sort"
 
 
 class MetricsError(BadInputError):

@@ -74,6 +74,7 @@ async def start_gadgets(
     outlet: Outlet,
     world: World,
     held: Held,
+    padding: bool = False,
 ) -> tuple[list[LoadedGadget], list[GadgetFailed]]:
     """Start every gadget that can run; report the others (``gadget_failed``).
 
@@ -88,7 +89,14 @@ async def start_gadgets(
         try:
             loaded.append(
                 await start_gadget(
-                    item, supported, stack=stack, work=work, outlet=outlet, world=world, held=held
+                    item,
+                    supported,
+                    stack=stack,
+                    work=work,
+                    outlet=outlet,
+                    world=world,
+                    held=held,
+                    padding=padding,
                 )
             )
         except EngineError as exc:
@@ -110,6 +118,7 @@ async def start_gadget(
     outlet: Outlet,
     world: World,
     held: Held,
+    padding: bool = False,
 ) -> LoadedGadget:
     """Compile, load and attach one gadget, its buffers read in ``work``; what it holds is
     released by ``stack``. On failure, whatever it had set up is released at once."""
@@ -117,7 +126,7 @@ async def start_gadget(
     attached: list[Record] = []
     async with contextlib.AsyncExitStack() as own:
         extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
-        loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra)
+        loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra, padding=padding)
         own.callback(loaded.close)
         await sync_filter(loaded, world)
         # Readers exist before anything is attached (a perf buffer drops records written

@@ -183,6 +183,8 @@ class LoadedGadget:
     skipped: tuple[SkippedProgram, ...] = ()
     # The buffer maps, numbered as the origin rewrite numbered them (engine/gadget/origin.py).
     outputs: dict[str, OutputMap] = attrs.Factory(dict)
+    # Whether its records keep their padding members (engine.events.decode).
+    padding: bool = False
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
     # What engine/world/kernel_filter.py last wrote to the selection maps.
     selection_written: tuple[int, frozenset[tuple[int, int]]] | None = attrs.field(
@@ -356,6 +358,7 @@ def load_sync(
     extra_source: Sequence[str] = (),
     cflags: Sequence[str] = (),
     usdt_contexts: Sequence[Any] = (),
+    padding: bool = False,
 ) -> LoadedGadget:
     """Compile and load (blocking). Use ``load_gadget`` from trio."""
     bcc = _bpf_module()
@@ -389,7 +392,7 @@ def load_sync(
     except BaseException:
         bpf.cleanup()
         raise
-    return LoadedGadget(gadget, bpf, loaded, tuple(skipped), outputs=outputs.maps)
+    return LoadedGadget(gadget, bpf, loaded, tuple(skipped), outputs=outputs.maps, padding=padding)
 
 
 def _compiled_out(

@@ -11,11 +11,11 @@ User mistakes are one clear message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -26,9 +26,14 @@ from typing import Any, TextIO
 import attrs
 import trio
 
+from engine.attach.startup import parse_gadgets
+from engine.cli.fields import FieldChoice
 from engine.cli.metrics import Metrics, serve_metrics
+from engine.cli.otlp import OtlpExport
+from engine.cli.output import Output
 from engine.cli.parser import build_parser
-from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
+from engine.cli.sections import parse_sort
+from engine.cli.table import LiveTable
 from engine.engine import Engine, open_engine
 from engine.errors import (
     BadInputError,
@@ -38,6 +43,7 @@ from engine.errors import (
     GadgetsFailedError,
     sole_exception,
 )
+from engine.events.filter import RecordFilter
 from engine.gadget.model import Gadget
 from engine.hooks.hookfile import HookFile
 from engine.kernel.security import check_all_trusted, require_capabilities
@@ -83,15 +89,15 @@ def cmd_features(args: argparse.Namespace, out: TextIO) -> int:
 class _Run:
     """What one ``engine run`` saw, for the summary line."""
 
+    output: Output
     started: float = attrs.Factory(time.monotonic)
     stopped: str | None = None
-    records: int = 0
     engine: Engine | None = None
 
     def summary(self) -> str:
         why = self.stopped or "end"
         text = f"engine: stopped ({why}) after {time.monotonic() - self.started:.1f}s: "
-        text += f"{self.records} records"
+        text += f"{self.output.records} records"
         if self.engine is not None:
             stats = self.engine.stats
             failed = sum(h.failed for h in self.engine.hook_stats.values())
@@ -130,28 +136,44 @@ def _ready_message(engine: Engine, seconds: float) -> str:
     return text
 
 
-async def _run(args: argparse.Namespace, out: TextIO, hook_files: Sequence[HookFile]) -> _Run:
-    run = _Run()
+async def _run(args: argparse.Namespace, hook_files: Sequence[HookFile], output: Output) -> _Run:
+    run = _Run(output)
     with trio.CancelScope() as everything:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, everything, run)
-            await _serve(args, out, hook_files, run, nursery)
+            await _serve(args, hook_files, run, nursery)
             nursery.cancel_scope.cancel()
     return run
 
 
 async def _serve(
+    args: argparse.Namespace, hook_files: Sequence[HookFile], run: _Run, nursery: trio.Nursery
+) -> None:
+    output = run.output
+    metrics = None
+    if args.metrics is not None or args.otlp is not None:
+        metrics = Metrics()
+        output.observers.append(metrics.observe)
+    if args.metrics is not None:
+        host, port = await nursery.start(serve_metrics, metrics, *args.metrics)
+        _progress(f"metrics on http://{_url_host(host)}:{port}/metrics")
+    async with contextlib.AsyncExitStack() as stack:
+        if metrics is not None and args.otlp is not None:
+            export = OtlpExport.start(args.otlp, metrics)
+            stack.push_async_callback(export.aclose)
+            output.observers.append(export.observe)
+            _progress(f"exporting to OTLP {args.otlp.protocol} collector {args.otlp.url}")
+        await _run_engine(args, hook_files, run, nursery, metrics)
+
+
+async def _run_engine(
     args: argparse.Namespace,
-    out: TextIO,
     hook_files: Sequence[HookFile],
     run: _Run,
     nursery: trio.Nursery,
+    metrics: Metrics | None,
 ) -> None:
-    metrics = None
-    if args.metrics is not None:
-        metrics = Metrics()
-        host, port = await nursery.start(serve_metrics, metrics, *args.metrics)
-        _progress(f"metrics on http://{_url_host(host)}:{port}/metrics")
+    output = run.output
     names = ", ".join(Path(g).name for g in args.gadgets)
     _progress(f"compiling {names}\u2026")
     compiling = time.monotonic()
@@ -167,6 +189,8 @@ async def _serve(
         docker_socket=args.docker_socket,
         containerd_socket=args.containerd_socket,
         podman_socket=args.podman_socket,
+        filter=args.filter,
+        padding=output.fields is not None and output.fields.padding,
     ) as engine:
         run.engine = engine
         if metrics is not None:
@@ -180,64 +204,16 @@ async def _serve(
         if args.duration is not None:
             nursery.start_soon(_stop_after, engine, args.duration, run)
         if args.output == "table":
-            await _show_table(engine, out, run, metrics, names)
+            table = LiveTable(names, sort=output.sort, max_rows=args.max_rows)
+            await output.show_table(engine, table)
         else:
-            await _write_json(engine, out, run, metrics)
-
-
-async def _write_json(engine: Engine, out: TextIO, run: _Run, metrics: Metrics | None) -> None:
-    async for record in engine.events():
-        data = record.to_json()
-        run.records += 1
-        if metrics is not None:
-            metrics.observe(data)
-        out.write(json.dumps(data, default=str) + "\n")
-        if engine.pending() == 0:
-            out.flush()
-    out.flush()
-
-
-async def _show_table(
-    engine: Engine, out: TextIO, run: _Run, metrics: Metrics | None, title: str
-) -> None:
-    table = LiveTable(title)
-    out.write(HIDE_CURSOR)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_redraw, table, out)
-            async for record in engine.events():
-                data = record.to_json()
-                run.records += 1
-                table.observe(data)
-                if metrics is not None:
-                    metrics.observe(data)
-            nursery.cancel_scope.cancel()
-    finally:
-        # The last view stays on screen above the summary line.
-        table.draw(out, *_terminal_size(out))
-        out.write(SHOW_CURSOR)
-        out.flush()
-
-
-async def _redraw(table: LiveTable, out: TextIO) -> None:
-    while True:
-        table.draw(out, *_terminal_size(out))
-        await trio.sleep(REFRESH_SECONDS)
+            await output.write_json(engine)
 
 
 async def _stop_after(engine: Engine, seconds: float, run: _Run) -> None:
     await trio.sleep(seconds)
     run.stopped = "duration"
     engine.stop()
-
-
-def _terminal_size(out: TextIO) -> tuple[int, int]:
-    # The terminal's own size first: COLUMNS/LINES in the environment are often stale.
-    try:
-        size = os.get_terminal_size(out.fileno())
-    except (OSError, ValueError):
-        size = shutil.get_terminal_size()
-    return size.columns, size.lines
 
 
 def _url_host(host: str) -> str:
@@ -286,15 +262,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def _readable_gadgets(paths: Sequence[str]) -> list[Gadget]:
+    """The gadgets that parse, for checks before compiling; the others are reported when the
+    engine starts, as it does for every gadget that cannot run."""
+    return [g for g in parse_gadgets(paths, all_or_nothing=False) if isinstance(g, Gadget)]
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     Selection.parse(args.select, args.exclude, args.host)  # bad input before compiling
+    gadgets = _readable_gadgets(args.gadgets)
+    RecordFilter.parse(args.filter, gadgets)
+    fields = FieldChoice.parse(args.fields, gadgets)
+    sort = parse_sort(args.sort, gadgets, padding=fields is not None and fields.padding)
     if not args.allow_untrusted_files:
         check_all_trusted([*args.gadgets, *args.hook])  # before a hook file's code runs
     hook_files = [HookFile.load(path) for path in args.hook]
     require_capabilities()
     if args.output is None:
         args.output = "table" if out.isatty() else "json"
-    run = trio.run(_run, args, out, hook_files)
+    run = trio.run(_run, args, hook_files, Output(out, fields, sort))
     print(run.summary(), file=sys.stderr)
     return 0
 

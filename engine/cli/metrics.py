@@ -93,6 +93,8 @@ class Metrics:
     awaiting_attach: dict[str, float] = attrs.Factory(dict)
     attachments: Counter[str] = attrs.Factory(Counter)  # netns → live attachments
     latency: Histogram = attrs.Factory(Histogram)
+    # Also told each attach latency (the OTLP export's histogram).
+    latency_observers: list[Callable[[float], None]] = attrs.Factory(list)
 
     def observe(self, record: Mapping[str, Any]) -> None:
         kind = str(record.get("type"))
@@ -112,7 +114,10 @@ class Metrics:
                 del self.attachments[netns]
             added = self.awaiting_attach.pop(str(record.get("container")), None)
             if kind == "attached" and added is not None:
-                self.latency.observe(self.clock() - added)
+                seconds = self.clock() - added
+                self.latency.observe(seconds)
+                for observe in self.latency_observers:
+                    observe(seconds)
 
     def render(self) -> str:
         lines: list[str] = []

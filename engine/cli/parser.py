@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from engine.cli.metrics import parse_address
+from engine.cli.otlp import Endpoint
 from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
 from engine.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
@@ -19,6 +20,23 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _otlp_endpoint(text: str) -> Endpoint:
+    try:
+        return Endpoint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _metrics_address(text: str) -> tuple[str, int]:
@@ -70,6 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", action="store_true", help="also trace the host (implied without --select)"
     )
     run.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="keep only the events for which EXPR holds: FIELD==VALUE, !=, <, <=, >, >=,"
+        " FIELD~REGEX, FIELD!~REGEX on a record field or container.name, container.image,"
+        " k8s.namespace, k8s.pod, gadget, source; repeatable (all must hold)",
+    )
+    run.add_argument(
+        "--fields",
+        metavar="A,B,C",
+        help="show only these fields of the events' data, in this order (JSON lines and table)",
+    )
+    run.add_argument(
+        "--sort",
+        metavar="FIELD[,FIELD]",
+        help="order the table's rows of each gadget map by these fields (-FIELD: descending;"
+        " --sort=-FIELD when the first is)",
+    )
+    run.add_argument(
+        "--max-rows",
+        type=_positive_count,
+        metavar="N",
+        help="show at most N rows in each of the table's sections",
+    )
+    run.add_argument(
         "--hook",
         action="append",
         default=[],
@@ -82,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_metrics_address,
         metavar="ADDR",
         help="serve Prometheus metrics on ADDR, an IP address and port (127.0.0.1:9464)",
+    )
+    run.add_argument(
+        "--otlp",
+        type=_otlp_endpoint,
+        metavar="ENDPOINT",
+        help="export every record as an OpenTelemetry log record and the engine's metrics to"
+        " an OTLP collector: HOST[:PORT] or grpc://HOST[:PORT] for gRPC (port 4317),"
+        " http://HOST[:PORT] for HTTP (port 4318)",
     )
     run.add_argument(
         "--allow-untrusted-files",

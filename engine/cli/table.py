@@ -1,4 +1,5 @@
-"""The live view of ``engine run`` on a terminal: per-container counts and the latest events.
+"""The live view of ``engine run`` on a terminal: per-container counts, then the latest events
+of each gadget map in a section of its own, a column per field (engine.cli.sections).
 
 The view is built from the records' JSON form (the same contract as ``--output json``), so it
 shows every kind of record, also those added later, without knowing their classes. Drawing
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 import attrs
 
 from engine.cli.histogram import map_lines
+from engine.cli.sections import Section, SortKey
 
 HOST = "(host)"
 HOME = "\x1b[H"
@@ -22,9 +24,8 @@ ERASE_LINE = "\x1b[K"
 ERASE_BELOW = "\x1b[J"
 HIDE_CURSOR = "\x1b[?25l"
 SHOW_CURSOR = "\x1b[?25h"
-# Column widths of container labels: in the counts, and in the latest events.
+# Column width of container labels in the counts.
 _NAME = 32
-_SHORT = 24
 
 
 def container_label(container: Mapping[str, Any] | None) -> str:
@@ -38,10 +39,6 @@ def container_label(container: Mapping[str, Any] | None) -> str:
         parts = (k8s.get("namespace"), k8s.get("pod"), k8s.get("container"))
         return "/".join(str(p) for p in parts if p)
     return str(container.get("name") or container.get("short_id") or container.get("id") or HOST)
-
-
-def _summary(data: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in data.items())
 
 
 def _note(record: Mapping[str, Any]) -> str | None:
@@ -77,12 +74,14 @@ class LiveTable:
 
     title: str
     clock: Any = time.monotonic
+    sort: tuple[SortKey, ...] = ()
+    max_rows: int | None = None
     started: float = attrs.field(init=False)
     records: int = 0
     events: int = 0
     lost: int = 0
     rows: dict[str, ContainerRow] = attrs.Factory(dict)
-    latest: deque[tuple[str, str, str]] = attrs.Factory(lambda: deque(maxlen=50))
+    sections: dict[str, Section] = attrs.Factory(dict)  # "gadget/source" -> its events
     notes: deque[str] = attrs.Factory(lambda: deque(maxlen=5))
     # The latest record of each map, drawn: "gadget/map" -> lines.
     maps: dict[str, list[str]] = attrs.Factory(dict)
@@ -100,7 +99,10 @@ class LiveTable:
             row.events += 1
             row.last = self.clock()
             source = f"{record.get('gadget')}/{record.get('source')}"
-            self.latest.append((name, source, _summary(record.get("data") or {})))
+            section = self.sections.get(source)
+            if section is None:
+                section = self.sections[source] = Section(source)
+            section.add(name, record.get("data") or {})
             return
         if kind == "map":
             self.maps[f"{record.get('gadget')}/{record.get('map')}"] = map_lines(record)
@@ -135,12 +137,14 @@ class LiveTable:
             lines.append(f"{row.name[:_NAME]:<{_NAME}} {row.events:>8} {last:>7}  {state}")
         for name, drawn in self.maps.items():
             lines += ["", f"MAP {name}", *(drawn or ["(empty)"])]
-        lines += ["", f"{'CONTAINER':<{_SHORT}} {'SOURCE':<20} DATA"]
-        room = max(height - len(lines) - len(self.notes) - 2, 0)
-        shown = list(self.latest)[-room:] if room else []
-        lines += [
-            f"{name[:_SHORT]:<{_SHORT}} {source[:20]:<20} {data}" for name, source, data in shown
-        ]
+        room = height - len(lines) - (len(self.notes) + 1 if self.notes else 0)
+        sections = list(self.sections.values())
+        # Each section takes a blank line, its title and its header, and a share of the rows.
+        rows = max((room - 3 * len(sections)) // max(len(sections), 1), 0)
+        if self.max_rows is not None:
+            rows = min(rows, self.max_rows)
+        for section in sections:
+            lines += ["", *section.render(width, rows, self.sort)]
         if self.notes:
             lines += ["", *self.notes]
         return [line[:width] for line in lines[:height]]

@@ -14,7 +14,9 @@ The rules (also in docs/events.md):
 - ``__be16``/``__be32``/``__be64`` fields are converted from network byte order to numbers
   (so a ``__be16 dport`` is the port a person reads); plain ``u16`` ports are left alone;
 - a ``u8[6]`` field whose name contains ``mac`` is shown ``"aa:bb:cc:dd:ee:ff"``;
-- ``bool`` is ``True``/``False``; other arrays are lists; pointers are integers.
+- ``bool`` is ``True``/``False``; other arrays are lists; pointers are integers;
+- padding members (unnamed, or named ``pad``, ``_pad*``, ``__pad*``) are layout, not data:
+  left out of the record unless the decoder is built with ``padding=True``.
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ def _swap(fmt: str) -> Converter:
     return convert
 
 
+def is_padding(name: str) -> bool:
+    """Whether a member named so only fills the struct's layout."""
+    return not name or name == "pad" or name.startswith(("_pad", "__pad"))
+
+
 @attrs.frozen
 class Field:
     name: str
@@ -124,6 +131,19 @@ class RecordDecoder:
     struct: struct.Struct
     plan: tuple[tuple[str, int, int, Converter | None], ...]  # name, first, count, converter
     undecoded: tuple[str, ...] = ()
+
+    def value_types(self) -> dict[str, type]:
+        """The Python type of each decoded field (``ipaddress`` classes for addresses), found
+        by decoding a record of zeros, so that they follow the rules above exactly."""
+        types: dict[str, type] = {}
+        for (name, _, _, convert), value in zip(self.plan, self.decode(b"").values(), strict=True):
+            if convert is _ipv4:
+                types[name] = ipaddress.IPv4Address
+            elif convert is _ipv6:
+                types[name] = ipaddress.IPv6Address
+            else:
+                types[name] = type(value)
+        return types
 
     def decode(self, raw: bytes, offset: int = 0) -> dict[str, Any]:
         """The record that starts at ``offset`` of ``raw`` (a short one padded with zeros)."""
@@ -154,8 +174,9 @@ def _converter(name: str, base: str, count: int, fmt: str) -> Converter | None:
     return None
 
 
-def build_decoder(fields: Sequence[Field]) -> RecordDecoder:
-    """A decoder for a C struct given as (name, type) pairs in declaration order."""
+def build_decoder(fields: Sequence[Field], *, padding: bool = False) -> RecordDecoder:
+    """A decoder for a C struct given as (name, type) pairs in declaration order; padding
+    members are skipped unless ``padding``."""
     fmt_parts: list[str] = ["<"]
     offset = 0
     index = 0
@@ -189,7 +210,9 @@ def build_decoder(fields: Sequence[Field]) -> RecordDecoder:
             fmt_parts.append(f"{pad}x")
             offset += pad
         is_string = count > 1 and fmt == "b"
-        if is_string:
+        if not padding and is_padding(field.name):
+            fmt_parts.append(f"{size * count}x")
+        elif is_string:
             fmt_parts.append(f"{count}s")
             plan.append((field.name, index, 1, _cstring))
             index += 1

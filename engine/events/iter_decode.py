@@ -21,6 +21,7 @@ def decode_iter_output(
     if record_map is None:
         text = raw.decode("utf-8", "replace")
         return [{"line": line} for line in text.splitlines() if line]
-    decoder = build_decoder(fields_from_bcc(libbcc.lib(), loaded.bpf.module, record_map))
+    fields = fields_from_bcc(libbcc.lib(), loaded.bpf.module, record_map)
+    decoder = build_decoder(fields, padding=loaded.padding)
     size = decoder.struct.size
     return [decoder.decode(raw[i : i + size]) for i in range(0, len(raw) - size + 1, size)]

@@ -122,13 +122,8 @@ def decoder_of(desc: Any) -> Decode:
 
         ctype = bcc.BPF._decode_table_type(desc)
         return lambda raw: _plain(ctype.from_buffer_copy(raw.ljust(ct.sizeof(ctype), b"\0")))
-    flat = build_decoder([f for f in fields if f is not None])
-
-    def decode(raw: bytes) -> dict[str, Any]:
-        # bcc describes the padding it sees as members "__pad_N": layout, not data.
-        return {k: v for k, v in flat.decode(raw).items() if not k.startswith("__pad_")}
-
-    return decode
+    # bcc describes the padding it sees as members "__pad_N": left out with the gadget's own.
+    return build_decoder([f for f in fields if f is not None]).decode
 
 
 def _flat_field(field: Sequence[Any]) -> Field | None:

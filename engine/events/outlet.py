@@ -8,7 +8,7 @@ import attrs
 import trio
 
 from engine.events.stats import Stats
-from engine.records import Lost, Record
+from engine.records import Event, Lost, Record
 
 
 @attrs.define
@@ -26,9 +26,19 @@ class Outlet:
     pending_lost: dict[tuple[str, str], int] = attrs.Factory(dict)
     # Sees every record, also those the channel refuses: hooks do not depend on the consumer.
     tap: Callable[[Record], None] | None = None
+    # The user's --filter: events it refuses reach neither the channel nor the hooks.
+    keeps: Callable[[Event], bool] | None = None
 
     def put(self, record: Record, *, leave: int = 0) -> bool:
-        """Send ``record`` unless fewer than ``leave`` + 1 places are free."""
+        """Send ``record`` unless fewer than ``leave`` + 1 places are free; a filtered event
+        counts as sent."""
+        keeps = self.keeps
+        if keeps is not None and isinstance(record, Event) and not keeps(record):
+            self.stats.for_map(record.gadget, record.source).filtered += 1
+            return True
+        return self._send(record, leave)
+
+    def _send(self, record: Record, leave: int) -> bool:
         if self.tap is not None:
             self.tap(record)
         if leave:
@@ -52,9 +62,14 @@ class Outlet:
             Lost(gadget, source, self.pending_lost[key], "engine"), leave=self.reserve // 2
         ):
             del self.pending_lost[key]
+        keeps = self.keeps
+        if keeps is not None:
+            kept = [r for r in records if not isinstance(r, Event) or keeps(r)]
+            stats.filtered += len(records) - len(kept)
+            records = kept
         dropped = 0
         for record in records:
-            if self.put(record, leave=self.reserve):
+            if self._send(record, self.reserve):
                 stats.delivered += 1
             else:
                 dropped += 1

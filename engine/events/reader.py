@@ -34,7 +34,12 @@ from engine.world.state import Verdict, World
 
 def decoders(loaded: LoadedGadget, maps: Sequence[BufferMap]) -> dict[str, RecordDecoder]:
     lib = libbcc.lib()
-    return {m.name: build_decoder(fields_from_bcc(lib, loaded.bpf.module, m.name)) for m in maps}
+    return {
+        m.name: build_decoder(
+            fields_from_bcc(lib, loaded.bpf.module, m.name), padding=loaded.padding
+        )
+        for m in maps
+    }
 
 
 def _check_rewritten(loaded: LoadedGadget, maps: Sequence[BufferMap]) -> None:

@@ -20,6 +20,7 @@ class MapStats:
     unselected: int = 0
     # Of those, the ones the kernel refused before they were written (engine_counts).
     unselected_kernel: int = 0
+    filtered: int = 0  # refused by the user's --filter
 
     def to_json(self) -> dict[str, int]:
         return attrs.asdict(self)

@@ -3,17 +3,12 @@ with a signal, and with its metrics endpoint scraped over a plain socket."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
-import termios
 from pathlib import Path
 
 import pytest
@@ -21,6 +16,7 @@ import trio
 
 from tests.support.constants import EXAMPLES, ROOT
 from tests.support.process import ENGINE, engine_process
+from tests.support.terminal import on_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -37,44 +33,21 @@ async def _exec_probe(tmp_path: Path) -> str:
 
 
 async def test_run_on_a_terminal_shows_the_live_table(root: None, tmp_path: Path) -> None:
-    main_fd, child_fd = pty.openpty()
-    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 100, 300, 0, 0))
-    output = bytearray()
-
-    def read_terminal() -> None:
-        while True:
-            try:
-                chunk = os.read(main_fd, 65536)
-            except OSError:  # EIO: every writer of the terminal is gone
-                return
-            if not chunk:
-                return
-            output.extend(chunk)
-
-    try:
-        with trio.fail_after(60):
-            async with (
-                trio.open_nursery() as nursery,
-                engine_process(EXECSNOOP, "--duration", "3", stdout=child_fd) as engine,
-            ):
-                os.close(child_fd)
-                child_fd = -1
-                nursery.start_soon(trio.to_thread.run_sync, read_terminal)
-                await engine.line(r"attached 1 program in")
-                probe = await _exec_probe(tmp_path)
-                assert await engine.process.wait() == 0
-    finally:
-        if child_fd >= 0:
-            os.close(child_fd)
-        os.close(main_fd)
-    text = output.decode(errors="replace")
+    with trio.fail_after(60):
+        async with on_terminal(300, 100, EXECSNOOP, "--duration", "3") as (engine, terminal):
+            await engine.line(r"attached 1 program in")
+            probe = await _exec_probe(tmp_path)
+            assert await engine.process.wait() == 0
+    text = terminal.text
     assert text.count("\x1b[H") >= 2  # redrawn in place, more than once
     last = text.rsplit("\x1b[H", 1)[1]
     assert re.search(r"engine: execsnoop\.c\s+\d+\.\ds\s+events [1-9]", last)
     assert re.search(r"CONTAINER\s+EVENTS\s+LAST\s+STATE", last)
     assert re.search(r"\(host\)\s+[1-9]\d*\s", last)
+    assert re.search(r"execsnoop/events  \d+ events", last)
+    assert re.search(r"CONTAINER\s+PID\s+PPID\s+UID\s+MNTNS_ID\s+COMM\s+FILENAME", last)
     # Other execs on the machine may have scrolled it out of the last frame, not of all frames.
-    assert re.search(rf"\(host\)\s+execsnoop/events\s+pid=\d+ .*filename={probe}", text)
+    assert re.search(rf"\(host\)\s+\d+\s.*\s{re.escape(probe)}\s*\x1b\[K", text)
     assert "{" not in last  # a table, not JSON
     assert any(line.startswith("engine: stopped (duration)") for line in engine.stderr)
 

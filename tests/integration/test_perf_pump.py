@@ -18,6 +18,7 @@ import trio.testing
 from engine.attach.static import attach_tracepoint
 from engine.bcc import libbcc
 from engine.bcc.loader import load_gadget
+from engine.events.origin import HEADER
 from engine.events.pump import BufferPump, buffer_maps
 from engine.gadget.model import Gadget
 
@@ -63,7 +64,7 @@ async def test_records_written_while_the_pump_is_not_waiting_arrive(root: None, 
     arrived = trio.Event()
 
     def on_batch(_name: str, batch: list[bytes]) -> None:
-        got.extend(struct.unpack("II", raw[:8]) for raw in batch)
+        got.extend(struct.unpack_from("II", raw, HEADER) for raw in batch)
         if len(got) == 1:
             # Called between the pump's read and its next wait: exactly the window where a
             # record's wake-up used to be lost.
@@ -74,7 +75,7 @@ async def test_records_written_while_the_pump_is_not_waiting_arrive(root: None, 
     try:
         async with contextlib.AsyncExitStack() as stack:
             maps = buffer_maps(libbcc.lib(), loaded.bpf.module)
-            pump = BufferPump(loaded.bpf, maps, on_batch, lambda _n, _c: None)
+            pump = BufferPump(loaded.bpf, maps, on_batch)
             stack.callback(pump.close)
             pump.open()
             await stack.enter_async_context(

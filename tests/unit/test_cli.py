@@ -187,7 +187,14 @@ def test_live_table_counts_per_container_and_shows_latest_events() -> None:
     web_row = next(line for line in lines if line.startswith("web "))
     assert web_row.split()[:3] == ["web", "3", "2.0s"]
     assert next(line for line in lines if line.startswith(HOST)).split()[1] == "1"
-    assert "execsnoop/events     pid=2 comm=sh" in text
+    section = lines.index("execsnoop/events  4 events")
+    assert lines[section + 1].split() == ["CONTAINER", "PID", "COMM"]
+    assert [line.split() for line in lines[section + 2 : section + 6]] == [
+        ["web", "0", "sh"],
+        ["web", "1", "sh"],
+        ["web", "2", "sh"],
+        [HOST, "99", "sh"],
+    ]
     assert "container_added web" in text
     assert all(len(line) <= 80 for line in lines)
 

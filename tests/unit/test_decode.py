@@ -69,3 +69,26 @@ def test_short_record_is_padded() -> None:
 def test_invalid_utf8_is_replaced() -> None:
     decoder = build_decoder([Field("s", "char[4]")])
     assert decoder.decode(b"a\xffb\0") == {"s": "a\ufffdb"}
+
+
+def test_padding_members_are_layout_not_data() -> None:
+    fields = [
+        Field("pid", "u32"),
+        Field("pad", "u32"),
+        Field("ts", "u64"),
+        Field("_pad1", "u8[3]"),
+        Field("__pad_2", "char[5]"),
+        Field("padded", "u8"),  # a name that only starts so is data
+    ]
+    raw = struct.pack("<IIQ3s5sB7x", 7, 99, 8, b"abc", b"defgh", 1)
+    assert build_decoder(fields).decode(raw) == {"pid": 7, "ts": 8, "padded": 1}
+    kept = build_decoder(fields, padding=True)
+    assert kept.struct.size == len(raw)
+    assert kept.decode(raw) == {
+        "pid": 7,
+        "pad": 99,
+        "ts": 8,
+        "_pad1": [97, 98, 99],
+        "__pad_2": "defgh",
+        "padded": 1,
+    }

@@ -4,7 +4,7 @@
 netns; in that, ``sources`` runs the runtimes' and netns sources, the world feeder and the link
 watcher. Stopping cancels the sources first; the netns tasks then end by themselves
 (``PerNetns.wind_down``), their detach records read while the readers still run; then the
-readers end and the record channel closes.
+readers end and the record queue closes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 import trio
 
-from engine.records import Record
+from engine.events.queue import RecordQueue
 
 
 @attrs.frozen
@@ -27,13 +27,13 @@ class Layers:
 
 
 async def run_work(
-    send: trio.MemorySendChannel[Record],
+    queue: RecordQueue,
     *,
     task_status: trio.TaskStatus[Layers] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The engine's work until ``stop()``: the sources are cancelled first; the netns tasks
     then end by themselves (``PerNetns.wind_down``), their detach records read while the
-    readers still run; then the readers end, and the record channel closes."""
+    readers still run; then the readers end, and the record queue closes."""
     stopping, done = trio.Event(), trio.Event()
     try:
         async with trio.open_nursery() as work:
@@ -46,4 +46,4 @@ async def run_work(
     finally:
         stopping.set()  # however it ended, the engine no longer changes
         done.set()
-        send.close()
+        queue.close()

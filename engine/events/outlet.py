@@ -1,47 +1,46 @@
-"""The front of the record channel: every record the engine emits goes through ``Outlet``."""
+"""The front of the record queue: every record the engine emits goes through ``Outlet``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Protocol
 
 import attrs
-import trio
 
+from engine.events.queue import RecordQueue
 from engine.events.stats import Stats
 from engine.records import Lost, Record
 
 
+class Tap(Protocol):
+    """Sees every record, also those the queue refuses (the hooks)."""
+
+    def dispatch(self, record: Record) -> None: ...
+
+    def dispatch_many(self, records: Sequence[Record]) -> None: ...
+
+
 @attrs.define
 class Outlet:
-    """Puts records on the bounded channel; never blocks the kernel readers.
+    """Puts records on the bounded queue; never blocks the kernel readers.
 
-    Buffer events never take the last ``reserve`` places of the channel: those are kept for
+    Buffer events never take the last ``reserve`` places of the queue: those are kept for
     the engine's own records (containers, attachments, losses), so that a flood of events
     cannot crowd them out while the consumer is behind.
     """
 
-    send: trio.MemorySendChannel[Record]
+    queue: RecordQueue
     stats: Stats
     reserve: int = 0
     pending_lost: dict[tuple[str, str], int] = attrs.Factory(dict)
-    # Sees every record, also those the channel refuses: hooks do not depend on the consumer.
-    tap: Callable[[Record], None] | None = None
+    # Hooks do not depend on the consumer.
+    tap: Tap | None = None
 
     def put(self, record: Record, *, leave: int = 0) -> bool:
-        """Send ``record`` unless fewer than ``leave`` + 1 places are free."""
+        """Queue ``record`` unless fewer than ``leave`` + 1 places are free."""
         if self.tap is not None:
-            self.tap(record)
-        if leave:
-            used = self.send.statistics()
-            if used.current_buffer_used + leave >= used.max_buffer_size:
-                return False
-        try:
-            self.send.send_nowait(record)
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        return True
+            self.tap.dispatch(record)
+        return self.queue.put(record, leave=leave)
 
     def deliver(self, gadget: str, source: str, records: list[Record]) -> None:
         stats = self.stats.for_map(gadget, source)
@@ -52,12 +51,11 @@ class Outlet:
             Lost(gadget, source, self.pending_lost[key], "engine"), leave=self.reserve // 2
         ):
             del self.pending_lost[key]
-        dropped = 0
-        for record in records:
-            if self.put(record, leave=self.reserve):
-                stats.delivered += 1
-            else:
-                dropped += 1
+        if self.tap is not None:
+            self.tap.dispatch_many(records)
+        delivered = self.queue.put_many(records, leave=self.reserve)
+        stats.delivered += delivered
+        dropped = len(records) - delivered
         if dropped:
             stats.lost_engine += dropped
             self.pending_lost[key] = self.pending_lost.get(key, 0) + dropped

@@ -19,13 +19,14 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
 import trio
 
+from engine.cli import jsonlines
 from engine.cli.metrics import Metrics, serve_metrics
 from engine.cli.parser import build_parser
 from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
@@ -186,15 +187,29 @@ async def _serve(
 
 
 async def _write_json(engine: Engine, out: TextIO, run: _Run, metrics: Metrics | None) -> None:
-    async for record in engine.events():
-        data = record.to_json()
-        run.records += 1
+    # A run of records (everything waiting) becomes one buffer and one write.
+    write = _binary_writer(out)
+    async for records in engine.runs():
+        run.records += len(records)
         if metrics is not None:
-            metrics.observe(data)
-        out.write(json.dumps(data, default=str) + "\n")
-        if engine.pending() == 0:
-            out.flush()
+            for record in records:
+                metrics.observe(record.to_json())
+        write(jsonlines.encode(records))
+
+
+def _binary_writer(out: TextIO) -> Callable[[bytes], None]:
+    binary = getattr(out, "buffer", None)
     out.flush()
+
+    def write(data: bytes) -> None:
+        if binary is None:  # a text-only stream
+            out.write(data.decode())
+            out.flush()
+            return
+        binary.write(data)
+        binary.flush()
+
+    return write
 
 
 async def _show_table(

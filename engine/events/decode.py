@@ -124,17 +124,40 @@ class RecordDecoder:
     struct: struct.Struct
     plan: tuple[tuple[str, int, int, Converter | None], ...]  # name, first, count, converter
     undecoded: tuple[str, ...] = ()
+    _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._build = self.builder(0)
 
     def decode(self, raw: bytes, offset: int = 0) -> dict[str, Any]:
         """The record that starts at ``offset`` of ``raw`` (a short one padded with zeros)."""
         if len(raw) - offset < self.struct.size:
             raw, offset = raw[offset:].ljust(self.struct.size, b"\0"), 0
-        values = self.struct.unpack_from(raw, offset)
-        out: dict[str, Any] = {}
-        for name, first, count, convert in self.plan:
-            value: Any = values[first] if count == 1 else list(values[first : first + count])
-            out[name] = convert(value) if convert is not None else value
-        return out
+        return self._build(self.struct.unpack_from(raw, offset))
+
+    def builder(self, first: int) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+        """The function that makes the record's dict from unpacked values, the record's own
+        starting at index ``first`` (a struct unpacked with a header in front of it).
+
+        Generated once per map, as one dict display: a loop over the plan per record cost
+        as much as the unpacking itself.
+        """
+        items = []
+        converters: dict[str, Converter] = {}
+        for i, (name, at, count, convert) in enumerate(self.plan):
+            if count == 1:
+                value = f"v[{first + at}]"
+            else:
+                value = "[" + ", ".join(f"v[{first + at + k}]" for k in range(count)) + "]"
+            if convert is not None:
+                converters[f"c{i}"] = convert
+                value = f"c{i}({value})"
+            items.append(f"{name!r}: {value}")
+        source = "def build(v):\n    return {" + ", ".join(items) + "}\n"
+        namespace: dict[str, Any] = dict(converters)
+        exec(compile(source, f"<decoder of {len(self.plan)} fields>", "exec"), namespace)
+        build: Callable[[tuple[Any, ...]], dict[str, Any]] = namespace["build"]
+        return build
 
 
 def _converter(name: str, base: str, count: int, fmt: str) -> Converter | None:

@@ -1,0 +1,133 @@
+"""One buffer map's raw records turned into named events, a batch at a time.
+
+The origin header (engine/events/origin.py) and the gadget's struct behind it are unpacked in
+one call, and the record's dict is made by the decoder's generated builder. The common case is
+decided here without an ``Origin`` object: a task's record while the selection keeps every
+task, whose container is its mount namespace's, else its cgroup's, else the one the gadget's
+own fields name (``World.container_for``; skipped when the struct has none of those fields).
+Its ``origin`` object is shared by the records of one task. Everything else (packets, the
+kernel's own records, a selection that filters tasks, a short record) goes through ``place``
+(engine/world/placement.py), the one statement of the rules; tests/unit/test_naming.py checks
+that both ways agree.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from engine.bcc.origin_prelude import ORIGIN_TASK
+from engine.events.decode import RecordDecoder
+from engine.events.origin import FORMAT, HEADER, Origin
+from engine.events.stats import MapStats
+from engine.records import Event, Record
+from engine.world.held import Held
+from engine.world.placement import place
+from engine.world.state import Verdict, World
+
+# The fields ``World.container_for`` reads: a struct without any of them names no container.
+_NAMING_FIELDS = frozenset({"mntns_id", "mntns", "netns_id", "netns", "ifindex", "cgroup_id"})
+# Task origins kept for reuse; a flood of many short-lived tasks starts the cache afresh.
+_ORIGINS_KEPT = 4096
+# Values 0-5 of the unpacked header: kind, tgid, mntns, netns, cgroup, ifindex (then flags).
+_KIND, _TGID, _MNTNS, _NETNS, _CGROUP = range(5)
+_FIRST = len(struct.Struct(FORMAT).unpack(bytes(HEADER)))
+
+
+@attrs.define
+class MapNamer:
+    """Names the records of one ring or perf buffer map of one gadget."""
+
+    gadget: str
+    source: str
+    program: str | None
+    decoder: RecordDecoder
+    world: World
+    _size: int = attrs.field(init=False)
+    _unpack: Callable[[bytes], tuple[Any, ...]] = attrs.field(init=False)
+    _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False)
+    _reads_fields: bool = attrs.field(init=False)
+    _origins: dict[tuple[int, ...], dict[str, int]] = attrs.Factory(dict)
+
+    def __attrs_post_init__(self) -> None:
+        whole = struct.Struct(FORMAT + self.decoder.struct.format.lstrip("<"))
+        self._size = whole.size
+        self._unpack = whole.unpack_from
+        self._build = self.decoder.builder(_FIRST)
+        self._reads_fields = any(f.name in _NAMING_FIELDS for f in self.decoder.fields)
+
+    def name(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
+        """The events of ``batch`` that reach consumers now; held ones go to ``held``,
+        unselected ones are counted in ``stats``."""
+        world = self.world
+        if world.filters_tasks:
+            return self._placed(batch, now, held, stats)
+        index_get = world.find
+        container_json = world.container_json
+        gadget, source, program = self.gadget, self.source, self.program
+        size, unpack, build, origins = self._size, self._unpack, self._build, self._origins
+        out: list[Record] = []
+        for raw in batch:
+            if len(raw) < size:
+                out += self._placed([raw], now, held, stats)
+                continue
+            v = unpack(raw)
+            if v[_KIND] != ORIGIN_TASK:
+                out += self._placed([raw], now, held, stats)
+                continue
+            data = build(v)
+            container = index_get("mntns_inode", v[_MNTNS])
+            if container is None and v[_CGROUP] > 1:  # 1: the v2 root (placement.py)
+                container = index_get("cgroup_id", v[_CGROUP])
+            if container is None and self._reads_fields:
+                container = world.container_for(data)
+            key = v[_TGID : _CGROUP + 1]
+            origin = origins.get(key)
+            if origin is None:
+                if len(origins) >= _ORIGINS_KEPT:
+                    origins.clear()
+                origin = origins[key] = {
+                    "mntns": v[_MNTNS],
+                    "netns": v[_NETNS],
+                    "cgroup": v[_CGROUP],
+                    "tgid": v[_TGID],
+                }
+            out.append(
+                Event(
+                    gadget,
+                    source,
+                    program,
+                    data,
+                    None if container is None else container_json(container),
+                    origin,
+                )
+            )
+        return out
+
+    def _placed(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
+        world = self.world
+        decode = self.decoder.decode
+        out: list[Record] = []
+        for raw in batch:
+            origin = Origin.of(raw)
+            data = decode(raw, HEADER)
+            verdict, key, container = place(world, origin, data, now)
+            if verdict is Verdict.DROP:
+                stats.unselected += 1
+                continue
+            event = Event(
+                self.gadget,
+                self.source,
+                self.program,
+                data,
+                None if container is None else world.container_json(container),
+                origin.to_json(world.host_netns, world.host_ifindexes),
+            )
+            if verdict is Verdict.HOLD:
+                held.hold_event(key, event)
+            else:
+                out.append(event)
+        return out

@@ -26,6 +26,7 @@ from engine.errors import (
     UntrustedFileError,
     VerifierError,
 )
+from engine.events.batches import Batch
 from engine.events.stats import MapStats, Stats
 from engine.hooks.dispatch import HookStats
 from engine.hooks.hookfile import HookFile
@@ -62,6 +63,7 @@ __all__ = [
     "AttachError",
     "AttachFailed",
     "BadInputError",
+    "Batch",
     "BtfError",
     "CompileError",
     "Container",

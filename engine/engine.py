@@ -36,6 +36,7 @@ from engine.errors import (
     EngineStoppedError,
     sole_exception,
 )
+from engine.events.batches import Batch
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
@@ -71,6 +72,7 @@ class Engine(HookMethods):
     gadgets: list[LoadedGadget]
     stats: Stats
     _queue: RecordQueue
+    _outlet: Outlet
     _layers: Layers
     _hooks: Hooks
     _nursery: trio.Nursery
@@ -100,6 +102,20 @@ class Engine(HookMethods):
         take = self._queue.take
         while run := await take():
             yield run
+
+    async def batches(self, map: str | None = None) -> AsyncIterator[Batch]:
+        """Records of the buffer maps named ``map`` (None: every buffer map), many at a
+        time, as columns (engine/events/batches.py). While it runs, those maps' records come
+        here and not to ``events()`` or hooks; each consumer gets every batch, up to
+        ``BatchHub.size`` waiting, then loses batches (counted, ``lost`` records)."""
+        hub = self._outlet.batches
+        sink, receive = hub.add(map)
+        try:
+            async with receive:
+                async for batch in receive:
+                    yield batch
+        finally:
+            hub.remove(sink)
 
     def pending(self) -> int:
         """How many records wait in the engine's buffer for a consumer."""
@@ -286,7 +302,7 @@ async def _running(
         # The engine's own work runs in nurseries of its own, so that stop() ends it (and
         # the per-netns detaches report themselves) without cancelling the user's block;
         # when it has ended, the record queue is closed and ``events()`` ends.
-        layers: Layers = await nursery.start(run_work, queue)
+        layers: Layers = await nursery.start(run_work, (queue, outlet.batches))
         work = layers.work
         loaded_all, failed = await start_gadgets(
             parsed,
@@ -338,6 +354,7 @@ async def _running(
             loaded_all,
             stats,
             queue,
+            outlet,
             layers,
             hooks,
             nursery,

@@ -124,6 +124,8 @@ class RecordDecoder:
     struct: struct.Struct
     plan: tuple[tuple[str, int, int, Converter | None], ...]  # name, first, count, converter
     undecoded: tuple[str, ...] = ()
+    # Each decoded field as a numpy type at its byte offset: (name, offset, type, count).
+    columns: tuple[tuple[str, int, str, int], ...] = ()
     _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -177,12 +179,39 @@ def _converter(name: str, base: str, count: int, fmt: str) -> Converter | None:
     return None
 
 
+# struct format char → numpy type: little-endian, as the struct module reads them here.
+_NUMPY = {
+    "b": "i1",
+    "B": "u1",
+    "?": "?",
+    "h": "<i2",
+    "H": "<u2",
+    "i": "<i4",
+    "I": "<u4",
+    "q": "<i8",
+    "Q": "<u8",
+    "16s": "V16",
+}
+
+
+def _numpy_type(base: str, fmt: str, count: int) -> tuple[str, int]:
+    """The column type of a field and its element count: C strings are bytes columns (numpy
+    drops the trailing NULs), ``__be*`` are read in network order, so their values are the
+    numbers ``decode`` gives; 128-bit fields stay 16 raw bytes."""
+    if count > 1 and fmt == "b":
+        return f"S{count}", 1
+    if base in _BIG_ENDIAN:
+        return _BIG_ENDIAN[base].replace("H", "u2").replace("I", "u4").replace("Q", "u8"), count
+    return _NUMPY[fmt], count
+
+
 def build_decoder(fields: Sequence[Field]) -> RecordDecoder:
     """A decoder for a C struct given as (name, type) pairs in declaration order."""
     fmt_parts: list[str] = ["<"]
     offset = 0
     index = 0
     plan: list[tuple[str, int, int, Converter | None]] = []
+    columns: list[tuple[str, int, str, int]] = []
     undecoded: list[str] = []
     max_align = 1
     for i, field in enumerate(fields):
@@ -211,6 +240,7 @@ def build_decoder(fields: Sequence[Field]) -> RecordDecoder:
         if pad:
             fmt_parts.append(f"{pad}x")
             offset += pad
+        columns.append((field.name, offset, *_numpy_type(base, fmt, count)))
         is_string = count > 1 and fmt == "b"
         if is_string:
             fmt_parts.append(f"{count}s")
@@ -225,7 +255,11 @@ def build_decoder(fields: Sequence[Field]) -> RecordDecoder:
     if tail and not undecoded:
         fmt_parts.append(f"{tail}x")
     return RecordDecoder(
-        tuple(fields), struct.Struct("".join(fmt_parts)), tuple(plan), tuple(undecoded)
+        tuple(fields),
+        struct.Struct("".join(fmt_parts)),
+        tuple(plan),
+        tuple(undecoded),
+        tuple(columns),
     )
 
 

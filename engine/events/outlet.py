@@ -7,6 +7,7 @@ from typing import Protocol
 
 import attrs
 
+from engine.events.batches import Batch, BatchHub
 from engine.events.queue import RecordQueue
 from engine.events.stats import Stats
 from engine.records import Lost, Record
@@ -35,6 +36,8 @@ class Outlet:
     pending_lost: dict[tuple[str, str], int] = attrs.Factory(dict)
     # Hooks do not depend on the consumer.
     tap: Tap | None = None
+    # The ``batches()`` consumers: the maps they want are read as batches, not events.
+    batches: BatchHub = attrs.Factory(BatchHub)
 
     def put(self, record: Record, *, leave: int = 0) -> bool:
         """Queue ``record`` unless fewer than ``leave`` + 1 places are free."""
@@ -43,19 +46,34 @@ class Outlet:
         return self.queue.put(record, leave=leave)
 
     def deliver(self, gadget: str, source: str, records: list[Record]) -> None:
-        stats = self.stats.for_map(gadget, source)
-        key = (gadget, source)
+        self._report_lost(gadget, source)
+        if self.tap is not None:
+            self.tap.dispatch_many(records)
+        delivered = self.queue.put_many(records, leave=self.reserve)
+        self._count(gadget, source, delivered, len(records) - delivered)
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """Offer ``batch`` to the ``batches()`` consumers; a consumer that is behind loses
+        it, counted and reported as for events."""
+        self._report_lost(batch.gadget, batch.map)
+        if self.batches.offer(batch):
+            self._count(batch.gadget, batch.map, len(batch), 0)
+        else:
+            self._count(batch.gadget, batch.map, 0, len(batch))
+
+    def _report_lost(self, gadget: str, source: str) -> None:
         # Loss reports take half the reserve at most: the other half stays for lifecycle
         # records. A report that does not fit waits, still counting, for the next batch.
+        key = (gadget, source)
         if self.pending_lost.get(key) and self.put(
             Lost(gadget, source, self.pending_lost[key], "engine"), leave=self.reserve // 2
         ):
             del self.pending_lost[key]
-        if self.tap is not None:
-            self.tap.dispatch_many(records)
-        delivered = self.queue.put_many(records, leave=self.reserve)
+
+    def _count(self, gadget: str, source: str, delivered: int, dropped: int) -> None:
+        stats = self.stats.for_map(gadget, source)
         stats.delivered += delivered
-        dropped = len(records) - delivered
         if dropped:
             stats.lost_engine += dropped
+            key = (gadget, source)
             self.pending_lost[key] = self.pending_lost.get(key, 0) + dropped

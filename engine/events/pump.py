@@ -30,6 +30,8 @@ BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
 
 Batch = Callable[[str, list[bytes]], None]
+# A ring's run of records of one length (RingReader.read_run): map, the run, its count.
+Run = Callable[[str, bytes, int], None]
 # Seconds between two ticks that follow reads: a steady flow of batches does not read the
 # counts once per batch.
 TICK_AFTER_READ = 0.1
@@ -74,6 +76,9 @@ class BufferPump:
     tick_interval: float = 1.0
     page_count: int = 256
     ring_batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
+    # The maps read as runs (for ``batches()``), and where their runs go.
+    columnar: Callable[[str], bool] | None = None
+    on_run: Run | None = None
     _rings: list[tuple[str, RingReader]] = attrs.Factory(list)
     _pending: dict[str, list[bytes]] = attrs.Factory(dict)
     _readers: list[tuple[str, Any, int]] = attrs.Factory(list)  # map, reader, fd
@@ -136,8 +141,8 @@ class BufferPump:
             return
         lib = libbcc.lib()
         for name, ring in self._rings:
-            while batch := ring.read(self.ring_batch):
-                self.on_batch(name, batch)
+            while self._read_ring(name, ring):
+                pass
         for _, reader, _fd in self._readers:
             lib.perf_reader_event_read(reader)
         self._flush()
@@ -170,13 +175,23 @@ class BufferPump:
             await trio.sleep(self.tick_interval)
             self._tick()
 
+    def _read_ring(self, name: str, ring: RingReader) -> bool:
+        """One read of ``ring``, as a run when its map is columnar; whether it read any."""
+        if self.on_run is not None and self.columnar is not None and self.columnar(name):
+            run = ring.read_run(self.ring_batch)
+            if run is not None:
+                self.on_run(name, *run)
+                return True
+        batch = ring.read(self.ring_batch)
+        if batch:
+            self.on_batch(name, batch)
+        return bool(batch)
+
     async def _watch_ringbuf(self, name: str, ring: RingReader) -> None:
         while True:
             # Readable while records wait: after a partial read this returns at once.
             await trio.lowlevel.wait_readable(ring.fd)
-            batch = ring.read(self.ring_batch)
-            if batch:
-                self.on_batch(name, batch)
+            if self._read_ring(name, ring):
                 self._tick_after_read()
             await trio.lowlevel.checkpoint()
 

@@ -5,9 +5,10 @@ that has each map's ``MapNamer`` (engine/events/naming.py) read each raw record'
 (engine/events/origin.py) and decode the gadget's own record after it, ask the world where it
 came from and whether it may reach consumers yet (engine/world/placement.py: held while its
 namespace is pending identification, dropped when it belongs to no selected container) and
-name its container; the batch goes to the outlet. On every tick it reads the kernel's counts
-(engine/events/kernel_counts.py): records the kernel could not write become ``lost``
-records, those it refused count as unselected.
+name its container; the batch goes to the outlet. The maps a ``batches()`` consumer wants
+are read as columnar batches instead (engine/events/batches.py). On every tick it reads the
+kernel's counts (engine/events/kernel_counts.py): records the kernel could not write become
+``lost`` records, those it refused count as unselected.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from engine.bcc import libbcc
 from engine.bcc.loader import LoadedGadget
 from engine.bcc.origin_prelude import COUNTS_MAP
 from engine.errors import GadgetError
+from engine.events.batches import BatchMaker
 from engine.events.decode import RecordDecoder, build_decoder, fields_from_bcc
 from engine.events.kernel_counts import KernelCounts
 from engine.events.naming import MapNamer
@@ -66,16 +68,29 @@ async def open_reader(
     if not maps:
         return None
     gadget_name = gadget.name  # a property that parses the path: not once per record
-    namers = {
-        name: MapNamer(gadget_name, name, map_writers(gadget, name), decoder, world)
-        for name, decoder in decoders(loaded, maps).items()
-    }
+    by_map = decoders(loaded, maps)
+    writers = {name: map_writers(gadget, name) for name in by_map}
+    namers = {n: MapNamer(gadget_name, n, writers[n], d, world) for n, d in by_map.items()}
+    makers = {n: BatchMaker(gadget_name, n, writers[n], d, world) for n, d in by_map.items()}
+    columnar = outlet.batches.wants
 
     def on_batch(name: str, batch: list[bytes]) -> None:
         stats = outlet.stats.for_map(gadget_name, name)
         stats.received += len(batch)
-        records = namers[name].name(batch, trio.current_time(), held, stats)
-        outlet.deliver(gadget_name, name, records)
+        now = trio.current_time()
+        if columnar(name):
+            columns = makers[name].from_records(batch, now, held, stats)
+            if columns is not None:
+                outlet.deliver_batch(columns)
+            return
+        outlet.deliver(gadget_name, name, namers[name].name(batch, now, held, stats))
+
+    def on_run(name: str, run: bytes, count: int) -> None:
+        stats = outlet.stats.for_map(gadget_name, name)
+        stats.received += count
+        columns = makers[name].from_run(run, count, trio.current_time(), held, stats)
+        if columns is not None:
+            outlet.deliver_batch(columns)
 
     counts: list[KernelCounts] = []
 
@@ -88,7 +103,7 @@ async def open_reader(
                 stats.lost_kernel += changed.lost
                 outlet.put(Lost(gadget_name, changed.map, changed.lost, "kernel"))
 
-    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick)
+    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick, columnar=columnar, on_run=on_run)
     stack.callback(pump.close)
 
     def open_all() -> None:

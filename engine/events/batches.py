@@ -1,0 +1,267 @@
+"""Columnar batches of a buffer map's records: what ``Engine.batches()`` yields.
+
+numpy structured arrays, because a gadget's record is a fixed-size C struct: one dtype with the
+struct's field offsets (from the decoder, engine/events/decode.py) views a run of records as
+columns, and a run of ring buffer records is one contiguous slice at a fixed stride (the data
+area is mapped twice, engine/events/ringbuf.py). So a batch costs one copy of the run and no
+Python step per record. Arrow would copy each column into its own layout and bring a large
+dependency for what a dtype already says; numpy is what analysis code already speaks.
+
+Each row's container is found by vectorised lookups: the distinct mount namespaces (then
+cgroups) of the batch's task records are looked up once each (``World.find``), and every row
+gets the index of its container in ``Batch.containers`` (-1: none). The rows the fast rules do
+not decide (packets, the kernel's own records, records whose own fields may name a container,
+a selection that filters tasks) go through ``place`` (engine/world/placement.py) one by one,
+as ``events()`` does: dropped rows leave the batch, held ones become events held for their
+namespace (they reach ``events()`` when it is identified).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from engine.bcc.origin_prelude import ORIGIN_TASK
+from engine.events.decode import RecordDecoder
+from engine.events.origin import HEADER, Origin
+from engine.events.stats import MapStats
+from engine.records import Event
+from engine.sources.containers import Container
+from engine.world.held import Held
+from engine.world.placement import place
+from engine.world.state import Verdict, World
+
+RING_HEADER = 8  # a ring buffer record's length word and padding (ringbuf.py)
+_ORIGIN_COLUMNS = (
+    ("kind", 0, "<u4", 1),
+    ("tgid", 4, "<u4", 1),
+    ("mntns", 8, "<u4", 1),
+    ("netns", 12, "<u4", 1),
+    ("cgroup", 16, "<u8", 1),
+    ("ifindex", 24, "<u4", 1),
+)
+_NAMING_FIELDS = frozenset({"mntns_id", "mntns", "netns_id", "netns", "ifindex", "cgroup_id"})
+
+
+@attrs.frozen(eq=False)
+class Batch:
+    """Records of one buffer map of one gadget, as columns (numpy structured arrays).
+
+    ``fields``: the gadget's struct, a column per field (numbers as the C type says, in the
+    host's order; ``__be*`` fields as numbers, as ``events()`` gives them; ``char[N]`` as
+    bytes; 128-bit fields as 16 raw bytes). ``origin``: ``kind`` (1 task, 2 packet, 3 the
+    kernel), ``tgid``, ``mntns``, ``netns``, ``cgroup``, ``ifindex``, as the kernel wrote
+    them. ``container``: per row, the index of its container's object in ``containers``
+    (the objects ``events()`` gives as ``Event.container``), -1 for none.
+    """
+
+    gadget: str
+    map: str
+    fields: npt.NDArray[Any]
+    origin: npt.NDArray[Any]
+    container: npt.NDArray[np.int32]
+    containers: tuple[Mapping[str, Any], ...]
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def container_of(self, row: int) -> Mapping[str, Any] | None:
+        """The container object of ``row``, None for none."""
+        index = int(self.container[row])
+        return None if index < 0 else self.containers[index]
+
+
+def _dtype(columns: Sequence[tuple[str, int, str, int]], skip: int, itemsize: int) -> np.dtype[Any]:
+    return np.dtype(
+        {
+            "names": [name for name, *_ in columns],
+            "formats": [kind if count == 1 else (kind, count) for _, _, kind, count in columns],
+            "offsets": [skip + offset for _, offset, _, _ in columns],
+            "itemsize": itemsize,
+        }
+    )
+
+
+@attrs.define
+class BatchMaker:
+    """Makes the batches of one map: from a ring's run or from a list of raw records."""
+
+    gadget: str
+    source: str
+    program: str | None
+    decoder: RecordDecoder
+    world: World
+    _reads_fields: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._reads_fields = any(f.name in _NAMING_FIELDS for f in self.decoder.fields)
+
+    @property
+    def size(self) -> int:
+        """The raw record's size: the origin header and the struct."""
+        return HEADER + self.decoder.struct.size
+
+    def from_run(
+        self, blob: bytes, count: int, now: float, held: Held, stats: MapStats
+    ) -> Batch | None:
+        """A ring's run (``RingReader.read_run``): ``count`` records at a fixed stride, each
+        behind its ring header. None when every row was dropped or held."""
+        stride = len(blob) // count
+        if stride < RING_HEADER + self.size:  # short records: padded one by one
+            records = [blob[i * stride + RING_HEADER : (i + 1) * stride] for i in range(count)]
+            return self.from_records(records, now, held, stats)
+        return self._batch(blob, RING_HEADER, stride, now=now, held=held, stats=stats)
+
+    def from_records(
+        self, records: list[bytes], now: float, held: Held, stats: MapStats
+    ) -> Batch | None:
+        """Raw records (a perf buffer's, or a ring's that are not one run)."""
+        stride = max(self.size, *(len(r) for r in records))
+        if any(len(r) != stride for r in records):
+            records = [r.ljust(stride, b"\0") for r in records]
+        return self._batch(b"".join(records), 0, stride, now=now, held=held, stats=stats)
+
+    def _batch(
+        self, blob: bytes, skip: int, stride: int, *, now: float, held: Held, stats: MapStats
+    ) -> Batch | None:
+        fields = np.frombuffer(blob, _dtype(self.decoder.columns, skip + HEADER, stride))
+        origin = np.frombuffer(blob, _dtype(_ORIGIN_COLUMNS, skip, stride))
+        containers: list[Container] = []
+        index = self._by_namespace(origin, containers)
+        world = self.world
+        task = origin["kind"] == ORIGIN_TASK
+        slow = ~task if not world.filters_tasks else np.ones(len(origin), bool)
+        if self._reads_fields:
+            slow |= index < 0
+        if slow.any():
+            keep = np.ones(len(origin), bool)
+            for row in np.flatnonzero(slow).tolist():
+                raw = blob[row * stride + skip : (row + 1) * stride]
+                verdict, container = self._place(raw, now, held)
+                keep[row] = verdict is Verdict.DELIVER
+                stats.unselected += verdict is Verdict.DROP
+                index[row] = _position(containers, container)
+            dropped = len(keep) - int(keep.sum())
+            if dropped:
+                fields, origin, index = fields[keep], origin[keep], index[keep]
+        if not len(fields):
+            return None
+        for column in (fields, origin, index):
+            column.flags.writeable = False  # one batch is shared by every consumer
+        return Batch(
+            self.gadget,
+            self.source,
+            fields,
+            origin,
+            index,
+            tuple(world.container_json(c) for c in containers),
+        )
+
+    def _by_namespace(
+        self, origin: npt.NDArray[Any], containers: list[Container]
+    ) -> npt.NDArray[np.int32]:
+        """Each task row's container by mount namespace, else by cgroup (above the v2 root,
+        placement.py): one lookup per distinct value, not per row."""
+        index = np.full(len(origin), -1, np.int32)
+        task = origin["kind"] == ORIGIN_TASK
+        self._look_up(origin, "mntns", task, index, containers)
+        by_cgroup = task & (index < 0) & (origin["cgroup"] > 1)
+        self._look_up(origin, "cgroup", by_cgroup, index, containers)
+        return index
+
+    def _look_up(
+        self,
+        origin: npt.NDArray[Any],
+        column: str,
+        rows: npt.NDArray[np.bool_],
+        index: npt.NDArray[np.int32],
+        containers: list[Container],
+    ) -> None:
+        if not rows.any():
+            return
+        attribute = {"mntns": "mntns_inode", "cgroup": "cgroup_id"}[column]
+        values, inverse = np.unique(origin[column][rows], return_inverse=True)
+        find = self.world.find
+        found = [_position(containers, find(attribute, int(v))) for v in values.tolist()]
+        index[rows] = np.array(found, np.int32)[inverse]
+
+    def _place(self, raw: bytes, now: float, held: Held) -> tuple[Verdict, Container | None]:
+        """What ``place`` says of one record, and its container; a held one is held."""
+        world = self.world
+        origin = Origin.of(raw)
+        data = self.decoder.decode(raw, HEADER)
+        verdict, key, container = place(world, origin, data, now)
+        if verdict is Verdict.HOLD:
+            event = Event(
+                self.gadget,
+                self.source,
+                self.program,
+                data,
+                None if container is None else world.container_json(container),
+                origin.to_json(world.host_netns, world.host_ifindexes),
+            )
+            held.hold_event(key, event)
+        return verdict, container
+
+
+def _position(containers: list[Container], container: Container | None) -> int:
+    """``container``'s index in ``containers`` (added if new); -1 for none."""
+    if container is None:
+        return -1
+    for i, c in enumerate(containers):
+        if c is container:
+            return i
+    containers.append(container)
+    return len(containers) - 1
+
+
+@attrs.define
+class _Sink:
+    map: str | None
+    send: trio.MemorySendChannel[Batch]
+
+
+@attrs.define
+class BatchHub:
+    """The ``batches()`` consumers; the maps they ask for are read as batches instead of
+    events, each batch offered to each of them without blocking."""
+
+    size: int = 16  # batches waiting per consumer before the next ones are dropped
+    _sinks: list[_Sink] = attrs.Factory(list)
+
+    def add(self, map_name: str | None) -> tuple[_Sink, trio.MemoryReceiveChannel[Batch]]:
+        send, receive = trio.open_memory_channel[Batch](self.size)
+        sink = _Sink(map_name, send)
+        self._sinks.append(sink)
+        return sink, receive
+
+    def remove(self, sink: _Sink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+            sink.send.close()
+
+    def wants(self, map_name: str) -> bool:
+        return any(s.map is None or s.map == map_name for s in self._sinks)
+
+    def offer(self, batch: Batch) -> bool:
+        """Whether every consumer that wants ``batch`` took it."""
+        taken = True
+        for sink in self._sinks:
+            if sink.map is None or sink.map == batch.map:
+                try:
+                    sink.send.send_nowait(batch)
+                except trio.WouldBlock:
+                    taken = False
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    continue
+        return taken
+
+    def close(self) -> None:
+        """The engine has stopped: every ``batches()`` ends once it has taken the rest."""
+        for sink in self._sinks:
+            sink.send.close()

@@ -36,7 +36,7 @@ from engine.errors import (
     EngineStoppedError,
     sole_exception,
 )
-from engine.events.batches import Batch
+from engine.events.batches import BatchStream
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
@@ -103,19 +103,16 @@ class Engine(HookMethods):
         while run := await take():
             yield run
 
-    async def batches(self, map: str | None = None) -> AsyncIterator[Batch]:
+    def batches(self, map: str | None = None) -> BatchStream:
         """Records of the buffer maps named ``map`` (None: every buffer map), many at a
-        time, as columns (engine/events/batches.py). While it runs, those maps' records come
-        here and not to ``events()`` or hooks; each consumer gets every batch, up to
-        ``BatchHub.size`` waiting, then loses batches (counted, ``lost`` records)."""
-        hub = self._outlet.batches
-        sink, receive = hub.add(map)
-        try:
-            async with receive:
-                async for batch in receive:
-                    yield batch
-        finally:
-            hub.remove(sink)
+        time, as columns (``Batch``, engine/events/batches.py): ``async for batch in
+        eng.batches(): ...``. From this call on, those maps' records come here and not to
+        ``events()`` or hooks, until the stream is closed (``async with``, ``aclose()``).
+        Each stream gets every batch, up to ``BatchHub.size`` waiting, then loses batches
+        (counted in ``stats``, reported as ``lost`` records). It ends when the engine stops."""
+        if self._layers.stopping.is_set():
+            raise EngineStoppedError("the engine has stopped: it has no more batches")
+        return self._outlet.batches.add(map)
 
     def pending(self) -> int:
         """How many records wait in the engine's buffer for a consumer."""

@@ -220,10 +220,50 @@ def _position(containers: list[Container], container: Container | None) -> int:
     return len(containers) - 1
 
 
-@attrs.define
+@attrs.define(eq=False)
 class _Sink:
     map: str | None
     send: trio.MemorySendChannel[Batch]
+
+
+@attrs.define(eq=False)
+class BatchStream:
+    """What ``Engine.batches()`` returns: registered as soon as it is made (the batches of
+    records read from then on are its), an async iterator of ``Batch`` that ends when the
+    engine stops, and an async context manager that unregisters it on leaving (or ``aclose``;
+    else when it is garbage)."""
+
+    _hub: BatchHub
+    _sink: _Sink
+    _receive: trio.MemoryReceiveChannel[Batch]
+
+    def __aiter__(self) -> BatchStream:
+        return self
+
+    async def __anext__(self) -> Batch:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            self.close()
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> BatchStream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Unregister: the maps go back to ``events()`` when no other stream wants them."""
+        self._hub.remove(self._sink)
+        self._receive.close()
+
+    def __del__(self) -> None:
+        self._hub.remove(self._sink)
 
 
 @attrs.define
@@ -234,11 +274,11 @@ class BatchHub:
     size: int = 16  # batches waiting per consumer before the next ones are dropped
     _sinks: list[_Sink] = attrs.Factory(list)
 
-    def add(self, map_name: str | None) -> tuple[_Sink, trio.MemoryReceiveChannel[Batch]]:
+    def add(self, map_name: str | None) -> BatchStream:
         send, receive = trio.open_memory_channel[Batch](self.size)
         sink = _Sink(map_name, send)
         self._sinks.append(sink)
-        return sink, receive
+        return BatchStream(self, sink, receive)
 
     def remove(self, sink: _Sink) -> None:
         if sink in self._sinks:

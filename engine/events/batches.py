@@ -29,6 +29,7 @@ import trio
 from engine.bcc.origin_prelude import ORIGIN_TASK
 from engine.events.decode import RecordDecoder
 from engine.events.origin import HEADER, Origin
+from engine.events.ringbuf import RecordRun
 from engine.events.stats import MapStats
 from engine.records import Event
 from engine.sources.containers import Container
@@ -36,7 +37,6 @@ from engine.world.held import Held
 from engine.world.placement import place
 from engine.world.state import Verdict, World
 
-RING_HEADER = 8  # a ring buffer record's length word and padding (ringbuf.py)
 _ORIGIN_COLUMNS = (
     ("kind", 0, "<u4", 1),
     ("tgid", 4, "<u4", 1),
@@ -106,16 +106,15 @@ class BatchMaker:
         """The raw record's size: the origin header and the struct."""
         return HEADER + self.decoder.struct.size
 
-    def from_run(
-        self, blob: bytes, count: int, now: float, held: Held, stats: MapStats
-    ) -> Batch | None:
-        """A ring's run (``RingReader.read_run``): ``count`` records at a fixed stride, each
-        behind its ring header. None when every row was dropped or held."""
-        stride = len(blob) // count
-        if stride < RING_HEADER + self.size:  # short records: padded one by one
-            records = [blob[i * stride + RING_HEADER : (i + 1) * stride] for i in range(count)]
+    def from_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> Batch | None:
+        """A buffer's run of records of one size (``RingReader.read_run``,
+        ``PerfReader.read_run``). None when every row was dropped or held."""
+        blob, skip = run.data, run.skip
+        stride = len(blob) // run.count
+        if stride < skip + self.size:  # short records: padded one by one
+            records = [blob[i * stride + skip : (i + 1) * stride] for i in range(run.count)]
             return self.from_records(records, now, held, stats)
-        return self._batch(blob, RING_HEADER, stride, now=now, held=held, stats=stats)
+        return self._batch(blob, skip, stride, now=now, held=held, stats=stats)
 
     def from_records(
         self, records: list[bytes], now: float, held: Held, stats: MapStats

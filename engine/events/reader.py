@@ -28,6 +28,7 @@ from engine.events.kernel_counts import KernelCounts
 from engine.events.naming import MapNamer
 from engine.events.outlet import Outlet
 from engine.events.pump import BufferMap, BufferPump, buffer_maps
+from engine.events.ringbuf import RecordRun
 from engine.gadget.maps import iterator_only_maps, map_writers
 from engine.records import Lost
 from engine.world.held import Held
@@ -85,10 +86,10 @@ async def open_reader(
             return
         outlet.deliver(gadget_name, name, namers[name].name(batch, now, held, stats))
 
-    def on_run(name: str, run: bytes, count: int) -> None:
+    def on_run(name: str, run: RecordRun) -> None:
         stats = outlet.stats.for_map(gadget_name, name)
-        stats.received += count
-        columns = makers[name].from_run(run, count, trio.current_time(), held, stats)
+        stats.received += run.count
+        columns = makers[name].from_run(run, trio.current_time(), held, stats)
         if columns is not None:
             outlet.deliver_batch(columns)
 

@@ -39,6 +39,16 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
+@attrs.frozen
+class RecordRun:
+    """Records of one size read in one copy: ``count`` of them at a fixed stride in ``data``,
+    each one's own bytes ``skip`` bytes into its span (behind the buffer's record header)."""
+
+    data: bytes
+    count: int
+    skip: int
+
+
 def record_span(length: int) -> int:
     """Bytes a record of ``length`` data bytes takes in the ring, header included."""
     return (length + HEADER + 7) & ~7
@@ -98,10 +108,10 @@ class RingReader:
         self._position.value = cons
         return out
 
-    def read_run(self, limit: int) -> tuple[bytes, int] | None:
+    def read_run(self, limit: int) -> RecordRun | None:
         """Up to ``limit`` committed records that all have the first one's length (none
-        discarded), as one copy of their spans, ring headers included, and their count; None
-        when the first record is not such (read it with ``read``) or nothing waits."""
+        discarded), in one copy of their spans; None when the first record is not such (read
+        it with ``read``) or nothing waits."""
         cons = self._position.value
         prod = _U64.unpack_from(self._producer, 0)[0]
         at = self._page + (cons & (self.size - 1))
@@ -119,7 +129,7 @@ class RingReader:
             return None
         run = self._producer[at : at + count * span]
         self._position.value = cons + count * span
-        return run, count
+        return RecordRun(run, count, HEADER)
 
     def close(self) -> None:
         """Unmap both areas; idempotent."""

@@ -10,6 +10,7 @@ starts with ``engbatch-`` are written, so the counts are exact whatever else run
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ int on_exec(void *ctx)
 Row = tuple[str, tuple[tuple[str, Any], ...], tuple[int, ...], str | None]
 
 
-def key(source: str, data: dict[str, Any], origin: dict[str, int], container: Any) -> Row:
+def key(source: str, data: Mapping[str, Any], origin: Mapping[str, int], container: Any) -> Row:
     origin_values = tuple(origin[k] for k in ("tgid", "mntns", "netns", "cgroup"))
     return source, tuple(sorted(data.items())), origin_values, container and container["id"]
 

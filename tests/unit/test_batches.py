@@ -10,7 +10,7 @@ import pytest
 from engine.events.batches import Batch, BatchMaker
 from engine.events.decode import Field, build_decoder
 from engine.events.naming import MapNamer
-from engine.events.ringbuf import record_span
+from engine.events.ringbuf import HEADER, RecordRun, record_span
 from engine.events.stats import MapStats
 from engine.world.held import Held
 from tests.unit.test_naming import NAMING, PLAIN, batch_for, events, make_world
@@ -30,13 +30,13 @@ def row(batch: Batch, i: int) -> dict[str, Any]:
     return out
 
 
-def as_ring_run(records: list[bytes]) -> tuple[bytes, int]:
+def as_ring_run(records: list[bytes]) -> RecordRun:
     """The records as a ring's run: each behind its 8-byte header, at one stride."""
     span = record_span(len(records[0]))
     run = b"".join(
         (len(r).to_bytes(4, "little") + bytes(4) + r).ljust(span, b"\0") for r in records
     )
-    return run, len(records)
+    return RecordRun(run, len(records), HEADER)
 
 
 @pytest.mark.parametrize("fields", [PLAIN, NAMING], ids=["plain", "naming fields"])
@@ -54,7 +54,7 @@ def test_a_batch_holds_what_the_events_hold(
     expected = events(namer.name(records, 0.0, Held(), MapStats()))
     maker = BatchMaker("g", "events", "prog", decoder, world)
     if layout == "ring run":
-        batch = maker.from_run(*as_ring_run(records), 0.0, Held(), MapStats())
+        batch = maker.from_run(as_ring_run(records), 0.0, Held(), MapStats())
     else:
         batch = maker.from_records(records, 0.0, Held(), MapStats())
     assert batch is not None

@@ -185,15 +185,16 @@ def test_a_run_of_one_length_is_taken_in_one_copy_across_the_wrap() -> None:
     ring.submit(b"x" * 20, DISCARD)
     ring.submit(b"y" * 20)
     run = ring.reader.read_run(100)
-    assert run is not None
-    blob, count = run
+    assert run is not None and run.skip == HEADER
+    blob, count = run.data, run.count
     span = record_span(20)
     assert count == 4
     assert [blob[i * span + HEADER : i * span + HEADER + 20] for i in range(4)] == [
         bytes([n]) * 20 for n in range(4)
     ]
     other = ring.reader.read_run(100)  # another length: a run of its own
-    assert other is not None and other[1] == 1 and other[0][HEADER : HEADER + 12] == b"other length"
+    assert other is not None and other.count == 1
+    assert other.data[HEADER : HEADER + 12] == b"other length"
     assert ring.reader.read_run(100) is None  # discarded first: read() skips it
     assert ring.reader.read(100) == [b"y" * 20]
     assert ring.reader.read_run(100) is None  # nothing waits
@@ -206,8 +207,8 @@ def test_a_run_stops_at_a_busy_record_and_at_the_limit() -> None:
         ring.submit(bytes([n]) * 8)
     ring.submit(b"z" * 8, BUSY)
     run = ring.reader.read_run(2)
-    assert run is not None and run[1] == 2
+    assert run is not None and run.count == 2
     run = ring.reader.read_run(10)
-    assert run is not None and run[1] == 1
+    assert run is not None and run.count == 1
     assert ring.reader.read_run(10) is None
     assert ring.consumed() == 3 * record_span(8)

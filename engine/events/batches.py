@@ -27,15 +27,12 @@ import numpy.typing as npt
 import trio
 
 from engine.bcc.origin_prelude import ORIGIN_TASK
-from engine.events.decode import RecordDecoder
-from engine.events.origin import HEADER, Origin
+from engine.events.naming import MapNamer
+from engine.events.origin import HEADER
 from engine.events.ringbuf import RecordRun
 from engine.events.stats import MapStats
-from engine.records import Event
-from engine.sources.containers import Container
 from engine.world.held import Held
-from engine.world.placement import place
-from engine.world.state import Verdict, World
+from engine.world.state import Verdict
 
 _ORIGIN_COLUMNS = (
     ("kind", 0, "<u4", 1),
@@ -45,7 +42,6 @@ _ORIGIN_COLUMNS = (
     ("cgroup", 16, "<u8", 1),
     ("ifindex", 24, "<u4", 1),
 )
-_NAMING_FIELDS = frozenset({"mntns_id", "mntns", "netns_id", "netns", "ifindex", "cgroup_id"})
 
 
 @attrs.frozen(eq=False)
@@ -89,22 +85,15 @@ def _dtype(columns: Sequence[tuple[str, int, str, int]], skip: int, itemsize: in
 
 @attrs.define
 class BatchMaker:
-    """Makes the batches of one map: from a ring's run or from a list of raw records."""
+    """Makes the batches of one map, from a run of records or a list of raw records; the
+    rows the fast rules do not decide go through its ``MapNamer``'s ``place_one``."""
 
-    gadget: str
-    source: str
-    program: str | None
-    decoder: RecordDecoder
-    world: World
-    _reads_fields: bool = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._reads_fields = any(f.name in _NAMING_FIELDS for f in self.decoder.fields)
+    namer: MapNamer
 
     @property
     def size(self) -> int:
         """The raw record's size: the origin header and the struct."""
-        return HEADER + self.decoder.struct.size
+        return HEADER + self.namer.decoder.struct.size
 
     def from_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> Batch | None:
         """A buffer's run of records of one size (``RingReader.read_run``,
@@ -128,23 +117,27 @@ class BatchMaker:
     def _batch(
         self, blob: bytes, skip: int, stride: int, *, now: float, held: Held, stats: MapStats
     ) -> Batch | None:
-        fields = np.frombuffer(blob, _dtype(self.decoder.columns, skip + HEADER, stride))
+        namer = self.namer
+        fields = np.frombuffer(blob, _dtype(namer.decoder.columns, skip + HEADER, stride))
         origin = np.frombuffer(blob, _dtype(_ORIGIN_COLUMNS, skip, stride))
-        containers: list[Container] = []
+        containers: list[Mapping[str, Any]] = []
         index = self._by_namespace(origin, containers)
-        world = self.world
+        world = namer.world
         task = origin["kind"] == ORIGIN_TASK
         slow = ~task if not world.filters_tasks else np.ones(len(origin), bool)
-        if self._reads_fields:
+        if namer.reads_fields:
             slow |= index < 0
         if slow.any():
             keep = np.ones(len(origin), bool)
             for row in np.flatnonzero(slow).tolist():
                 raw = blob[row * stride + skip : (row + 1) * stride]
-                verdict, container = self._place(raw, now, held)
+                verdict, key, event = namer.place_one(raw, now)
                 keep[row] = verdict is Verdict.DELIVER
-                stats.unselected += verdict is Verdict.DROP
-                index[row] = _position(containers, container)
+                if verdict is Verdict.DROP:
+                    stats.unselected += 1
+                elif verdict is Verdict.HOLD:
+                    held.hold_event(key, event)
+                index[row] = _position(containers, event.container)
             dropped = len(keep) - int(keep.sum())
             if dropped:
                 fields, origin, index = fields[keep], origin[keep], index[keep]
@@ -153,16 +146,16 @@ class BatchMaker:
         for column in (fields, origin, index):
             column.flags.writeable = False  # one batch is shared by every consumer
         return Batch(
-            self.gadget,
-            self.source,
+            namer.gadget,
+            namer.source,
             fields,
             origin,
             index,
-            tuple(world.container_json(c) for c in containers),
+            tuple(containers),
         )
 
     def _by_namespace(
-        self, origin: npt.NDArray[Any], containers: list[Container]
+        self, origin: npt.NDArray[Any], containers: list[Mapping[str, Any]]
     ) -> npt.NDArray[np.int32]:
         """Each task row's container by mount namespace, else by cgroup (above the v2 root,
         placement.py): one lookup per distinct value, not per row."""
@@ -179,37 +172,25 @@ class BatchMaker:
         column: str,
         rows: npt.NDArray[np.bool_],
         index: npt.NDArray[np.int32],
-        containers: list[Container],
+        containers: list[Mapping[str, Any]],
     ) -> None:
         if not rows.any():
             return
         attribute = {"mntns": "mntns_inode", "cgroup": "cgroup_id"}[column]
         values, inverse = np.unique(origin[column][rows], return_inverse=True)
-        find = self.world.find
-        found = [_position(containers, find(attribute, int(v))) for v in values.tolist()]
+        find, container_json = self.namer.world.find, self.namer.world.container_json
+        found = []
+        for value in values.tolist():
+            container = find(attribute, int(value))
+            found.append(
+                _position(containers, None if container is None else container_json(container))
+            )
         index[rows] = np.array(found, np.int32)[inverse]
 
-    def _place(self, raw: bytes, now: float, held: Held) -> tuple[Verdict, Container | None]:
-        """What ``place`` says of one record, and its container; a held one is held."""
-        world = self.world
-        origin = Origin.of(raw)
-        data = self.decoder.decode(raw, HEADER)
-        verdict, key, container = place(world, origin, data, now)
-        if verdict is Verdict.HOLD:
-            event = Event(
-                self.gadget,
-                self.source,
-                self.program,
-                data,
-                None if container is None else world.container_json(container),
-                origin.to_json(world.host_netns, world.host_ifindexes),
-            )
-            held.hold_event(key, event)
-        return verdict, container
 
-
-def _position(containers: list[Container], container: Container | None) -> int:
-    """``container``'s index in ``containers`` (added if new); -1 for none."""
+def _position(containers: list[Mapping[str, Any]], container: Mapping[str, Any] | None) -> int:
+    """``container``'s index in ``containers`` (added if new); -1 for none. Containers are
+    the world's shared objects: the same container is the same object."""
     if container is None:
         return -1
     for i, c in enumerate(containers):

@@ -49,7 +49,7 @@ class MapNamer:
     _size: int = attrs.field(init=False)
     _unpack: Callable[[bytes], tuple[Any, ...]] = attrs.field(init=False)
     _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False)
-    _reads_fields: bool = attrs.field(init=False)
+    reads_fields: bool = attrs.field(init=False)  # the struct has a field naming a container
     _origins: dict[tuple[int, ...], dict[str, int]] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
@@ -57,7 +57,7 @@ class MapNamer:
         self._size = whole.size
         self._unpack = whole.unpack_from
         self._build = self.decoder.builder(_FIRST)
-        self._reads_fields = any(f.name in _NAMING_FIELDS for f in self.decoder.fields)
+        self.reads_fields = any(f.name in _NAMING_FIELDS for f in self.decoder.fields)
 
     def name(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
         """The events of ``batch`` that reach consumers now; held ones go to ``held``,
@@ -82,7 +82,7 @@ class MapNamer:
             container = index_get("mntns_inode", v[_MNTNS])
             if container is None and v[_CGROUP] > 1:  # 1: the v2 root (placement.py)
                 container = index_get("cgroup_id", v[_CGROUP])
-            if container is None and self._reads_fields:
+            if container is None and self.reads_fields:
                 container = world.container_for(data)
             key = v[_TGID : _CGROUP + 1]
             origin = origins.get(key)
@@ -108,26 +108,29 @@ class MapNamer:
         return out
 
     def _placed(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
-        world = self.world
-        decode = self.decoder.decode
         out: list[Record] = []
         for raw in batch:
-            origin = Origin.of(raw)
-            data = decode(raw, HEADER)
-            verdict, key, container = place(world, origin, data, now)
+            verdict, key, event = self.place_one(raw, now)
             if verdict is Verdict.DROP:
                 stats.unselected += 1
-                continue
-            event = Event(
-                self.gadget,
-                self.source,
-                self.program,
-                data,
-                None if container is None else world.container_json(container),
-                origin.to_json(world.host_netns, world.host_ifindexes),
-            )
-            if verdict is Verdict.HOLD:
+            elif verdict is Verdict.HOLD:
                 held.hold_event(key, event)
             else:
                 out.append(event)
         return out
+
+    def place_one(self, raw: bytes, now: float) -> tuple[Verdict, int, Event]:
+        """One record through ``place``: the verdict, the key it is held under, the event."""
+        world = self.world
+        origin = Origin.of(raw)
+        data = self.decoder.decode(raw, HEADER)
+        verdict, key, container = place(world, origin, data, now)
+        event = Event(
+            self.gadget,
+            self.source,
+            self.program,
+            data,
+            None if container is None else world.container_json(container),
+            origin.to_json(world.host_netns, world.host_ifindexes),
+        )
+        return verdict, key, event

@@ -72,7 +72,7 @@ async def open_reader(
     by_map = decoders(loaded, maps)
     writers = {name: map_writers(gadget, name) for name in by_map}
     namers = {n: MapNamer(gadget_name, n, writers[n], d, world) for n, d in by_map.items()}
-    makers = {n: BatchMaker(gadget_name, n, writers[n], d, world) for n, d in by_map.items()}
+    makers = {n: BatchMaker(namer) for n, namer in namers.items()}
     columnar = outlet.batches.wants
 
     def on_batch(name: str, batch: list[bytes]) -> None:

@@ -52,7 +52,7 @@ def test_a_batch_holds_what_the_events_hold(
     decoder = build_decoder(fields)
     namer = MapNamer("g", "events", "prog", decoder, world)
     expected = events(namer.name(records, 0.0, Held(), MapStats()))
-    maker = BatchMaker("g", "events", "prog", decoder, world)
+    maker = BatchMaker(namer)
     if layout == "ring run":
         batch = maker.from_run(as_ring_run(records), 0.0, Held(), MapStats())
     else:

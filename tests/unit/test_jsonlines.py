@@ -12,32 +12,12 @@ from hypothesis import strategies as st
 
 import engine.cli.jsonlines
 import engine.records
+from engine import records
 from engine.cli.jsonlines import encode, json_line
 from engine.errors import AttachError
 from engine.events.decode import Field, build_decoder
 from engine.netns import NetnsId
-from engine.records import (
-    AttachFailed,
-    ContainerAdded,
-    ContainerPaused,
-    ContainerRemoved,
-    ContainerRenamed,
-    ContainerUnpaused,
-    Event,
-    GadgetFailed,
-    HookFailed,
-    Lost,
-    MapSnapshot,
-    NetnsAdded,
-    NetnsRemoved,
-    ProgramAttached,
-    ProgramSkipped,
-    Record,
-    SelectionChanged,
-    SourceConnected,
-    SourceDisconnected,
-    SourceReconnected,
-)
+from engine.records import Event, Record
 from engine.sources.containers import Container, K8s
 
 NETNS = NetnsId(4026531993, 4)
@@ -88,7 +68,7 @@ def event(data: dict[str, Any], container: Container | None = WEB) -> Event:
 
 def every_record_type() -> list[Record]:
     error = AttachError("p", "no such device", netns="4026531993", errno=errno.ENODEV)
-    attached = ProgramAttached(
+    attached = records.ProgramAttached(
         gadget="g",
         program="p",
         kind="classifier/ingress",
@@ -98,25 +78,27 @@ def every_record_type() -> list[Record]:
     )
     return [
         event(decoded(bytes(range(200)))),
-        Lost("g", "events", 3, "engine"),
-        MapSnapshot("g", "counts", "hash", ({"key": 1, "value": 2, "container": WEB.name},)),
-        ProgramSkipped("g", "p", "kprobe", "no kprobes"),
-        GadgetFailed.from_error("g", "/g.c", ValueError("bad")),
+        records.Lost("g", "events", 3, "engine"),
+        records.MapSnapshot(
+            "g", "counts", "hash", ({"key": 1, "value": 2, "container": WEB.name},)
+        ),
+        records.ProgramSkipped("g", "p", "kprobe", "no kprobes"),
+        records.GadgetFailed.from_error("g", "/g.c", ValueError("bad")),
         attached,
         attached.detached("db"),
-        AttachFailed(gadget="g", program="p", kind="socket", netns=NETNS, error=error),
-        ContainerAdded(WEB),
-        ContainerRemoved(WEB, "died"),
-        ContainerPaused(WEB),
-        ContainerUnpaused(WEB),
-        ContainerRenamed(WEB, "old"),
-        SourceConnected("docker", 1700000000.25, "docker"),
-        SourceDisconnected("docker", 1e16, "gone", "docker"),
-        SourceReconnected("docker", 1700000000.25, 1700000001.5, "docker"),
-        NetnsAdded(NETNS, "/run/netns/a", "a"),
-        NetnsRemoved(NETNS),
-        HookFailed("h", "ValueError", "bad é", "event"),
-        SelectionChanged(("name=web",), (), host=False),
+        records.AttachFailed(gadget="g", program="p", kind="socket", netns=NETNS, error=error),
+        records.ContainerAdded(WEB),
+        records.ContainerRemoved(WEB, "died"),
+        records.ContainerPaused(WEB),
+        records.ContainerUnpaused(WEB),
+        records.ContainerRenamed(WEB, "old"),
+        records.SourceConnected("docker", 1700000000.25, "docker"),
+        records.SourceDisconnected("docker", 1e16, "gone", "docker"),
+        records.SourceReconnected("docker", 1700000000.25, 1700000001.5, "docker"),
+        records.NetnsAdded(NETNS, "/run/netns/a", "a"),
+        records.NetnsRemoved(NETNS),
+        records.HookFailed("h", "ValueError", "bad é", "event"),
+        records.SelectionChanged(("name=web",), (), host=False),
     ]
 
 

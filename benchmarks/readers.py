@@ -227,7 +227,7 @@ async def _pipe_run(reader: PipeReader, kind: str, hammer: Path, load: Load) -> 
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
-            env={**os.environ, **reader.env(pid)},
+            env=_environment(reader.env(pid)),
         )
         processes.append(proc)
         assert proc.stdout is not None and proc.stderr is not None
@@ -244,6 +244,13 @@ async def _pipe_run(reader: PipeReader, kind: str, hammer: Path, load: Load) -> 
             proc.send_signal(signal.SIGINT)
             await proc.wait()
     return Run(load, done, done.calls, seen[0])
+
+
+def _environment(extra: dict[str, str]) -> dict[str, str]:
+    # Python's own buffering of a pipe, as where bcc scripts usually run (not this machine's
+    # PYTHONUNBUFFERED, which would give the baseline a write per line).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return {**env, **extra}
 
 
 async def _drain(stream: trio.abc.ReceiveStream) -> None:

@@ -17,6 +17,7 @@ import json
 import math
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +49,23 @@ def report(histograms: dict[str | None, npt.NDArray[np.int64]]) -> None:
 
 async def main(select: list[str], seconds: float | None) -> None:
     histograms: dict[str | None, npt.NDArray[np.int64]] = {}
-    async with engine.open_engine(GADGET, select=select) as eng, eng.batches("reads") as batches:
+    async with (
+        engine.open_engine(GADGET, select=select) as eng,
+        eng.batches("reads") as batches,
+    ):
 
-        async def stop_on_signal_or_time() -> None:
-            with (
-                trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-                trio.move_on_after(math.inf if seconds is None else seconds),
-            ):
+        async def stop_on_signal_or_time(signals: AsyncIterator[int]) -> None:
+            with trio.move_on_after(math.inf if seconds is None else seconds):
                 async for _ in signals:
                     break
             eng.stop()  # the batches end, then the engine
 
-        eng.start_soon(stop_on_signal_or_time)
-        print("ready", file=sys.stderr, flush=True)
-        async for batch in batches:
-            add(histograms, batch)
+        # Caught from here on, before "ready": the first signal stops the engine.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            eng.start_soon(stop_on_signal_or_time, signals)
+            print("ready", file=sys.stderr, flush=True)
+            async for batch in batches:
+                add(histograms, batch)
     report(histograms)
 
 

@@ -57,7 +57,8 @@ Row = tuple[str, tuple[tuple[str, Any], ...], tuple[int, ...], str | None]
 
 
 def key(source: str, data: Mapping[str, Any], origin: Mapping[str, int], container: Any) -> Row:
-    origin_values = tuple(origin[k] for k in ("tgid", "mntns", "netns", "cgroup"))
+    # A task's origin; {} for the kernel's own work (docs/events.md, "Origin").
+    origin_values = tuple(origin.get(k, 0) for k in ("tgid", "mntns", "netns", "cgroup"))
     return source, tuple(sorted(data.items())), origin_values, container and container["id"]
 
 
@@ -75,6 +76,8 @@ def batch_rows(batch: engine.Batch) -> list[Row]:
             else:
                 data[name] = value.item()
         origin = {k: int(batch.origin[k][i]) for k in ("tgid", "mntns", "netns", "cgroup")}
+        if batch.origin["kind"][i] != 1:  # not a task: events() gives {}
+            origin = {}
         out.append(key(batch.map, data, origin, batch.container_of(i)))
     return out
 

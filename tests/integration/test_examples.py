@@ -366,7 +366,8 @@ async def test_read_sizes_batches_histogram_per_container(containers: Containers
                 reader, "dd", "if=/dev/zero", "of=/dev/null", "bs=4096", "count=300"
             )
             assert await run.stop() == 0, run.stderr
-    (histogram,) = run.records  # only the selected container's reads reach the script
+    assert len(run.records) == 1, run.stderr  # only the selected container's reads come
+    (histogram,) = run.records
     assert histogram["container"] == reader
     assert histogram["buckets"]["4096-8191"] >= 300
     assert histogram["reads"] == sum(histogram["buckets"].values())

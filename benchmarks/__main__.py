@@ -9,12 +9,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import churn, containers, idle, netns_churn, startup, throughput
+from benchmarks import churn, containers, idle, netns_churn, origin_cost, startup, throughput
 from benchmarks.hammer import build_hammer
 from benchmarks.results import Report
 
 log = logging.getLogger(__name__)
-BENCHMARKS = ("throughput", "idle", "startup", "churn", "netns-churn", "leaks")
+BENCHMARKS = ("throughput", "idle", "startup", "churn", "netns-churn", "leaks", "origin")
 # Containers started per churn rate (per second): enough for a p99 at each, within minutes.
 CHURN = {1.0: 30, 5.0: 50, 20.0: 100}
 CYCLES = 500
@@ -86,6 +86,14 @@ def _leaks(report: Report, smoke: bool) -> None:
     report.details["leaks"] = details
 
 
+def _origin(report: Report, smoke: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as work:
+        hammer = build_hammer(Path(work))
+        figures, details = origin_cost.measure(hammer, rounds=1 if smoke else origin_cost.ROUNDS)
+    report.figures += figures
+    report.details["origin_cost"] = details
+
+
 STEPS: dict[str, Callable[[Report, bool], None]] = {
     "throughput": _throughput,
     "idle": _idle,
@@ -93,6 +101,7 @@ STEPS: dict[str, Callable[[Report, bool], None]] = {
     "churn": _churn,
     "netns-churn": _netns_churn,
     "leaks": _leaks,
+    "origin": _origin,
 }
 NEEDS_DOCKER = frozenset({"idle", "churn", "leaks"})
 

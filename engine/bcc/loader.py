@@ -41,7 +41,7 @@ from engine.gadget.origin import OutputMap, rewrite_outputs
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
 from engine.kernel.btf import Btf
-from engine.kernel.features import probe_features, read_config
+from engine.kernel.features import probe_features
 from engine.kernel.headers import process_headers
 from engine.kernel.layouts import btf_prelude
 from engine.kernel.plain_structs import explain, rewrite_plain_structs
@@ -363,7 +363,7 @@ def load_sync(
     readers = check_targets(gadget, skipped)
     # Every record written to a buffer gets its origin in front (engine/gadget/origin.py).
     outputs = rewrite_outputs(attrs.evolve(gadget, scan=expand_iter_output(gadget.scan)))
-    text = full_source(outputs.gadget, [origin_prelude(read_config()), *readers, *extra_source])
+    text = full_source(outputs.gadget, [origin_prelude(), *readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:
             bpf = _compile_only()(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))

@@ -7,10 +7,12 @@ gadget's buffer writes into code that calls these helpers, so that a ``struct en
 
 - ``engine_begin_task``: the origin of a record a tracing program writes: the current task's
   tgid, mount namespace, netns and cgroup id, read through the kernel's true layouts (BTF
-  pointer loads, which the verifier makes fault-safe). Where the program runs on no task's
-  behalf (an interrupt, a softirq, a kernel thread such as ksoftirqd) the current task is
-  whoever happened to be interrupted: the origin is then "kernel", with no task fields. The
-  selection is checked here (a record of an unselected task is counted and never written).
+  pointer loads, which the verifier makes fault-safe). A kernel thread (ksoftirqd, a
+  worker) has no origin of its own: "kernel", with no task fields. A program that runs in an
+  interrupt on a task's CPU names the interrupted task, as bcc's own helpers do
+  (``bpf_get_current_pid_tgid``): the stack it runs on cannot tell, as 6.13+ runs tracing
+  programs on a private per-CPU stack. The selection is checked here (a record of an
+  unselected task is counted and never written).
 - ``engine_begin_skb``: the origin of a packet record: ``skb->ifindex`` (for a classifier the
   host-side veth, which names its container) and, for socket filters, the netns of the
   packet's device (``engine_skb_netns_id``, engine/kernel/skb_netns.py).
@@ -22,8 +24,6 @@ gadget's buffer writes into code that calls these helpers, so that a ``struct en
 """
 
 from __future__ import annotations
-
-from engine.kernel.features import KernelConfig
 
 # Records and their header; the same numbers as engine/events/origin.py.
 ORIGIN_TASK = 1
@@ -84,12 +84,9 @@ static __always_inline void engine_count_unselected(u32 map)
 static __always_inline bool engine_begin_task(u32 map, struct engine_origin *o)
 {{
     struct task_struct__btf *task = (struct task_struct__btf *)bpf_get_current_task_btf();
-    /* An address on the stack this program runs on: outside the task's own stack in an
-     * interrupt or a softirq (they run on the CPU's interrupt stacks). */
-    u64 here = (u64)&task;
     o->ifindex = 0;
     o->flags = 0;
-    if (here - (u64)task->stack >= ENGINE_THREAD_SIZE || (task->flags & ENGINE_PF_KTHREAD)) {{
+    if (task->flags & ENGINE_PF_KTHREAD) {{
         o->kind = ENGINE_ORIGIN_KERNEL;
         o->tgid = 0;
         o->mntns = 0;
@@ -162,12 +159,6 @@ static __always_inline void *engine_raw(void *p)
 """
 
 
-def thread_size(config: KernelConfig) -> int:
-    """The size of a task's kernel stack on x86-64: 16 KiB, twice that with KASAN."""
-    kasan = config.options is not None and config.options.get("CONFIG_KASAN") == "y"
-    return 16384 << (1 if kasan else 0)
-
-
-def origin_prelude(config: KernelConfig) -> str:
-    """The C helpers for a kernel built with ``config``."""
-    return f"#define ENGINE_THREAD_SIZE {thread_size(config)}\n" + _C
+def origin_prelude() -> str:
+    """The C helpers."""
+    return _C

@@ -294,7 +294,7 @@ def parse_lsm_list(text: str) -> tuple[str, ...]:
 def gather_facts() -> ProbeFacts:
     """Read what the kernel says about itself and try each test load."""
     return ProbeFacts(
-        config=read_config(),
+        config=_read_config(),
         is_root=os.geteuid() == 0,
         tracefs_files=_list_dir(TRACEFS),
         pmus=_list_dir(PMU_DEVICES),
@@ -303,8 +303,7 @@ def gather_facts() -> ProbeFacts:
     )
 
 
-def read_config() -> KernelConfig:
-    """The running kernel's build options (nothing known without ``/proc/config.gz``)."""
+def _read_config() -> KernelConfig:
     try:
         return KernelConfig.parse(gzip.decompress(KERNEL_CONFIG.read_bytes()).decode())
     except (OSError, EOFError, UnicodeDecodeError) as exc:

@@ -120,6 +120,15 @@ async def test_exitsnoop_reports_a_container_process_exit(
     assert event["program"] == "tracepoint__sched__sched_process_exit"
 
 
+async def test_exitsnoop_names_the_container(containers: Containers, tmp_path: Path) -> None:
+    """exitsnoop's record carries no namespace field: its container can only come from the
+    record's origin in the kernel, which the engine adds to every record (issue 12)."""
+    event, _, _, name = await _exit_in_container(
+        containers, _gadget(tmp_path, bcc_tools.exitsnoop())
+    )
+    assert event["container"] is not None and event["container"]["name"] == name
+
+
 # --- tcpstates: the tracepoint's fields, a connection's states in order ----------------------
 
 

@@ -19,7 +19,9 @@ import pytest
 import trio
 
 import engine
+from engine.bcc.loader import load_sync
 from engine.engine import Engine
+from engine.errors import CompileError
 from engine.events.stats import MapStats
 from engine.gadget.model import Gadget
 from tests.support.docker import Containers
@@ -149,7 +151,8 @@ async def test_with_no_selection_everything_comes_named(containers: Containers) 
     first = containers.start("first")
     with trio.fail_after(60):
         async with open_execs() as eng, recording(eng) as rec:
-            second = await containers.run("second", "sh", "-c", in_container(f"{PREFIX}s1"))
+            entry = in_container(f"{PREFIX}s1") + "; exec sleep 300"
+            second = await containers.run("second", "sh", "-c", entry)
             await exec_in(containers, first, f"{PREFIX}f1")
             await exec_on_host(f"{PREFIX}h1")
             await rec.until(lambda: execs_by_name(rec).total() == 3, 30, "three execs")
@@ -168,3 +171,24 @@ async def test_with_no_selection_everything_comes_named(containers: Containers) 
     assert named[(f"{PREFIX}h1", None)] == 1
     assert sum(n for (comm, _), n in named.items() if comm == f"{PREFIX}s1") == 1
     assert stats(eng).unselected == 0
+
+
+def test_a_compile_error_in_a_rewritten_write_points_at_the_users_line() -> None:
+    """bcc compiles the rewritten text; its messages name the gadget's file and lines."""
+    source = EXECS.replace(
+        "execs.ringbuf_output(&e, sizeof(e), 0);\n    return 0;",
+        "execs.ringbuf_output(&e,\n        sizeof(nope), 0);\n    return nope2;",
+    )
+    broken = source.splitlines()
+    with pytest.raises(CompileError) as raised:
+        load_sync(Gadget.from_source(source, "execs_broken.c"))
+    lines = str(raised.value).splitlines()
+    # Each error once, at the user's line (a call's first line for an error in its
+    # arguments: its expansion is written there), that line shown as written.
+    first = next(i for i, line in enumerate(broken) if "ringbuf_output(&e," in line) + 1
+    second = next(i for i, line in enumerate(broken) if "nope2" in line) + 1
+    nope = [line for line in lines if "undeclared identifier 'nope'" in line]
+    nope2 = [line for line in lines if "undeclared identifier 'nope2'" in line]
+    assert len(nope) == 1 and nope[0].startswith(f"execs_broken.c:{first}:")
+    assert len(nope2) == 1 and nope2[0].startswith(f"execs_broken.c:{second}:")
+    assert broken[first - 1] in lines

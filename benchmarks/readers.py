@@ -206,7 +206,8 @@ async def _count(stream: trio.abc.ReceiveStream, token: bytes, seen: list[int]) 
     async for chunk in stream:
         data = tail + chunk
         seen[0] += data.count(token)
-        tail = data[-(len(token) - 1) :]
+        # A token cut by the chunk's end is counted with the next chunk.
+        tail = data[max(0, len(data) - len(token) + 1) :]
 
 
 async def _wait_line(stream: trio.abc.ReceiveStream, line: bytes) -> None:

@@ -89,6 +89,17 @@ class BatchMaker:
     rows the fast rules do not decide go through its ``MapNamer``'s ``place_one``."""
 
     namer: MapNamer
+    # The dtypes of each record layout seen (a buffer's header size, the stride): made once.
+    _layouts: dict[tuple[int, int], tuple[np.dtype[Any], np.dtype[Any]]] = attrs.Factory(dict)
+
+    def _dtypes(self, skip: int, stride: int) -> tuple[np.dtype[Any], np.dtype[Any]]:
+        found = self._layouts.get((skip, stride))
+        if found is None:
+            found = self._layouts[skip, stride] = (
+                _dtype(self.namer.decoder.columns, skip + HEADER, stride),
+                _dtype(_ORIGIN_COLUMNS, skip, stride),
+            )
+        return found
 
     @property
     def size(self) -> int:
@@ -118,8 +129,9 @@ class BatchMaker:
         self, blob: bytes, skip: int, stride: int, *, now: float, held: Held, stats: MapStats
     ) -> Batch | None:
         namer = self.namer
-        fields = np.frombuffer(blob, _dtype(namer.decoder.columns, skip + HEADER, stride))
-        origin = np.frombuffer(blob, _dtype(_ORIGIN_COLUMNS, skip, stride))
+        field_type, origin_type = self._dtypes(skip, stride)
+        fields = np.frombuffer(blob, field_type)
+        origin = np.frombuffer(blob, origin_type)
         containers: list[Mapping[str, Any]] = []
         index = self._by_namespace(origin, containers)
         world = namer.world

@@ -14,7 +14,7 @@ that both ways agree.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -35,6 +35,7 @@ _ORIGINS_KEPT = 4096
 # Values 0-5 of the unpacked header: kind, tgid, mntns, netns, cgroup, ifindex (then flags).
 _KIND, _TGID, _MNTNS, _NETNS, _CGROUP = range(5)
 _FIRST = len(struct.Struct(FORMAT).unpack(bytes(HEADER)))
+_Known = tuple[dict[str, int], Mapping[str, Any] | None]
 
 
 @attrs.define
@@ -50,7 +51,9 @@ class MapNamer:
     _unpack: Callable[[bytes], tuple[Any, ...]] = attrs.field(init=False)
     _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False)
     reads_fields: bool = attrs.field(init=False)  # the struct has a field naming a container
-    _origins: dict[tuple[int, ...], dict[str, int]] = attrs.Factory(dict)
+    # Per task (tgid, mntns, netns, cgroup): its origin object and its container's object.
+    _origins: dict[tuple[int, ...], _Known] = attrs.Factory(dict)
+    _generation: int = -1  # the world's, when _origins was filled
 
     def __attrs_post_init__(self) -> None:
         whole = struct.Struct(FORMAT + self.decoder.struct.format.lstrip("<"))
@@ -65,11 +68,12 @@ class MapNamer:
         world = self.world
         if world.filters_tasks:
             return self._placed(batch, now, held, stats)
-        index_get = world.find
-        container_json = world.container_json
         gadget, source, program = self.gadget, self.source, self.program
         size, unpack, build, origins = self._size, self._unpack, self._build, self._origins
         out: list[Record] = []
+        if self._generation != world.generation:  # containers came or went
+            self._generation = world.generation
+            origins.clear()
         for raw in batch:
             if len(raw) < size:
                 out += self._placed([raw], now, held, stats)
@@ -79,33 +83,32 @@ class MapNamer:
                 out += self._placed([raw], now, held, stats)
                 continue
             data = build(v)
-            container = index_get("mntns_inode", v[_MNTNS])
-            if container is None and v[_CGROUP] > 1:  # 1: the v2 root (placement.py)
-                container = index_get("cgroup_id", v[_CGROUP])
-            if container is None and self.reads_fields:
-                container = world.container_for(data)
             key = v[_TGID : _CGROUP + 1]
-            origin = origins.get(key)
-            if origin is None:
-                if len(origins) >= _ORIGINS_KEPT:
-                    origins.clear()
-                origin = origins[key] = {
-                    "mntns": v[_MNTNS],
-                    "netns": v[_NETNS],
-                    "cgroup": v[_CGROUP],
-                    "tgid": v[_TGID],
-                }
-            out.append(
-                Event(
-                    gadget,
-                    source,
-                    program,
-                    data,
-                    None if container is None else container_json(container),
-                    origin,
-                )
-            )
+            known = origins.get(key)
+            if known is None:
+                known = self._task(v, origins)
+            origin, container = known
+            if container is None and self.reads_fields:
+                found = world.container_for(data)
+                container = None if found is None else world.container_json(found)
+            out.append(Event(gadget, source, program, data, container, origin))
         return out
+
+    def _task(self, v: tuple[Any, ...], origins: dict[tuple[int, ...], _Known]) -> _Known:
+        """A task's origin object and its container's (by mount namespace, else cgroup),
+        kept for the task's next records."""
+        world = self.world
+        container = world.find("mntns_inode", v[_MNTNS])
+        if container is None and v[_CGROUP] > 1:  # 1: the v2 root (placement.py)
+            container = world.find("cgroup_id", v[_CGROUP])
+        if len(origins) >= _ORIGINS_KEPT:
+            origins.clear()
+        origin = {"mntns": v[_MNTNS], "netns": v[_NETNS], "cgroup": v[_CGROUP], "tgid": v[_TGID]}
+        known = origins[v[_TGID : _CGROUP + 1]] = (
+            origin,
+            None if container is None else world.container_json(container),
+        )
+        return known
 
     def _placed(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
         out: list[Record] = []

@@ -59,7 +59,8 @@ Row = tuple[str, tuple[tuple[str, Any], ...], tuple[int, ...], str | None]
 def key(source: str, data: Mapping[str, Any], origin: Mapping[str, int], container: Any) -> Row:
     # A task's origin; {} for the kernel's own work (docs/events.md, "Origin").
     origin_values = tuple(origin.get(k, 0) for k in ("tgid", "mntns", "netns", "cgroup"))
-    return source, tuple(sorted(data.items())), origin_values, container and container["id"]
+    values = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(data.items()))
+    return source, values, origin_values, container and container["id"]
 
 
 def batch_rows(batch: engine.Batch) -> list[Row]:
@@ -131,5 +132,5 @@ async def test_a_batch_and_the_events_carry_identical_values_and_containers(
     assert named == {True: 6, False: 4}  # the container's three execs, in both maps
     for row in from_events:
         data = dict(row[1])
-        assert data["port"] == 8080 and data["flags"] == [1, 0, 3]
+        assert data["port"] == 8080 and data["flags"] == (1, 0, 3)
         assert data["comm"].startswith(PREFIX)

@@ -4,10 +4,11 @@ Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``;
 kernel says records are waiting, they are read in one batch and handed on as raw bytes, or,
 for the maps a ``batches()`` consumer wants, as one run of records of one size: ring buffers
 from their own mmap (engine/events/ringbuf.py), perf buffers from a mapping of each CPU's
-ring that libbcc opened (engine/events/perfbuf.py). ``on_tick``
-runs after reads (at most every ``TICK_AFTER_READ`` seconds), every ``tick_interval`` seconds
-and once when the pump ends: the reader reads the kernel's counts of lost and refused records
-then (engine/events/kernel_counts.py). An idle gadget costs one tick a second.
+ring that libbcc opened (engine/events/perfbuf.py). ``on_tick`` runs between reading a
+batch and handing it on, every ``tick_interval`` seconds, and once when the pump ends: the
+reader reads the kernel's counts of lost and refused records then
+(engine/events/kernel_counts.py), so a consumer that sees a record sees every count from
+before it was written. An idle gadget costs one tick a second.
 
 Perf buffers' own loss reports (PERF_RECORD_LOST) are not used: the kernel's counts cover
 every failed write, and perf's come late or never (kernel_counts.py).
@@ -35,9 +36,6 @@ BPF_MAP_TYPE_RINGBUF = 27
 Batch = Callable[[str, list[bytes]], None]
 # A run of records of one size (``Reader.read_run``), for ``batches()``.
 Run = Callable[[str, RecordRun], None]
-# Seconds between two ticks that follow reads: a steady flow of batches does not read the
-# counts once per batch.
-TICK_AFTER_READ = 0.1
 
 
 @attrs.frozen
@@ -98,7 +96,6 @@ class BufferPump:
     _readers: list[tuple[str, Reader]] = attrs.Factory(list)
     _perf_handles: list[Any] = attrs.Factory(list)  # libbcc's perf readers, freed at close
     _callbacks: list[Any] = attrs.Factory(list)  # keeps ctypes callbacks alive
-    _last_tick: float = float("-inf")
     _closed: bool = False
 
     def open(self) -> None:
@@ -146,10 +143,12 @@ class BufferPump:
         if self.on_run is not None and self.columnar is not None and self.columnar(name):
             run = reader.read_run(self.batch)
             if run is not None:
+                self._tick()
                 self.on_run(name, run)
                 return True
         batch = reader.read(self.batch)
         if batch:
+            self._tick()
             self.on_batch(name, batch)
         return bool(batch)
 
@@ -174,12 +173,7 @@ class BufferPump:
 
     def _tick(self) -> None:
         if self.on_tick is not None and not self._closed:
-            self._last_tick = trio.current_time()
             self.on_tick()
-
-    def _tick_after_read(self) -> None:
-        if trio.current_time() - self._last_tick >= TICK_AFTER_READ:
-            self._tick()
 
     async def _tick_periodically(self) -> None:
         while True:
@@ -190,8 +184,7 @@ class BufferPump:
         while True:
             # Readable while records wait: after a partial read this returns at once.
             await trio.lowlevel.wait_readable(reader.fd)
-            if self._read(name, reader):
-                self._tick_after_read()
+            self._read(name, reader)
             await trio.lowlevel.checkpoint()
 
     def close(self) -> None:

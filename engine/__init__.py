@@ -28,6 +28,7 @@ from engine.errors import (
     UntrustedFileError,
     VerifierError,
 )
+from engine.events.batches import Batch, BatchStream
 from engine.events.stats import MapStats, Stats
 from engine.hooks.dispatch import HookStats
 from engine.hooks.hookfile import HookFile
@@ -64,6 +65,8 @@ __all__ = [
     "AttachError",
     "AttachFailed",
     "BadInputError",
+    "Batch",
+    "BatchStream",
     "BtfError",
     "CompileError",
     "Container",

@@ -36,9 +36,11 @@ from engine.errors import (
     EngineStoppedError,
     sole_exception,
 )
+from engine.events.batches import BatchStream
 from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
+from engine.events.queue import RecordQueue
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
 from engine.gadget.sections import Kind
@@ -70,7 +72,8 @@ class Engine(HookMethods):
 
     gadgets: list[LoadedGadget]
     stats: Stats
-    _receive: trio.MemoryReceiveChannel[Record]
+    _queue: RecordQueue
+    _outlet: Outlet
     _layers: Layers
     _hooks: Hooks
     _nursery: trio.Nursery
@@ -90,34 +93,35 @@ class Engine(HookMethods):
 
     async def events(self) -> AsyncIterator[Record]:
         """Every record, in order: gadget events and the engine's own records."""
-        # receive() is one pass through the scheduler per record, while the pump fills the
-        # channel a whole batch at a time: take what is buffered without yielding to the
-        # scheduler, and wait only when the channel is empty.
-        receive = self._receive
-        while True:
-            try:
-                record = receive.receive_nowait()
-            except trio.WouldBlock:
-                try:
-                    record = await receive.receive()
-                except trio.EndOfChannel:
-                    return
-            except trio.EndOfChannel:
-                return
-            yield record
+        async for run in self.runs():
+            for record in run:
+                yield record
+
+    async def runs(self) -> AsyncIterator[list[Record]]:
+        """What ``events()`` yields, as runs: all the records waiting at each moment, one
+        scheduler pass per run (``engine run --output json`` encodes a run at a time)."""
+        take = self._queue.take
+        while run := await take():
+            yield run
+
+    def batches(self, map: str | None = None) -> BatchStream:
+        """Records of the buffer maps named ``map`` (None: every buffer map), many at a
+        time, as columns (``Batch``, engine/events/batches.py): ``async for batch in
+        eng.batches(): ...``. From this call on, those maps' records come here and not to
+        ``events()`` or hooks, until the stream is closed (``async with``, ``aclose()``).
+        Each stream gets every batch, up to ``BatchHub.size`` waiting, then loses batches
+        (counted in ``stats``, reported as ``lost`` records). It ends when the engine stops."""
+        if self._layers.stopping.is_set():
+            raise EngineStoppedError("the engine has stopped: it has no more batches")
+        return self._outlet.batches.add(map)
 
     def pending(self) -> int:
         """How many records wait in the engine's buffer for a consumer."""
-        return self._receive.statistics().current_buffer_used
+        return len(self._queue)
 
     def leftover(self) -> list[Record]:
         """Records still buffered once the engine has stopped (the last detach records)."""
-        out: list[Record] = []
-        while True:
-            try:
-                out.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return out
+        return self._queue.take_nowait()
 
     def stop(self) -> None:
         """Stop the engine's work: detach per-netns programs, stop reading buffers.
@@ -296,19 +300,19 @@ async def _running(
         follows_containers=options.containers,
     )
     held = Held()
-    send, receive = trio.open_memory_channel[Record](buffer)
+    queue = RecordQueue(buffer)
     stats = Stats()
-    outlet = Outlet(send, stats, reserve=buffer // 8)
+    outlet = Outlet(queue, stats, reserve=buffer // 8)
     if options.record_filter is not None:
         outlet.keeps = options.record_filter.keeps
     hooks = Hooks(outlet.put, strict=strict, buffer=hook_buffer)
-    outlet.tap = hooks.dispatch
+    outlet.tap = hooks
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         hooks.bind(nursery)
         # The engine's own work runs in nurseries of its own, so that stop() ends it (and
         # the per-netns detaches report themselves) without cancelling the user's block;
-        # when it has ended, the record channel is closed and ``events()`` ends.
-        layers: Layers = await nursery.start(run_work, send)
+        # when it has ended, the record queue is closed and ``events()`` ends.
+        layers: Layers = await nursery.start(run_work, (queue, outlet.batches))
         work = layers.work
         loaded_all, failed = await start_gadgets(
             parsed,
@@ -360,7 +364,8 @@ async def _running(
         engine = Engine(
             loaded_all,
             stats,
-            receive,
+            queue,
+            outlet,
             layers,
             hooks,
             nursery,

@@ -4,15 +4,20 @@
 netns; in that, ``sources`` runs the runtimes' and netns sources, the world feeder and the link
 watcher. Stopping cancels the sources first; the netns tasks then end by themselves
 (``PerNetns.wind_down``), their detach records read while the readers still run; then the
-readers end and the record channel closes.
+readers end and the record queue closes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import attrs
 import trio
 
-from engine.records import Record
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 @attrs.frozen
@@ -27,13 +32,14 @@ class Layers:
 
 
 async def run_work(
-    send: trio.MemorySendChannel[Record],
+    outputs: Sequence[Closable],
     *,
     task_status: trio.TaskStatus[Layers] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The engine's work until ``stop()``: the sources are cancelled first; the netns tasks
     then end by themselves (``PerNetns.wind_down``), their detach records read while the
-    readers still run; then the readers end, and the record channel closes."""
+    readers still run; then the readers end, and the outputs (the record queue, the batch
+    consumers) close."""
     stopping, done = trio.Event(), trio.Event()
     try:
         async with trio.open_nursery() as work:
@@ -46,4 +52,5 @@ async def run_work(
     finally:
         stopping.set()  # however it ended, the engine no longer changes
         done.set()
-        send.close()
+        for output in outputs:
+            output.close()

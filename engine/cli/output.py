@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import attrs
 import trio
 
+from engine.cli import jsonlines
 from engine.cli.fields import FieldChoice
 from engine.cli.sections import SortKey
 from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
@@ -41,12 +42,19 @@ class Output:
         return data
 
     async def write_json(self, engine: Engine) -> None:
-        out = self.out
-        async for record in engine.events():
-            out.write(json.dumps(self.take(record), default=str) + "\n")
-            if engine.pending() == 0:
-                out.flush()
-        out.flush()
+        # A run of records (everything waiting) becomes one buffer and one write.
+        write = _binary_writer(self.out)
+        async for records in engine.runs():
+            if self.fields is not None:
+                lines = (json.dumps(self.take(r), default=str) + "\n" for r in records)
+                write("".join(lines).encode())
+                continue
+            if self.observers:
+                for record in records:
+                    self.take(record)
+            else:
+                self.records += len(records)
+            write(jsonlines.encode(records))
 
     async def show_table(self, engine: Engine, table: LiveTable) -> None:
         out = self.out
@@ -67,6 +75,21 @@ class Output:
         while True:
             table.draw(self.out, *terminal_size(self.out))
             await trio.sleep(REFRESH_SECONDS)
+
+
+def _binary_writer(out: TextIO) -> Callable[[bytes], None]:
+    binary = getattr(out, "buffer", None)
+    out.flush()
+
+    def write(data: bytes) -> None:
+        if binary is None:  # a text-only stream
+            out.write(data.decode())
+            out.flush()
+            return
+        binary.write(data)
+        binary.flush()
+
+    return write
 
 
 def terminal_size(out: TextIO) -> tuple[int, int]:

@@ -131,6 +131,12 @@ class RecordDecoder:
     struct: struct.Struct
     plan: tuple[tuple[str, int, int, Converter | None], ...]  # name, first, count, converter
     undecoded: tuple[str, ...] = ()
+    # Each decoded field as a numpy type at its byte offset: (name, offset, type, count).
+    columns: tuple[tuple[str, int, str, int], ...] = ()
+    _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._build = self.builder(0)
 
     def value_types(self) -> dict[str, type]:
         """The Python type of each decoded field (``ipaddress`` classes for addresses), found
@@ -149,12 +155,31 @@ class RecordDecoder:
         """The record that starts at ``offset`` of ``raw`` (a short one padded with zeros)."""
         if len(raw) - offset < self.struct.size:
             raw, offset = raw[offset:].ljust(self.struct.size, b"\0"), 0
-        values = self.struct.unpack_from(raw, offset)
-        out: dict[str, Any] = {}
-        for name, first, count, convert in self.plan:
-            value: Any = values[first] if count == 1 else list(values[first : first + count])
-            out[name] = convert(value) if convert is not None else value
-        return out
+        return self._build(self.struct.unpack_from(raw, offset))
+
+    def builder(self, first: int) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+        """The function that makes the record's dict from unpacked values, the record's own
+        starting at index ``first`` (a struct unpacked with a header in front of it).
+
+        Generated once per map, as one dict display: a loop over the plan per record cost
+        as much as the unpacking itself.
+        """
+        items = []
+        converters: dict[str, Converter] = {}
+        for i, (name, at, count, convert) in enumerate(self.plan):
+            if count == 1:
+                value = f"v[{first + at}]"
+            else:
+                value = "[" + ", ".join(f"v[{first + at + k}]" for k in range(count)) + "]"
+            if convert is not None:
+                converters[f"c{i}"] = convert
+                value = f"c{i}({value})"
+            items.append(f"{name!r}: {value}")
+        source = "def build(v):\n    return {" + ", ".join(items) + "}\n"
+        namespace: dict[str, Any] = dict(converters)
+        exec(compile(source, f"<decoder of {len(self.plan)} fields>", "exec"), namespace)
+        build: Callable[[tuple[Any, ...]], dict[str, Any]] = namespace["build"]
+        return build
 
 
 def _converter(name: str, base: str, count: int, fmt: str) -> Converter | None:
@@ -174,6 +199,32 @@ def _converter(name: str, base: str, count: int, fmt: str) -> Converter | None:
     return None
 
 
+# struct format char → numpy type: little-endian, as the struct module reads them here.
+_NUMPY = {
+    "b": "i1",
+    "B": "u1",
+    "?": "?",
+    "h": "<i2",
+    "H": "<u2",
+    "i": "<i4",
+    "I": "<u4",
+    "q": "<i8",
+    "Q": "<u8",
+    "16s": "V16",
+}
+
+
+def _numpy_type(base: str, fmt: str, count: int) -> tuple[str, int]:
+    """The column type of a field and its element count: C strings are bytes columns (numpy
+    drops the trailing NULs), ``__be*`` are read in network order, so their values are the
+    numbers ``decode`` gives; 128-bit fields stay 16 raw bytes."""
+    if count > 1 and fmt == "b":
+        return f"S{count}", 1
+    if base in _BIG_ENDIAN:
+        return _BIG_ENDIAN[base].replace("H", "u2").replace("I", "u4").replace("Q", "u8"), count
+    return _NUMPY[fmt], count
+
+
 def build_decoder(fields: Sequence[Field], *, padding: bool = False) -> RecordDecoder:
     """A decoder for a C struct given as (name, type) pairs in declaration order; padding
     members are skipped unless ``padding``."""
@@ -181,6 +232,7 @@ def build_decoder(fields: Sequence[Field], *, padding: bool = False) -> RecordDe
     offset = 0
     index = 0
     plan: list[tuple[str, int, int, Converter | None]] = []
+    columns: list[tuple[str, int, str, int]] = []
     undecoded: list[str] = []
     max_align = 1
     for i, field in enumerate(fields):
@@ -212,7 +264,10 @@ def build_decoder(fields: Sequence[Field], *, padding: bool = False) -> RecordDe
         is_string = count > 1 and fmt == "b"
         if not padding and is_padding(field.name):
             fmt_parts.append(f"{size * count}x")
-        elif is_string:
+            offset += size * count
+            continue
+        columns.append((field.name, offset, *_numpy_type(base, fmt, count)))
+        if is_string:
             fmt_parts.append(f"{count}s")
             plan.append((field.name, index, 1, _cstring))
             index += 1
@@ -225,7 +280,11 @@ def build_decoder(fields: Sequence[Field], *, padding: bool = False) -> RecordDe
     if tail and not undecoded:
         fmt_parts.append(f"{tail}x")
     return RecordDecoder(
-        tuple(fields), struct.Struct("".join(fmt_parts)), tuple(plan), tuple(undecoded)
+        tuple(fields),
+        struct.Struct("".join(fmt_parts)),
+        tuple(plan),
+        tuple(undecoded),
+        tuple(columns),
     )
 
 

@@ -16,6 +16,8 @@ from engine.bcc.origin_prelude import HEADER_SIZE, ORIGIN_KERNEL, ORIGIN_PACKET,
 _LAYOUT = struct.Struct("<IIIIQII")
 HEADER = _LAYOUT.size
 assert HEADER == HEADER_SIZE
+# For a reader that unpacks the header and the record behind it in one call.
+FORMAT = _LAYOUT.format
 
 
 @attrs.frozen

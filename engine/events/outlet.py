@@ -1,78 +1,91 @@
-"""The front of the record channel: every record the engine emits goes through ``Outlet``."""
+"""The front of the record queue: every record the engine emits goes through ``Outlet``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
-import trio
 
+from engine.events.batches import Batch, BatchHub
+from engine.events.queue import RecordQueue
 from engine.events.stats import Stats
 from engine.records import Event, Lost, Record
 
 
+class Tap(Protocol):
+    """Sees every record, also those the queue refuses (the hooks)."""
+
+    def dispatch(self, record: Record) -> None: ...
+
+    def dispatch_many(self, records: Sequence[Record]) -> None: ...
+
+
 @attrs.define
 class Outlet:
-    """Puts records on the bounded channel; never blocks the kernel readers.
+    """Puts records on the bounded queue; never blocks the kernel readers.
 
-    Buffer events never take the last ``reserve`` places of the channel: those are kept for
+    Buffer events never take the last ``reserve`` places of the queue: those are kept for
     the engine's own records (containers, attachments, losses), so that a flood of events
     cannot crowd them out while the consumer is behind.
     """
 
-    send: trio.MemorySendChannel[Record]
+    queue: RecordQueue
     stats: Stats
     reserve: int = 0
     pending_lost: dict[tuple[str, str], int] = attrs.Factory(dict)
-    # Sees every record, also those the channel refuses: hooks do not depend on the consumer.
-    tap: Callable[[Record], None] | None = None
-    # The user's --filter: events it refuses reach neither the channel nor the hooks.
+    # Hooks do not depend on the consumer.
+    tap: Tap | None = None
+    # The user's --filter: events it refuses reach neither the queue nor the hooks.
     keeps: Callable[[Event], bool] | None = None
+    # The ``batches()`` consumers: the maps they want are read as batches, not events.
+    batches: BatchHub = attrs.Factory(BatchHub)
 
     def put(self, record: Record, *, leave: int = 0) -> bool:
-        """Send ``record`` unless fewer than ``leave`` + 1 places are free; a filtered event
-        counts as sent."""
+        """Queue ``record`` unless fewer than ``leave`` + 1 places are free; a filtered event
+        counts as queued."""
         keeps = self.keeps
         if keeps is not None and isinstance(record, Event) and not keeps(record):
             self.stats.for_map(record.gadget, record.source).filtered += 1
             return True
-        return self._send(record, leave)
-
-    def _send(self, record: Record, leave: int) -> bool:
         if self.tap is not None:
-            self.tap(record)
-        if leave:
-            used = self.send.statistics()
-            if used.current_buffer_used + leave >= used.max_buffer_size:
-                return False
-        try:
-            self.send.send_nowait(record)
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        return True
+            self.tap.dispatch(record)
+        return self.queue.put(record, leave=leave)
 
     def deliver(self, gadget: str, source: str, records: list[Record]) -> None:
-        stats = self.stats.for_map(gadget, source)
-        key = (gadget, source)
+        self._report_lost(gadget, source)
+        keeps = self.keeps
+        if keeps is not None:
+            kept = [r for r in records if not isinstance(r, Event) or keeps(r)]
+            self.stats.for_map(gadget, source).filtered += len(records) - len(kept)
+            records = kept
+        if self.tap is not None:
+            self.tap.dispatch_many(records)
+        delivered = self.queue.put_many(records, leave=self.reserve)
+        self._count(gadget, source, delivered, len(records) - delivered)
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """Offer ``batch`` to the ``batches()`` consumers; a consumer that is behind loses
+        it, counted and reported as for events."""
+        self._report_lost(batch.gadget, batch.map)
+        if self.batches.offer(batch):
+            self._count(batch.gadget, batch.map, len(batch), 0)
+        else:
+            self._count(batch.gadget, batch.map, 0, len(batch))
+
+    def _report_lost(self, gadget: str, source: str) -> None:
         # Loss reports take half the reserve at most: the other half stays for lifecycle
         # records. A report that does not fit waits, still counting, for the next batch.
+        key = (gadget, source)
         if self.pending_lost.get(key) and self.put(
             Lost(gadget, source, self.pending_lost[key], "engine"), leave=self.reserve // 2
         ):
             del self.pending_lost[key]
-        keeps = self.keeps
-        if keeps is not None:
-            kept = [r for r in records if not isinstance(r, Event) or keeps(r)]
-            stats.filtered += len(records) - len(kept)
-            records = kept
-        dropped = 0
-        for record in records:
-            if self._send(record, self.reserve):
-                stats.delivered += 1
-            else:
-                dropped += 1
+
+    def _count(self, gadget: str, source: str, delivered: int, dropped: int) -> None:
+        stats = self.stats.for_map(gadget, source)
+        stats.delivered += delivered
         if dropped:
             stats.lost_engine += dropped
+            key = (gadget, source)
             self.pending_lost[key] = self.pending_lost.get(key, 0) + dropped

@@ -1,11 +1,14 @@
 """Reading a gadget's ring and perf buffers from trio: no threads, no polling loops.
 
 Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``; when the
-kernel says records are waiting, they are read in one batch and handed on as raw bytes: ring
-buffers from their own mmap (engine/ringbuf.py), perf buffers through libbcc. ``on_tick``
-runs after reads (at most every ``TICK_AFTER_READ`` seconds), every ``tick_interval`` seconds
-and once when the pump ends: the reader reads the kernel's counts of lost and refused records
-then (engine/events/kernel_counts.py). An idle gadget costs one tick a second.
+kernel says records are waiting, they are read in one batch and handed on as raw bytes, or,
+for the maps a ``batches()`` consumer wants, as one run of records of one size: ring buffers
+from their own mmap (engine/events/ringbuf.py), perf buffers from a mapping of each CPU's
+ring that libbcc opened (engine/events/perfbuf.py). ``on_tick`` runs between reading a
+batch and handing it on, every ``tick_interval`` seconds, and once when the pump ends: the
+reader reads the kernel's counts of lost and refused records then
+(engine/events/kernel_counts.py), so a consumer that sees a record sees every count from
+before it was written. An idle gadget costs one tick a second.
 
 Perf buffers' own loss reports (PERF_RECORD_LOST) are not used: the kernel's counts cover
 every failed write, and perf's come late or never (kernel_counts.py).
@@ -16,13 +19,14 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from engine.bcc import libbcc
-from engine.events.ringbuf import RingReader
+from engine.events.perfbuf import PerfReader
+from engine.events.ringbuf import RecordRun, RingReader
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +34,8 @@ BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
 
 Batch = Callable[[str, list[bytes]], None]
-# Seconds between two ticks that follow reads: a steady flow of batches does not read the
-# counts once per batch.
-TICK_AFTER_READ = 0.1
+# A run of records of one size (``Reader.read_run``), for ``batches()``.
+Run = Callable[[str, RecordRun], None]
 
 
 @attrs.frozen
@@ -63,6 +66,19 @@ def _online_cpus() -> list[int]:
     return cpus
 
 
+class Reader(Protocol):
+    """A ring buffer's reader or one CPU's perf buffer reader."""
+
+    @property
+    def fd(self) -> int: ...
+
+    def read(self, limit: int) -> list[bytes]: ...
+
+    def read_run(self, limit: int) -> RecordRun | None: ...
+
+    def close(self) -> None: ...
+
+
 @attrs.define
 class BufferPump:
     """Drains every buffer map of one loaded gadget. ``run`` is a long-running task."""
@@ -73,38 +89,36 @@ class BufferPump:
     on_tick: Callable[[], None] | None = None
     tick_interval: float = 1.0
     page_count: int = 256
-    ring_batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
-    _rings: list[tuple[str, RingReader]] = attrs.Factory(list)
-    _pending: dict[str, list[bytes]] = attrs.Factory(dict)
-    _readers: list[tuple[str, Any, int]] = attrs.Factory(list)  # map, reader, fd
+    batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
+    # The maps read as runs (for ``batches()``), and where their runs go.
+    columnar: Callable[[str], bool] | None = None
+    on_run: Run | None = None
+    _readers: list[tuple[str, Reader]] = attrs.Factory(list)
+    _perf_handles: list[Any] = attrs.Factory(list)  # libbcc's perf readers, freed at close
     _callbacks: list[Any] = attrs.Factory(list)  # keeps ctypes callbacks alive
-    _last_tick: float = float("-inf")
     _closed: bool = False
 
     def open(self) -> None:
         """Set up readers for every map (blocking but quick: mmap and map updates)."""
         lib = libbcc.lib()
         for m in self.maps:
-            self._pending[m.name] = []
             table = self.bpf.get_table(m.name)
             if m.kind == "ringbuf":
-                self._open_ringbuf(m.name, table)
+                ring = RingReader.open(int(table.map_fd), int(table.max_entries))
+                self._readers.append((m.name, ring))
             else:
                 self._open_perf(lib, m.name, table)
-
-    def _open_ringbuf(self, name: str, table: Any) -> None:
-        self._rings.append((name, RingReader.open(int(table.map_fd), int(table.max_entries))))
 
     def _open_perf(self, lib: Any, name: str, table: Any) -> None:
         from bcc.libbcc import bcc_perf_buffer_opts
 
-        pending = self._pending[name]
+        # libbcc opens and maps each CPU's perf event; its reader (and so these callbacks)
+        # never runs: the ring is read through a mapping of our own (engine/events/perfbuf.py).
+        def on_record(_cookie: Any, _data: Any, _size: int) -> None:
+            log.debug("libbcc read perf buffer %r, which it should not", name)
 
-        def on_record(_cookie: Any, data: Any, size: int) -> None:
-            pending.append(ct.string_at(data, size))
-
-        def on_lost(_cookie: Any, lost: int) -> None:
-            log.debug("perf buffer %r says %d lost (counted by the kernel already)", name, lost)
+        def on_lost(_cookie: Any, _lost: int) -> None:
+            log.debug("libbcc read perf buffer %r, which it should not", name)
 
         raw_type, lost_type = libbcc.perf_callback_types()
         cb, lost_cb = raw_type(on_record), lost_type(on_lost)
@@ -114,103 +128,88 @@ class BufferPump:
             opts.pid = -1
             opts.cpu = cpu
             opts.wakeup_events = 1
-            reader = lib.bpf_open_perf_buffer_opts(
+            handle = lib.bpf_open_perf_buffer_opts(
                 cb, lost_cb, None, self.page_count, ct.byref(opts)
             )
-            if not reader:
+            if not handle:
                 raise OSError(ct.get_errno(), f"cannot open perf buffer {name!r} on CPU {cpu}")
-            fd = lib.perf_reader_fd(reader)
-            self._readers.append((name, reader, fd))
+            self._perf_handles.append(handle)
+            fd = lib.perf_reader_fd(handle)
+            self._readers.append((name, PerfReader.open(fd, self.page_count)))
             table[table.Key(cpu)] = table.Leaf(fd)
 
-    def _flush(self) -> None:
-        for name, pending in self._pending.items():
-            if pending:
-                batch = pending[:]
-                pending.clear()
-                self.on_batch(name, batch)
+    def _read(self, name: str, reader: Reader) -> bool:
+        """One read of ``reader``, as a run when its map is columnar; whether it read any."""
+        if self.on_run is not None and self.columnar is not None and self.columnar(name):
+            run = reader.read_run(self.batch)
+            if run is not None:
+                self._tick()
+                self.on_run(name, run)
+                return True
+        batch = reader.read(self.batch)
+        if batch:
+            self._tick()
+            self.on_batch(name, batch)
+        return bool(batch)
 
     def drain(self) -> None:
         """Read everything that is waiting now, in every map (also used at shutdown)."""
         if self._closed:
             return
-        lib = libbcc.lib()
-        for name, ring in self._rings:
-            while batch := ring.read(self.ring_batch):
-                self.on_batch(name, batch)
-        for _, reader, _fd in self._readers:
-            lib.perf_reader_event_read(reader)
-        self._flush()
+        for name, reader in self._readers:
+            while self._read(name, reader):
+                pass
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        lib = libbcc.lib()
         try:
             async with trio.open_nursery() as nursery:
-                for name, ring in self._rings:
-                    nursery.start_soon(self._watch_ringbuf, name, ring)
-                for _, reader, fd in self._readers:
-                    nursery.start_soon(self._watch_perf, lib, reader, fd)
+                for name, reader in self._readers:
+                    nursery.start_soon(self._watch, name, reader)
                 if self.on_tick is not None:
                     nursery.start_soon(self._tick_periodically)
                 task_status.started()
         finally:
-            self._tick()  # the last counts, before the record channel closes
+            self._tick()  # the last counts, before the record queue closes
 
     def _tick(self) -> None:
         if self.on_tick is not None and not self._closed:
-            self._last_tick = trio.current_time()
             self.on_tick()
-
-    def _tick_after_read(self) -> None:
-        if trio.current_time() - self._last_tick >= TICK_AFTER_READ:
-            self._tick()
 
     async def _tick_periodically(self) -> None:
         while True:
             await trio.sleep(self.tick_interval)
             self._tick()
 
-    async def _watch_ringbuf(self, name: str, ring: RingReader) -> None:
+    async def _watch(self, name: str, reader: Reader) -> None:
         while True:
-            # Readable while records wait: after a partial read this returns at once.
-            await trio.lowlevel.wait_readable(ring.fd)
-            batch = ring.read(self.ring_batch)
-            if batch:
-                self.on_batch(name, batch)
-                self._tick_after_read()
+            if isinstance(reader, PerfReader):
+                async with trio.open_nursery() as nursery:
+                    # A perf fd reports each wake-up once (its poll clears the flag), and trio
+                    # re-arms epoll with EPOLL_CTL_MOD, which polls: a wake-up that came since
+                    # the last read is used up there and epoll_wait then finds nothing,
+                    # leaving records unread until the next one. So read once more after
+                    # arming: wait_readable arms before it sleeps, and this task runs then.
+                    nursery.start_soon(self._read_soon, name, reader)
+                    await trio.lowlevel.wait_readable(reader.fd)
+            else:
+                # Readable while records wait: after a partial read this returns at once.
+                await trio.lowlevel.wait_readable(reader.fd)
+            self._read(name, reader)
             await trio.lowlevel.checkpoint()
 
-    async def _watch_perf(self, lib: Any, reader: Any, fd: int) -> None:
-        while True:
-            async with trio.open_nursery() as nursery:
-                # A perf fd reports each wake-up once (its poll clears the flag), and trio
-                # re-arms epoll with EPOLL_CTL_MOD, which polls: a wake-up that came since
-                # the last read is used up there and epoll_wait then finds nothing, leaving
-                # records unread until the next one. So read once more after arming:
-                # wait_readable arms before it sleeps, and this task runs only then.
-                nursery.start_soon(self._read_perf_async, lib, reader)
-                await trio.lowlevel.wait_readable(fd)
-            self._read_perf(lib, reader)
-            await trio.lowlevel.checkpoint()
-
-    def _read_perf(self, lib: Any, reader: Any) -> None:
-        lib.perf_reader_event_read(reader)
-        self._flush()
-        self._tick_after_read()
-
-    async def _read_perf_async(self, lib: Any, reader: Any) -> None:
-        self._read_perf(lib, reader)
+    async def _read_soon(self, name: str, reader: Reader) -> None:
+        self._read(name, reader)
 
     def close(self) -> None:
         """Release the readers; idempotent. Call after the ``run`` task has ended."""
         if self._closed:
             return
         self._closed = True
-        lib = libbcc.lib()
-        for _, ring in self._rings:
-            ring.close()
-        self._rings.clear()
-        for _, reader, _fd in self._readers:
-            lib.perf_reader_free(reader)
+        for _, reader in self._readers:
+            reader.close()
         self._readers.clear()
+        lib = libbcc.lib()
+        for handle in self._perf_handles:
+            lib.perf_reader_free(handle)
+        self._perf_handles.clear()
         self._callbacks.clear()

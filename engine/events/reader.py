@@ -1,12 +1,14 @@
 """One gadget's buffers turned into named records: decode, place, deliver.
 
 ``open_reader`` sets up the gadget's ``BufferPump`` (engine.events.pump) with a batch handler
-that reads each raw record's origin (engine/events/origin.py) and decodes the gadget's own
-record after it, asks the world where it came from and whether it may reach consumers yet
-(engine/world/placement.py: held while its namespace is pending identification, dropped when
-it belongs to no selected container), names its container, and hands the batch to the
-outlet. On every tick it reads the kernel's counts (engine/events/kernel_counts.py): records
-the kernel could not write become ``lost`` records, those it refused count as unselected.
+that has each map's ``MapNamer`` (engine/events/naming.py) read each raw record's origin
+(engine/events/origin.py) and decode the gadget's own record after it, ask the world where it
+came from and whether it may reach consumers yet (engine/world/placement.py: held while its
+namespace is pending identification, dropped when it belongs to no selected container) and
+name its container; the batch goes to the outlet. The maps a ``batches()`` consumer wants
+are read as columnar batches instead (engine/events/batches.py). On every tick it reads the
+kernel's counts (engine/events/kernel_counts.py): records the kernel could not write become
+``lost`` records, those it refused count as unselected.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from engine.bcc import libbcc
 from engine.bcc.loader import LoadedGadget
 from engine.bcc.origin_prelude import COUNTS_MAP
 from engine.errors import GadgetError
+from engine.events.batches import BatchMaker
 from engine.events.decode import RecordDecoder, build_decoder, fields_from_bcc
 from engine.events.kernel_counts import KernelCounts
-from engine.events.origin import HEADER, Origin
+from engine.events.naming import MapNamer
 from engine.events.outlet import Outlet
 from engine.events.pump import BufferMap, BufferPump, buffer_maps
+from engine.events.ringbuf import RecordRun
 from engine.gadget.maps import iterator_only_maps, map_writers
-from engine.records import Event, Lost, Record
+from engine.records import Lost
 from engine.world.held import Held
-from engine.world.placement import place
-from engine.world.state import Verdict, World
+from engine.world.state import World
 
 
 def decoders(loaded: LoadedGadget, maps: Sequence[BufferMap]) -> dict[str, RecordDecoder]:
@@ -70,38 +73,30 @@ async def open_reader(
     maps = [m for m in every_map if m.name not in typing_only]
     if not maps:
         return None
-    decode_by_map = decoders(loaded, maps)
-    programs = {m.name: map_writers(gadget, m.name) for m in maps}
     gadget_name = gadget.name  # a property that parses the path: not once per record
+    by_map = decoders(loaded, maps)
+    writers = {name: map_writers(gadget, name) for name in by_map}
+    namers = {n: MapNamer(gadget_name, n, writers[n], d, world) for n, d in by_map.items()}
+    makers = {n: BatchMaker(namer) for n, namer in namers.items()}
+    columnar = outlet.batches.wants
 
     def on_batch(name: str, batch: list[bytes]) -> None:
-        decode = decode_by_map[name].decode
-        program = programs[name]
-        container_json, host_ifindexes = world.container_json, world.host_ifindexes
         stats = outlet.stats.for_map(gadget_name, name)
         stats.received += len(batch)
         now = trio.current_time()
-        records: list[Record] = []
-        for raw in batch:
-            origin = Origin.of(raw)
-            data = decode(raw, HEADER)
-            verdict, key, container = place(world, origin, data, now)
-            if verdict is Verdict.DROP:
-                stats.unselected += 1
-                continue
-            event = Event(
-                gadget_name,
-                name,
-                program,
-                data,
-                None if container is None else container_json(container),
-                origin.to_json(world.host_netns, host_ifindexes),
-            )
-            if verdict is Verdict.HOLD:
-                held.hold_event(key, event)
-            else:
-                records.append(event)
-        outlet.deliver(gadget_name, name, records)
+        if columnar(name):
+            columns = makers[name].from_records(batch, now, held, stats)
+            if columns is not None:
+                outlet.deliver_batch(columns)
+            return
+        outlet.deliver(gadget_name, name, namers[name].name(batch, now, held, stats))
+
+    def on_run(name: str, run: RecordRun) -> None:
+        stats = outlet.stats.for_map(gadget_name, name)
+        stats.received += run.count
+        columns = makers[name].from_run(run, trio.current_time(), held, stats)
+        if columns is not None:
+            outlet.deliver_batch(columns)
 
     counts: list[KernelCounts] = []
 
@@ -114,7 +109,7 @@ async def open_reader(
                 stats.lost_kernel += changed.lost
                 outlet.put(Lost(gadget_name, changed.map, changed.lost, "kernel"))
 
-    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick)
+    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick, columnar=columnar, on_run=on_run)
     stack.callback(pump.close)
 
     def open_all() -> None:

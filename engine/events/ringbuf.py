@@ -13,6 +13,9 @@ offset in the data area is ``position & (size - 1)``.
 
 ``RingReader.read(limit)`` reads at most ``limit`` records, so a producer faster than the
 reader cannot keep it in one call forever (libbpf's consume loops while data keeps coming).
+``read_run(limit)`` takes a run of records of one length in one copy, without a Python step per
+record: since the data area is mapped twice, the run is one slice, and its records lie at a
+fixed stride; the length words are checked as one numpy view (engine/events/batches.py).
 
 The consumer position is written as one aligned 8-byte store (a ``ctypes.c_uint64`` over the
 page), never through ``struct.pack_into``: the kernel reads it while it reserves, and only a
@@ -27,12 +30,23 @@ import mmap
 import struct
 
 import attrs
+import numpy as np
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
 HEADER = 8
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+
+
+@attrs.frozen
+class RecordRun:
+    """Records of one size read in one copy: ``count`` of them at a fixed stride in ``data``,
+    each one's own bytes ``skip`` bytes into its span (behind the buffer's record header)."""
+
+    data: bytes
+    count: int
+    skip: int
 
 
 def record_span(length: int) -> int:
@@ -93,6 +107,29 @@ class RingReader:
         # x86-64 keeps stores in order: the kernel sees the new position after our reads.
         self._position.value = cons
         return out
+
+    def read_run(self, limit: int) -> RecordRun | None:
+        """Up to ``limit`` committed records that all have the first one's length (none
+        discarded), in one copy of their spans; None when the first record is not such (read
+        it with ``read``) or nothing waits."""
+        cons = self._position.value
+        prod = _U64.unpack_from(self._producer, 0)[0]
+        at = self._page + (cons & (self.size - 1))
+        first = _U32.unpack_from(self._producer, at)[0] if cons < prod else BUSY
+        if first & (BUSY | DISCARD):
+            return None
+        span = record_span(first)
+        count = min(limit, (prod - cons) // span, self.size // span)
+        words = np.frombuffer(self._producer, "<u4", count * span // 4, at)[:: span // 4]
+        same = words == first  # a busy, discarded or other-length record ends the run
+        del words  # a view pins the mapping
+        if not same.all():
+            count = int(same.argmin())
+        if count == 0:
+            return None
+        run = self._producer[at : at + count * span]
+        self._position.value = cons + count * span
+        return RecordRun(run, count, HEADER)
 
     def close(self) -> None:
         """Unmap both areas; idempotent."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -123,6 +123,12 @@ class Hooks:
             if predicate(record):
                 with contextlib.suppress(trio.WouldBlock):  # matched before: the first counts
                     send.send_nowait(record)
+
+    def dispatch_many(self, records: Sequence[Record]) -> None:
+        """``dispatch`` each of a batch of buffer events; nothing to do without hooks."""
+        if self._registrations or self._waiters:
+            for record in records:
+                self.dispatch(record)
 
     def _offer(self, registration: _Registration, record: Record) -> None:
         argument = registration.select(record)

@@ -120,6 +120,8 @@ class World:
     # rather than once per event.
     _index: dict[tuple[str, int], Container] = attrs.Factory(dict)
     _json: dict[str, Mapping[str, Any]] = attrs.Factory(dict)
+    # Changes at every reindex: what readers cached from the lookups is stale then.
+    generation: int = 0
 
     def add_container(self, container: Container) -> None:
         self.containers[container.key] = container
@@ -138,6 +140,7 @@ class World:
         return removed
 
     def _reindex(self) -> None:
+        self.generation += 1
         self._index.clear()
         self._json.clear()
         self._unselected_netns = None

@@ -36,11 +36,12 @@ def test_smoke_run_writes_sane_results(root: None, tmp_path: Path) -> None:
             # latency can be negative.
             assert f["value"] >= 0, f
     for kind in ("ringbuf", "perf"):
-        flat = figures[f"throughput {kind}: delivered/s, flat out"]
-        assert flat["value"] > 0
-        assert flat["baseline"] > 0
-        runs = results["details"][f"throughput_{kind}"]["engine_flat_out"]
-        assert all(r["delivered"] > 0 and r["calls"] >= r["delivered"] for r in runs)
+        for reader in ("events()", "batches()", "engine run --output json"):
+            flat = figures[f"throughput {kind}: {reader}, delivered/s flat out"]
+            assert flat["value"] > 0
+            assert flat["baseline"] > 0
+        for reader, runs in results["details"][f"throughput_{kind}"]["flat_out"].items():
+            assert all(r["delivered"] > 0 and r["calls"] >= r["delivered"] for r in runs), reader
     assert any(name.startswith("start-up ") for name in figures)
     table = (out / "results.md").read_text()
     assert "| figure | value |" in table

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -353,3 +354,20 @@ async def test_readsize_bcc_histogram_per_container(containers: Containers) -> N
     assert section["key"] == {"mntns_id": section["container"]["mntns"]}
     page = next(b for b in section["value"] if b["low"] == 4096)
     assert page["high"] == 8191 and page["count"] >= 300
+
+
+async def test_read_sizes_batches_histogram_per_container(containers: Containers) -> None:
+    reader = containers.start("reader")
+    script = [sys.executable, str(EXAMPLES / "read_sizes_batches.py")]
+    with trio.fail_after(40):
+        async with engine_process(*selecting(containers), command=script) as run:
+            await run.line("^ready$")
+            await containers.exec(
+                reader, "dd", "if=/dev/zero", "of=/dev/null", "bs=4096", "count=300"
+            )
+            assert await run.stop() == 0, run.stderr
+    assert len(run.records) == 1, run.stderr  # only the selected container's reads come
+    (histogram,) = run.records
+    assert histogram["container"] == reader
+    assert histogram["buckets"]["4096-8191"] >= 300
+    assert histogram["reads"] == sum(histogram["buckets"].values())

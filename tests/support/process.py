@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -115,12 +115,13 @@ async def spawn(
     stdout: Any = subprocess.PIPE,
     env: dict[str, str] | None = None,
     keep_events: bool = True,
+    command: Sequence[str] = ENGINE,
 ) -> EngineProcess:
-    """Start ``engine run *args``, its output read in ``nursery`` (JSON lines on stdout when
-    it is a pipe, read into ``records``)."""
-    json_out = ["--output", "json"] if stdout is subprocess.PIPE else []
+    """Start ``engine run *args`` (or ``command *args``), its output read in ``nursery`` (JSON
+    lines on stdout when it is a pipe, read into ``records``)."""
+    json_out = ["--output", "json"] if stdout is subprocess.PIPE and command is ENGINE else []
     process = await trio.lowlevel.open_process(
-        [*ENGINE, *args, *json_out],
+        [*command, *args, *json_out],
         stdout=stdout,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -142,10 +143,13 @@ async def engine_process(
     stdout: Any = subprocess.PIPE,
     env: dict[str, str] | None = None,
     keep_events: bool = True,
+    command: Sequence[str] = ENGINE,
 ) -> AsyncIterator[EngineProcess]:
     """``spawn``, killed (SIGKILL) if still running when the block ends."""
     async with trio.open_nursery() as nursery:
-        running = await spawn(nursery, *args, stdout=stdout, env=env, keep_events=keep_events)
+        running = await spawn(
+            nursery, *args, stdout=stdout, env=env, keep_events=keep_events, command=command
+        )
         try:
             yield running
         finally:

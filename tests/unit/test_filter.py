@@ -3,14 +3,16 @@ typed by the field, and only matching events reaching the outlet's consumers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
-import trio
 
 from engine.errors import FilterError
 from engine.events.filter import RecordFilter
 from engine.events.outlet import Outlet
+from engine.events.queue import RecordQueue
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
 from engine.gadget.record_structs import buffer_structs
@@ -137,22 +139,35 @@ def test_a_struct_the_source_hides_is_typed_by_its_first_record() -> None:
     assert not found.keeps(Event("hidden", "out", None, {"n": 4}))
 
 
-def test_the_outlet_hands_on_only_kept_events_to_hooks_and_the_channel() -> None:
-    send, receive = trio.open_memory_channel[Record](16)
+@attrs.define
+class _Tapped:
+    """Stands in for the hooks: what the outlet showed them."""
+
+    records: list[Record] = attrs.Factory(list)
+
+    def dispatch(self, record: Record) -> None:
+        self.records.append(record)
+
+    def dispatch_many(self, records: Sequence[Record]) -> None:
+        self.records.extend(records)
+
+
+def test_the_outlet_hands_on_only_kept_events_to_hooks_and_the_queue() -> None:
+    queue = RecordQueue(16)
     stats = Stats()
-    outlet = Outlet(send, stats)
+    outlet = Outlet(queue, stats)
     found = RecordFilter.parse(["pid>10"], GADGETS)
     assert found is not None
     outlet.keeps = found.keeps
-    tapped: list[Record] = []
-    outlet.tap = tapped.append
+    tapped = _Tapped()
+    outlet.tap = tapped
     attached = ProgramAttached(
         gadget="execsnoop", program="trace_execve", kind="tracepoint", target="t"
     )
     outlet.deliver("execsnoop", "events", [_exec(pid=5), _exec(pid=11)])
     assert outlet.put(_exec(pid=3))
     assert outlet.put(attached)  # the engine's own records are never filtered
-    got = [receive.receive_nowait() for _ in range(2)]
-    assert got == tapped == [_exec(pid=11), attached]
+    got = queue.take_nowait()
+    assert got == tapped.records == [_exec(pid=11), attached]
     counts = stats.for_map("execsnoop", "events")
     assert (counts.delivered, counts.filtered) == (1, 2)

@@ -174,3 +174,41 @@ def test_the_watcher_catches_a_position_written_byte_by_byte() -> None:
                 consumer[i] = value[i]
     torn, _reads = _collect(child, read_end)
     assert torn > 0
+
+
+def test_a_run_of_one_length_is_taken_in_one_copy_across_the_wrap() -> None:
+    ring = FakeRing()
+    ring.rewind(SIZE - 2 * record_span(20))  # the run wraps around the end of the data area
+    for n in range(4):
+        ring.submit(bytes([n]) * 20)
+    ring.submit(b"other length")
+    ring.submit(b"x" * 20, DISCARD)
+    ring.submit(b"y" * 20)
+    run = ring.reader.read_run(100)
+    assert run is not None and run.skip == HEADER
+    blob, count = run.data, run.count
+    span = record_span(20)
+    assert count == 4
+    assert [blob[i * span + HEADER : i * span + HEADER + 20] for i in range(4)] == [
+        bytes([n]) * 20 for n in range(4)
+    ]
+    other = ring.reader.read_run(100)  # another length: a run of its own
+    assert other is not None and other.count == 1
+    assert other.data[HEADER : HEADER + 12] == b"other length"
+    assert ring.reader.read_run(100) is None  # discarded first: read() skips it
+    assert ring.reader.read(100) == [b"y" * 20]
+    assert ring.reader.read_run(100) is None  # nothing waits
+    assert ring.consumed() == ring.position
+
+
+def test_a_run_stops_at_a_busy_record_and_at_the_limit() -> None:
+    ring = FakeRing()
+    for n in range(3):
+        ring.submit(bytes([n]) * 8)
+    ring.submit(b"z" * 8, BUSY)
+    run = ring.reader.read_run(2)
+    assert run is not None and run.count == 2
+    run = ring.reader.read_run(10)
+    assert run is not None and run.count == 1
+    assert ring.reader.read_run(10) is None
+    assert ring.consumed() == 3 * record_span(8)

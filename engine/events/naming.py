@@ -1,0 +1,139 @@
+"""One buffer map's raw records turned into named events, a batch at a time.
+
+The origin header (engine/events/origin.py) and the gadget's struct behind it are unpacked in
+one call, and the record's dict is made by the decoder's generated builder. The common case is
+decided here without an ``Origin`` object: a task's record while the selection keeps every
+task, whose container is its mount namespace's, else its cgroup's, else the one the gadget's
+own fields name (``World.container_for``; skipped when the struct has none of those fields).
+Its ``origin`` object is shared by the records of one task. Everything else (packets, the
+kernel's own records, a selection that filters tasks, a short record) goes through ``place``
+(engine/world/placement.py), the one statement of the rules; tests/unit/test_naming.py checks
+that both ways agree.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from engine.bcc.origin_prelude import ORIGIN_TASK
+from engine.events.decode import RecordDecoder
+from engine.events.origin import FORMAT, HEADER, Origin
+from engine.events.stats import MapStats
+from engine.records import Event, Record
+from engine.world.held import Held
+from engine.world.placement import place
+from engine.world.state import Verdict, World
+
+# The fields ``World.container_for`` reads: a struct without any of them names no container.
+_NAMING_FIELDS = frozenset({"mntns_id", "mntns", "netns_id", "netns", "ifindex", "cgroup_id"})
+# Task origins kept for reuse; a flood of many short-lived tasks starts the cache afresh.
+_ORIGINS_KEPT = 4096
+# Values 0-5 of the unpacked header: kind, tgid, mntns, netns, cgroup, ifindex (then flags).
+_KIND, _TGID, _MNTNS, _NETNS, _CGROUP = range(5)
+_FIRST = len(struct.Struct(FORMAT).unpack(bytes(HEADER)))
+_Known = tuple[dict[str, int], Mapping[str, Any] | None]
+
+
+@attrs.define
+class MapNamer:
+    """Names the records of one ring or perf buffer map of one gadget."""
+
+    gadget: str
+    source: str
+    program: str | None
+    decoder: RecordDecoder
+    world: World
+    _size: int = attrs.field(init=False)
+    _unpack: Callable[[bytes], tuple[Any, ...]] = attrs.field(init=False)
+    _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False)
+    reads_fields: bool = attrs.field(init=False)  # the struct has a field naming a container
+    # Per task (tgid, mntns, netns, cgroup): its origin object and its container's object.
+    _origins: dict[tuple[int, ...], _Known] = attrs.Factory(dict)
+    _generation: int = -1  # the world's, when _origins was filled
+
+    def __attrs_post_init__(self) -> None:
+        whole = struct.Struct(FORMAT + self.decoder.struct.format.lstrip("<"))
+        self._size = whole.size
+        self._unpack = whole.unpack_from
+        self._build = self.decoder.builder(_FIRST)
+        self.reads_fields = any(f.name in _NAMING_FIELDS for f in self.decoder.fields)
+
+    def name(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
+        """The events of ``batch`` that reach consumers now; held ones go to ``held``,
+        unselected ones are counted in ``stats``."""
+        world = self.world
+        if world.filters_tasks:
+            return self._placed(batch, now, held, stats)
+        gadget, source, program = self.gadget, self.source, self.program
+        size, unpack, build, origins = self._size, self._unpack, self._build, self._origins
+        out: list[Record] = []
+        if self._generation != world.generation:  # containers came or went
+            self._generation = world.generation
+            origins.clear()
+        for raw in batch:
+            if len(raw) < size:
+                out += self._placed([raw], now, held, stats)
+                continue
+            v = unpack(raw)
+            if v[_KIND] != ORIGIN_TASK:
+                out += self._placed([raw], now, held, stats)
+                continue
+            data = build(v)
+            key = v[_TGID : _CGROUP + 1]
+            known = origins.get(key)
+            if known is None:
+                known = self._task(v, origins)
+            origin, container = known
+            if container is None and self.reads_fields:
+                found = world.container_for(data)
+                container = None if found is None else world.container_json(found)
+            out.append(Event(gadget, source, program, data, container, origin))
+        return out
+
+    def _task(self, v: tuple[Any, ...], origins: dict[tuple[int, ...], _Known]) -> _Known:
+        """A task's origin object and its container's (by mount namespace, else cgroup),
+        kept for the task's next records."""
+        world = self.world
+        container = world.find("mntns_inode", v[_MNTNS])
+        if container is None and v[_CGROUP] > 1:  # 1: the v2 root (placement.py)
+            container = world.find("cgroup_id", v[_CGROUP])
+        if len(origins) >= _ORIGINS_KEPT:
+            origins.clear()
+        origin = {"mntns": v[_MNTNS], "netns": v[_NETNS], "cgroup": v[_CGROUP], "tgid": v[_TGID]}
+        known = origins[v[_TGID : _CGROUP + 1]] = (
+            origin,
+            None if container is None else world.container_json(container),
+        )
+        return known
+
+    def _placed(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
+        out: list[Record] = []
+        for raw in batch:
+            verdict, key, event = self.place_one(raw, now)
+            if verdict is Verdict.DROP:
+                stats.unselected += 1
+            elif verdict is Verdict.HOLD:
+                held.hold_event(key, event)
+            else:
+                out.append(event)
+        return out
+
+    def place_one(self, raw: bytes, now: float) -> tuple[Verdict, int, Event]:
+        """One record through ``place``: the verdict, the key it is held under, the event."""
+        world = self.world
+        origin = Origin.of(raw)
+        data = self.decoder.decode(raw, HEADER)
+        verdict, key, container = place(world, origin, data, now)
+        event = Event(
+            self.gadget,
+            self.source,
+            self.program,
+            data,
+            None if container is None else world.container_json(container),
+            origin.to_json(world.host_netns, world.host_ifindexes),
+        )
+        return verdict, key, event

@@ -1,0 +1,143 @@
+"""``engine run --output json``'s batch encoder writes exactly what json.dumps wrote, per record."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import engine.cli.jsonlines
+import engine.records
+from engine import records
+from engine.cli.jsonlines import encode, json_line
+from engine.errors import AttachError
+from engine.events.decode import Field, build_decoder
+from engine.netns import NetnsId
+from engine.records import Event, Record
+from engine.sources.containers import Container, K8s
+from tests.unit.test_decode import EVERY_RULE
+
+NETNS = NetnsId(4026531993, 4)
+WEB = Container(
+    "a" * 64,
+    "web",
+    "busybox:latest",
+    4242,
+    labels=(("app", "web"), ("tier", "front")),
+    netns_inode=4026532001,
+    mntns_inode=4026532002,
+    cgroup_id=9876,
+    k8s=K8s("default", "web-0", "uid-1", "web", (("run", "web"),)),
+)
+
+# Every decoding rule, so that every kind of value an event holds is encoded.
+FIELDS = [*EVERY_RULE, Field("big", "__u128"), Field("delta", "s64")]
+DECODER = build_decoder(FIELDS)
+
+
+def decoded(raw: bytes) -> dict[str, Any]:
+    return DECODER.decode(raw.ljust(DECODER.struct.size, b"\0")[: DECODER.struct.size])
+
+
+def event(data: dict[str, Any], container: Container | None = WEB) -> Event:
+    origin = {"mntns": 4026532002, "netns": 4026532001, "cgroup": 9876, "tgid": 4242}
+    return Event(
+        "flood",
+        "events",
+        "on_call",
+        data,
+        None if container is None else container.to_json(),
+        origin,
+    )
+
+
+def every_record_type() -> list[Record]:
+    error = AttachError("p", "no such device", netns="4026531993", errno=errno.ENODEV)
+    attached = records.ProgramAttached(
+        gadget="g",
+        program="p",
+        kind="classifier/ingress",
+        netns=NETNS,
+        interface="veth1",
+        latency=0.0123,
+    )
+    return [
+        event(decoded(bytes(range(200)))),
+        records.Lost("g", "events", 3, "engine"),
+        records.MapSnapshot(
+            "g", "counts", "hash", ({"key": 1, "value": 2, "container": WEB.name},)
+        ),
+        records.ProgramSkipped("g", "p", "kprobe", "no kprobes"),
+        records.GadgetFailed.from_error("g", "/g.c", ValueError("bad")),
+        attached,
+        attached.detached("db"),
+        records.AttachFailed(gadget="g", program="p", kind="socket", netns=NETNS, error=error),
+        records.ContainerAdded(WEB),
+        records.ContainerRemoved(WEB, "died"),
+        records.ContainerPaused(WEB),
+        records.ContainerUnpaused(WEB),
+        records.ContainerRenamed(WEB, "old"),
+        records.SourceConnected("docker", 1700000000.25, "docker"),
+        records.SourceDisconnected("docker", 1e16, "gone", "docker"),
+        records.SourceReconnected("docker", 1700000000.25, 1700000001.5, "docker"),
+        records.NetnsAdded(NETNS, "/run/netns/a", "a"),
+        records.NetnsRemoved(NETNS),
+        records.HookFailed("h", "ValueError", "bad é", "event"),
+        records.SelectionChanged(("name=web",), (), host=False),
+    ]
+
+
+def test_every_record_type_is_written_as_json_dumps_wrote_it() -> None:
+    records = every_record_type()
+    types = {type(r) for r in records}
+    assert len(types) == len(records) == 20  # every type in engine.records, once
+    assert all(type(r).__module__ == engine.records.__name__ for r in records)
+    assert encode(records) == b"".join(json_line(r) for r in records)
+    # One at a time, and interleaved runs of events: the same bytes.
+    for record in records:
+        assert encode([record]) == json_line(record)
+    mixed = [records[0], records[0], records[1], records[0], records[8], records[0]]
+    assert encode(mixed) == b"".join(json_line(r) for r in mixed)
+
+
+def test_events_that_the_fast_encoder_would_write_differently_fall_back() -> None:
+    # Non-ASCII (json escapes it), DEL, integers over 64 bits (msgspec refuses them), names
+    # with quotes and separators in them, no container, an empty list.
+    odd = [
+        event({"comm": "caf\u00e9", "pid": 1}),
+        event({"comm": "a\x7fb"}),
+        event({"big": 2**100}),
+        event({'k", "x": {"type": "event", ': '}, {"type": "event", '}, None),
+        event({"arr": [], "m": {}}, None),
+        event({"neg": -(2**63), "u": 2**64 - 1, "b": False}),
+    ]
+    for record in odd:
+        assert encode([record]) == json_line(record)
+    assert encode(odd) == b"".join(json_line(r) for r in odd)
+
+
+@given(st.lists(st.binary(min_size=0, max_size=DECODER.struct.size), min_size=1, max_size=20))
+def test_any_decoded_records_are_written_as_json_dumps_wrote_them(raws: list[bytes]) -> None:
+    records = [event(decoded(raw), WEB if i % 2 else None) for i, raw in enumerate(raws)]
+    assert encode(records) == b"".join(json_line(r) for r in records)
+
+
+def test_random_structs_with_every_rule_match() -> None:
+    size = DECODER.struct.size
+    records = [event(decoded(os.urandom(size))) for _ in range(500)]
+    records.append(event(decoded(struct.pack("<I", 7))))
+    assert encode(records) == b"".join(json_line(r) for r in records)
+
+
+def test_plain_events_take_the_batch_path(monkeypatch: Any) -> None:
+    expected = [json_line(event({"pid": n, "comm": "sh"})) for n in range(3)]
+
+    def refuse(record: Record) -> bytes:
+        raise AssertionError("an ASCII event went through json.dumps")
+
+    monkeypatch.setattr(engine.cli.jsonlines, "json_line", refuse)
+    assert encode([event({"pid": n, "comm": "sh"}) for n in range(3)]) == b"".join(expected)

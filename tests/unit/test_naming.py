@@ -1,0 +1,108 @@
+"""MapNamer's fast path names records exactly as the placement rules do, record by record."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from engine.events.decode import Field, build_decoder
+from engine.events.naming import MapNamer
+from engine.events.origin import HEADER, Origin
+from engine.events.stats import MapStats
+from engine.records import Event, Record
+from engine.sources.containers import Container
+from engine.world.held import Held
+from engine.world.placement import place
+from engine.world.selection import Selection
+from engine.world.state import Verdict, World
+
+HOST_NETNS, HOST_MNTNS = 4026531840, 4026531841
+TASK, PACKET, KERNEL = 1, 2, 3
+WEB = Container("a" * 64, "web", "img", 10, netns_inode=101, mntns_inode=201, cgroup_id=301)
+DB = Container("b" * 64, "db", "img", 11, netns_inode=102, mntns_inode=202, cgroup_id=302)
+PLAIN = [Field("pid", "u32"), Field("comm", "char[8]"), Field("arr", "u16[2]")]
+NAMING = [Field("pid", "u32"), Field("mntns_id", "u32"), Field("ifindex", "u32")]
+
+
+def make_world(*select: str) -> World:
+    w = World(
+        Selection.parse(list(select), [], False), host_netns=HOST_NETNS, host_mntns=HOST_MNTNS
+    )
+    w.add_container(WEB)
+    w.add_container(DB)
+    w.host_ifindexes[55] = 102
+    return w
+
+
+def raw(header: tuple[int, int, int, int, int, int], body: bytes) -> bytes:
+    """kind, tgid, mntns, netns, cgroup, ifindex; then the gadget's record."""
+    return struct.pack("<IIIIQII", *header, 0) + body
+
+
+def batch_for(fields: list[Field]) -> list[bytes]:
+    if fields is PLAIN:
+        body = struct.pack("<I8s2H", 7, b"sh\0", 1, 2)
+    else:
+        body = struct.pack("<III", 7, 202, 55)
+    return [
+        raw((TASK, 7, 201, 101, 301, 0), body),  # web by mount namespace
+        raw((TASK, 7, 999, 101, 302, 0), body),  # db by cgroup
+        raw((TASK, 7, HOST_MNTNS, HOST_NETNS, 1, 0), body),  # the host (or the fields' say)
+        raw((TASK, 8, 999, 5, 1, 0), body),  # nobody's, another task
+        raw((PACKET, 0, 0, HOST_NETNS, 0, 55), body),  # db's veth
+        raw((KERNEL, 0, 0, 0, 0, 0), body),
+        raw((TASK, 7, 201, 101, 301, 0), body[:3]),  # short: padded
+    ]
+
+
+def events(records: list[Record]) -> list[Event]:
+    return [r for r in records if isinstance(r, Event)]
+
+
+def reference(world: World, fields: list[Field], batch: list[bytes]) -> list[Record]:
+    """What the reader did before the fast path: every record through ``place``."""
+    decoder = build_decoder(fields)
+    out: list[Record] = []
+    for one in batch:
+        origin = Origin.of(one)
+        data = decoder.decode(one, HEADER)
+        verdict, _key, container = place(world, origin, data, 0.0)
+        if verdict is Verdict.DELIVER:
+            out.append(
+                Event(
+                    "g",
+                    "events",
+                    "prog",
+                    data,
+                    None if container is None else world.container_json(container),
+                    origin.to_json(world.host_netns, world.host_ifindexes),
+                )
+            )
+    return out
+
+
+@pytest.mark.parametrize("fields", [PLAIN, NAMING], ids=["plain", "naming fields"])
+@pytest.mark.parametrize("select", [(), ("name=web",)], ids=["everything", "selection"])
+def test_the_fast_path_names_records_as_placement_does(
+    fields: list[Field], select: tuple[str, ...]
+) -> None:
+    world = make_world(*select)
+    batch = batch_for(fields)
+    namer = MapNamer("g", "events", "prog", build_decoder(fields), world)
+    got = namer.name(batch, 0.0, Held(), MapStats())
+    expected = reference(world, fields, batch)
+    assert got == expected
+    assert len(got) >= 2
+    containers = [e.container["name"] if e.container else None for e in events(got)]
+    if not select and fields is PLAIN:
+        assert containers == ["web", "db", None, None, "db", None, "web"]
+
+
+def test_a_selection_drops_and_counts_what_is_not_selected() -> None:
+    world = make_world("name=web")
+    stats = MapStats()
+    namer = MapNamer("g", "events", "prog", build_decoder(PLAIN), world)
+    got = namer.name(batch_for(PLAIN), 0.0, Held(), stats)
+    assert [e.container["name"] for e in events(got) if e.container] == ["web", "web"]
+    assert stats.unselected >= 1

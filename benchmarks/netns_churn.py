@@ -85,6 +85,7 @@ class Story:
     programs: dict[str, list[tuple[str, float]]] = attrs.Factory(lambda: defaultdict(list))
     seen_by: set[int] = attrs.Factory(set)
     socket_latency: float | None = None  # the record's own: from the netns task's start
+    tc_latency: float | None = None  # the later classifier's, likewise
 
     def complete(self) -> bool:
         return (
@@ -144,8 +145,11 @@ class EngineLog:
                 self.stories[name].removed.append(at)
             else:
                 self.stories[name].programs[record["program"]].append((kind, at))
+                story, latency = self.stories[name], record.get("latency")
                 if kind == "attached" and record["program"] == SOCKET_PROGRAM:
-                    self.stories[name].socket_latency = record.get("latency")
+                    story.socket_latency = latency
+                elif kind == "attached" and record["program"] in TC_PROGRAMS and latency:
+                    story.tc_latency = max(story.tc_latency or 0.0, latency)
         self.changed.set()
         self.changed = trio.Event()
 
@@ -231,6 +235,10 @@ def _rate_details(
                 parts["socket_task_latency"].append(story.socket_latency)
         if "t_veth" in t and all(a is not None for a in tc_at):
             tc_after.append(max(a for a in tc_at if a is not None) - t["t_veth"])
+            if story.tc_latency is not None and story.socket_latency is not None:
+                # From the netns task's start: the classifiers, and how long after the socket.
+                parts["tc_task_latency"].append(story.tc_latency)
+                parts["tc_after_socket_in_task"].append(story.tc_latency - story.socket_latency)
             if socket_at is not None:
                 all_after.append(
                     max(socket_at, *(a for a in tc_at if a is not None)) - t["t_netns"]
@@ -254,7 +262,7 @@ def _rate_details(
         "all_after_netns": _summary(all_after),
         "packet_after_netns": _summary(gap),
         "generator_steps": {k: _summary(v) for k, v in steps.items()},
-        "socket_attach_parts": {k: _summary(v) for k, v in parts.items()},
+        "attach_parts": {k: _summary(v) for k, v in parts.items()},
         "first_packet": seen,
         "complete": len(made) - len(incomplete),
         "settled_in_time": settled,

@@ -22,15 +22,8 @@ from typing import Any
 import attrs
 import trio
 
-from engine.attach import (
-    Direction,
-    HostPeer,
-    IterLink,
-    attach_classifier,
-    attach_socket_filter,
-    find_host_peers,
-    run_iter_in_netns,
-)
+from engine.attach import IterLink, attach_socket_filter, run_iter_in_netns
+from engine.attach.netns_tc import NetnsClassifiers
 from engine.attach.preattach import PreAttacher
 from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
@@ -47,8 +40,8 @@ Emit = Callable[[Record], object]
 
 _ATTACH_ORDER = {Kind.SOCKET: 0, Kind.CLASSIFIER: 1, Kind.ITER: 2}
 
-# How long a new netns may take to receive its veth before classifiers give up on it.
-PEER_WAIT = 3.0
+# Threads asking the host's rtnetlink for tc attaches (each waits on the RTNL lock in turn).
+RTNL_THREADS = 4
 
 AttachStep = Callable[[str, NetnsTarget], Awaitable[None]]
 
@@ -89,7 +82,12 @@ class PerNetns:
     attach_step: AttachStep | None = None
     # Long-lived, the engine's own: tc requests in the host; socket filters made inside each
     # netns; iterator runs inside each netns (a slow one never delays an attach).
-    rtnl: HostRtnl = attrs.Factory(HostRtnl)
+    # Several threads: each tc request waits on the RTNL lock, which netns teardown holds for
+    # tens of milliseconds under churn; one thread made every attach queue behind each wait
+    # (at 100 netns/s the queue grew by seconds). Removals on threads of their own, so that
+    # attaches never queue behind them.
+    rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl(threads=RTNL_THREADS))
+    detach_rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl("host rtnetlink detach", threads=2))
     attach_worker: Worker = attrs.Factory(lambda: Worker("netns attach"))
     iter_worker: Worker = attrs.Factory(lambda: Worker("netns iterators"))
     closer: Closer = attrs.Factory(Closer)
@@ -110,6 +108,7 @@ class PerNetns:
         """Once every netns task has ended: the workers and sockets go (idempotent)."""
         with trio.CancelScope(shield=True):
             await self.rtnl.aclose()
+            await self.detach_rtnl.aclose()
         await self.attach_worker.aclose()
         await self.iter_worker.aclose()
         await self.closer.aclose()
@@ -244,8 +243,12 @@ class PerNetns:
                 pending.clear()
                 return
             netns = handle.id
+            classifiers = []
             for gadget, program in self.programs():
                 kind = program.spec.kind
+                if kind is Kind.CLASSIFIER:
+                    classifiers.append(program)  # all at once, below
+                    continue
                 await self._step("attach", state.target)
                 try:
                     if kind is Kind.SOCKET:
@@ -259,13 +262,16 @@ class PerNetns:
                             )
                         )
                         self._attached(stack, program, "socket", netns, None, state)
-                    elif kind is Kind.CLASSIFIER:
-                        await self._attach_tc(stack, program, handle, netns, state)
                     elif kind is Kind.ITER:
                         iterators.append((gadget, program))
                 except AttachError as exc:
                     self._failed(program, state.target, exc.interface, exc)
                 pending.remove(program)
+            if classifiers:
+                await self._step("attach", state.target)
+                await self._attach_tc(stack, classifiers, handle, netns, state)
+                for program in classifiers:
+                    pending.remove(program)
             await self._step("attached", state.target)
             state.attached_at = time.monotonic()
             if iterators:
@@ -276,67 +282,34 @@ class PerNetns:
     async def _attach_tc(
         self,
         stack: contextlib.AsyncExitStack,
-        program: LoadedProgram,
+        programs: list[LoadedProgram],
         handle: NetnsHandle,
         netns: NetnsId,
         state: NetnsState,
     ) -> None:
-        direction = Direction(program.spec.section.parts[0])
-        peers = await self._wait_for_peers(handle, program, state.target)
-        for peer in peers:
-            await self._step("add_filter", state.target)
-            # Known before the filter runs: its first records must name (or be held for)
-            # this netns, never pass as nobody's.
-            self.world.host_ifindexes[peer.host_ifindex] = state.target.inode
-            stack.callback(self.world.forget_ifindex, peer.host_ifindex)
-            # Attached ahead of the netns (engine/preattach.py): taken over as it is, so the
-            # filter is never off while the container starts.
-            handed = await self.preattach.take(peer, program) if self.preattach else None
-            try:
-                await stack.enter_async_context(
-                    handed
-                    if handed is not None
-                    else attach_classifier(
-                        program.fd,
-                        program.spec.function,
-                        peer,
-                        direction,
-                        netns=state.target.label,
-                        rtnl=self.rtnl,
-                    )
-                )
-            except AttachError as exc:
-                self._failed(program, state.target, peer.host_ifname, exc)
-                continue
-            kind = f"classifier/{direction.value}"
-            self._attached(stack, program, kind, netns, peer.host_ifname, state)
+        classifiers = NetnsClassifiers(
+            self.world,
+            self.rtnl,
+            self.detach_rtnl,
+            self.nsids,
+            self._stopping,
+            self.links,
+            self.preattach,
+        )
 
-    async def _wait_for_peers(
-        self, handle: NetnsHandle, program: LoadedProgram, target: NetnsTarget
-    ) -> list[HostPeer]:
-        """The host-side veth peers, waiting briefly for the runtime to move them in.
+        def report(
+            program: LoadedProgram, interface: str | None, error: AttachError | None
+        ) -> None:
+            if error is not None:
+                self._failed(program, state.target, interface, error)
+            else:
+                kind = f"classifier/{program.spec.section.parts[0]}"
+                self._attached(stack, program, kind, netns, interface, state)
 
-        A netns is often seen (its file appears) before the runtime has moved the container's
-        end of the veth pair into it: look again at each interface change in the host (or
-        every 0.2 s without a link watcher) for a short while before giving up.
-        """
-        deadline = trio.current_time() + PEER_WAIT
-        while True:
-            # Taken before looking, so that a change during the look is not missed.
-            change = self.links.changed if self.links is not None else None
-            try:
-                return await find_host_peers(
-                    handle, program.spec.function, links=self.links, nsids=self.nsids
-                )
-            except AttachError as exc:
-                late = trio.current_time() >= deadline or self._stopping.is_set()
-                if not exc.problem.startswith("no veth") or late:
-                    raise
-            with trio.move_on_after(0.2):
-                if change is not None:
-                    await change.wait()
-                else:
-                    await trio.sleep_forever()
+        async def step(name: str) -> None:
+            await self._step(name, state.target)
+
+        await classifiers.attach(stack, programs, handle, state.target, report, step)
 
     def _attached(  # noqa: PLR0917 - a record's fields, passed straight through
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -37,6 +38,7 @@ from engine.attach.tcmsg import (
     check_clsact,
     clsact_request,
     delete_bpf_filter,
+    delete_filter_request,
     list_filters,
 )
 from engine.errors import AttachError
@@ -146,9 +148,55 @@ def _used_prios(sock: RtnlSocket, ifindex: int, parent: int) -> set[int]:
     return {f.prio for f in list_filters(sock, ifindex, parent)}
 
 
-def _add_filter(sock: RtnlSocket, prog_fd: int, peer: HostPeer, parent: int, name: str) -> TcFilter:
-    """Add our filter at the lowest free priority of our range (the first one is tried
-    before anything is listed).
+@attrs.frozen
+class Classifier:
+    """One program to attach on a veth's host side."""
+
+    prog_fd: int
+    program: str
+    direction: Direction
+
+
+def _add_filters(
+    sock: RtnlSocket, peer: HostPeer, wanted: list[tuple[int, int, str]]
+) -> list[TcFilter | OSError]:
+    """Add each (program fd, parent, name) filter at the lowest free priority of our range;
+    for each, its filter or why it could not be added.
+
+    The usual case, a veth that nobody else filters: the qdisc and every filter at the first
+    priority of our range, in one datagram. Each request waits on the RTNL lock, which netns
+    teardown holds for milliseconds at a time: one round trip per veth, not one per program
+    (nor a listing first).
+    """
+    ifindex = peer.host_ifindex
+    answers = sock.batch(
+        clsact_request(ifindex),
+        *(
+            bpf_filter_request(ifindex, parent, PRIO_FIRST, FILTER_HANDLE, fd, name)
+            for fd, parent, name in wanted
+        ),
+    )
+    check_clsact(answers[0][0])
+    out: list[TcFilter | OSError] = []
+    for (fd, parent, name), (code, _) in zip(wanted, answers[1:], strict=True):
+        if code == 0:
+            out.append(TcFilter(ifindex, peer.host_ifname, parent, PRIO_FIRST, name))
+        elif code in (errno.EEXIST, errno.EINVAL):
+            try:
+                out.append(_add_at_free_prio(sock, fd, peer, parent, name))
+            except OSError as exc:
+                out.append(exc)
+        else:
+            out.append(
+                OSError(code, f"cannot add the tc filter: {errno.errorcode.get(code, code)}")
+            )
+    return out
+
+
+def _add_at_free_prio(
+    sock: RtnlSocket, prog_fd: int, peer: HostPeer, parent: int, name: str
+) -> TcFilter:
+    """The first priority was taken: list the hook and take the next free one.
 
     Other engines (and other tools) add filters on the same hook at the same time: between
     listing and adding, the chosen priority may be taken. The kernel then answers EEXIST (a
@@ -157,18 +205,6 @@ def _add_filter(sock: RtnlSocket, prog_fd: int, peer: HostPeer, parent: int, nam
     Bounded, so a hook that keeps changing under us is an error, not a loop.
     """
     ifindex = peer.host_ifindex
-    # The usual case, a veth that nobody else filters: the qdisc and our filter at the first
-    # priority of our range, in one datagram. Each waits on the RTNL lock, which netns
-    # teardown holds for milliseconds at a time: listing first would wait once more.
-    (qdisc, _), (code, _) = sock.batch(
-        clsact_request(ifindex),
-        bpf_filter_request(ifindex, parent, PRIO_FIRST, FILTER_HANDLE, prog_fd, name),
-    )
-    check_clsact(qdisc)
-    if code == 0:
-        return TcFilter(ifindex, peer.host_ifname, parent, PRIO_FIRST, name)
-    if code not in (errno.EEXIST, errno.EINVAL):
-        raise OSError(code, f"cannot add the tc filter: {errno.errorcode.get(code, code)}")
     for _ in range(ADD_ATTEMPTS):
         used = _used_prios(sock, ifindex, parent)
         prio = next((p for p in range(PRIO_FIRST, PRIO_LAST + 1) if p not in used), None)
@@ -199,8 +235,63 @@ def _delete_filter(sock: RtnlSocket, ifindex: int, parent: int, prio: int, handl
     return True
 
 
-def _remove(sock: RtnlSocket, f: TcFilter) -> None:
-    _delete_filter(sock, f.host_ifindex, f.parent, f.prio, FILTER_HANDLE)
+def _remove_all(sock: RtnlSocket, filters: list[TcFilter]) -> None:
+    """Delete the filters in one datagram; those gone already (interface deleted, filter
+    removed by someone) are no error."""
+    answers = sock.batch(
+        *(delete_filter_request(f.host_ifindex, f.parent, f.prio, FILTER_HANDLE) for f in filters)
+    )
+    for f, (code, _) in zip(filters, answers, strict=True):
+        if code not in (0, errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            logger.warning("cannot remove tc filter %s: %s", f, os.strerror(code))
+
+
+@asynccontextmanager
+async def attach_classifiers(
+    classifiers: list[Classifier],
+    peer: HostPeer,
+    *,
+    netns: str | None = None,
+    owner: str | None = None,
+    rtnl: HostRtnl | None = None,
+    detach_rtnl: HostRtnl | None = None,
+    still_there: Callable[[TcFilter], bool] | None = None,
+) -> AsyncIterator[list[TcFilter | AttachError]]:
+    """Attach loaded SCHED_CLS programs (direct-action) for one container interface, in one
+    request through ``rtnl`` (else a worker of its own); for each, its filter or its error.
+
+    Always removes the filters on exit, also on cancellation, through ``detach_rtnl`` (else
+    ``rtnl``): removals never queue in front of attaches. A filter whose veth is gone
+    (``still_there`` says False: it went with it) is not asked for again.
+    """
+    who = owner or current_owner()
+    wanted = [
+        (c.prog_fd, c.direction.host_parent, filter_name(who, c.program)) for c in classifiers
+    ]
+    async with _rtnl(rtnl) as worker:
+        try:
+            # A cancelled caller waits for the answer: the filters are then removed below.
+            added = await worker.call(_add_filters, peer, wanted)
+        except OSError as exc:
+            added = [exc] * len(classifiers)
+        results: list[TcFilter | AttachError] = [
+            AttachError.from_os(
+                c.program, "cannot add the tc filter", r, netns=netns, interface=peer.host_ifname
+            )
+            if isinstance(r, OSError)
+            else r
+            for c, r in zip(classifiers, added, strict=True)
+        ]
+        ours = [r for r in results if isinstance(r, TcFilter)]
+        logger.debug("classifiers attached: %s", ours)
+        try:
+            yield results
+        finally:
+            left = [f for f in ours if still_there is None or still_there(f)]
+            if left:
+                with trio.CancelScope(shield=True):
+                    await (detach_rtnl or worker).call(_remove_all, left)
+            logger.debug("classifiers detached: %s", ours)
 
 
 @asynccontextmanager
@@ -214,27 +305,13 @@ async def attach_classifier(
     owner: str | None = None,
     rtnl: HostRtnl | None = None,
 ) -> AsyncIterator[TcFilter]:
-    """Attach a loaded SCHED_CLS program (direct-action) for one container interface, through
-    ``rtnl`` (else a worker of its own).
-
-    Always removes its filter on exit, also on cancellation.
-    """
-    name = filter_name(owner or current_owner(), program)
-    async with _rtnl(rtnl) as worker:
-        try:
-            # A cancelled caller waits for the answer: the filter is then removed below.
-            tc_filter = await worker.call(_add_filter, prog_fd, peer, direction.host_parent, name)
-        except OSError as exc:
-            raise AttachError.from_os(
-                program, "cannot add the tc filter", exc, netns=netns, interface=peer.host_ifname
-            ) from exc
-        logger.debug("classifier %s attached: %s", program, tc_filter)
-        try:
-            yield tc_filter
-        finally:
-            with trio.CancelScope(shield=True):
-                await worker.call(_remove, tc_filter)
-            logger.debug("classifier %s detached: %s", program, tc_filter)
+    """One classifier (``attach_classifiers``); AttachError when it cannot be added."""
+    async with attach_classifiers(
+        [Classifier(prog_fd, program, direction)], peer, netns=netns, owner=owner, rtnl=rtnl
+    ) as (result,):
+        if isinstance(result, AttachError):
+            raise result
+        yield result
 
 
 @asynccontextmanager

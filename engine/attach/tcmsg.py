@@ -107,6 +107,12 @@ def add_bpf_filter(  # noqa: PLR0917 - a filter's fields, as the kernel takes th
     sock.request(kind, flags, body, "cannot add the tc filter")
 
 
-def delete_bpf_filter(sock: RtnlSocket, ifindex: int, parent: int, prio: int, handle: int) -> None:
+def delete_filter_request(ifindex: int, parent: int, prio: int, handle: int) -> Request:
+    """Delete our bpf filter at ``prio``; ENOENT/ENODEV/EINVAL when it is gone."""
     body = _tcmsg(ifindex, handle, parent, _info(prio)) + pack_str(TCA_KIND, "bpf")
-    sock.request(RTM_DELTFILTER, 0, body, "cannot delete the tc filter")
+    return RTM_DELTFILTER, 0, body
+
+
+def delete_bpf_filter(sock: RtnlSocket, ifindex: int, parent: int, prio: int, handle: int) -> None:
+    kind, flags, body = delete_filter_request(ifindex, parent, prio, handle)
+    sock.request(kind, flags, body, "cannot delete the tc filter")

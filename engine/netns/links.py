@@ -118,6 +118,11 @@ class LinkWatcher:
         self._veths: dict[int, VethLink] = {}
         self._by_nsid: dict[int, dict[int, VethLink]] = {}
 
+    def has(self, ifindex: int, ifname: str) -> bool:
+        """Whether the veth ``ifname`` is still there (under that index)."""
+        veth = self._veths.get(ifindex)
+        return veth is not None and veth.ifname == ifname
+
     def peers_of(self, nsid: int) -> list[VethLink]:
         """The host-side veths whose peer is in the netns of id ``nsid``."""
         return list(self._by_nsid.get(nsid, {}).values())

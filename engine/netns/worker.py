@@ -8,8 +8,8 @@ that could not return hands its queue to a new thread and ends). One thread for 
 churn, instead of a thread started per call, and no place taken in trio's shared thread
 limiter, which a flood of attaches used to fill.
 
-``HostRtnl`` is a worker that owns one blocking rtnetlink socket in the host netns for
-requests that wait on the RTNL lock (tc qdiscs and filters).
+``HostRtnl`` is a worker whose threads each own a blocking rtnetlink socket in the host netns,
+for requests that wait on the RTNL lock (tc qdiscs and filters).
 """
 
 from __future__ import annotations
@@ -82,18 +82,23 @@ class _Call:
 
 
 class Worker(trio.abc.AsyncResource):
-    """One thread of its own running blocking calls in turn, inside a netns when asked.
+    """Threads of its own (one unless asked) running blocking calls, inside a netns when asked.
 
-    Made on the trio thread (in the host netns, whose fd it keeps to come back to). The thread
-    starts with the first call and ends once ``aclose()`` (idempotent) has been called and the
-    calls already asked for are done.
+    Made on the trio thread (in the host netns, whose fd each thread keeps to come back to).
+    The threads start with the first call and end once ``aclose()`` (idempotent) has been
+    called and the calls already asked for are done, each running ``on_exit`` last. Several
+    threads take calls from one queue: for calls that mostly wait in the kernel (on the RTNL
+    lock), so that one long wait does not hold up the others.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, threads: int = 1, on_exit: Callable[[], object] | None = None
+    ) -> None:
         self.name = name
+        self._count = threads
+        self._on_exit = on_exit
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._host_fd: int | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     async def run(
@@ -131,20 +136,24 @@ class Worker(trio.abc.AsyncResource):
         return value
 
     def _start(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             return
-        self._host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._spawn()
+        host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for _ in range(self._count):
+                self._spawn(os.dup(host_fd))
+        finally:
+            os.close(host_fd)
 
-    def _spawn(self) -> None:
-        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
-        self._thread.start()
+    def _spawn(self, host_fd: int) -> None:
+        thread = threading.Thread(target=self._serve, args=(host_fd,), name=self.name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
-    def _serve(self) -> None:
-        assert self._host_fd is not None
+    def _serve(self, host_fd: int) -> None:
         # Threads start in their creator's netns: a replacement made by a thread that could
         # not return to the host's must go there first.
-        setns_current_thread(self._host_fd)
+        setns_current_thread(host_fd)
         while (call := self._calls.get()) is not None:
             try:
                 if call.netns_fd is not None:
@@ -155,35 +164,49 @@ class Worker(trio.abc.AsyncResource):
                 if call.netns_fd is not None:
                     os.close(call.netns_fd)
             try:
-                setns_current_thread(self._host_fd)
+                setns_current_thread(host_fd)
             except OSError:
-                # Still in another netns: this thread must run nothing else; the queue goes
-                # on with a new one.
+                # Still in another netns: this thread must run nothing else; its place (and
+                # its host fd) goes to a new one.
                 log.exception("worker %s could not return to the host netns", self.name)
                 call.deliver(result)
-                self._spawn()
+                self._spawn(host_fd)
                 return
             call.deliver(result)
-        os.close(self._host_fd)
+        try:
+            if self._on_exit is not None:
+                self._on_exit()
+        finally:
+            os.close(host_fd)
 
     @property
     def started(self) -> bool:
-        return self._thread is not None
+        return bool(self._threads)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def close(self) -> None:
-        """Idempotent: no new calls; the thread ends after those already asked for."""
+        """Idempotent: no new calls; the threads end after those already asked for."""
         if not self._closed:
             self._closed = True
-            if self._thread is not None:
+            for _ in self._threads[: self._count]:
                 self._calls.put(None)
 
     async def aclose(self) -> None:
         self.close()
         await trio.lowlevel.checkpoint()
+
+    async def join(self) -> None:
+        """Closed, and returned once every thread has ended (shielded: it always waits)."""
+        self.close()
+        with trio.CancelScope(shield=True):
+            while self._threads:
+                thread = self._threads[0]
+                await trio.to_thread.run_sync(thread.join)
+                if not thread.is_alive() and thread in self._threads:
+                    self._threads.remove(thread)
 
 
 def _inside(fd: int, thunk: Callable[[], T]) -> T:
@@ -238,28 +261,28 @@ class Closer(trio.abc.AsyncResource):
 
 
 class HostRtnl(trio.abc.AsyncResource):
-    """rtnetlink requests in the host netns, on a thread of their own (see module doc)."""
+    """rtnetlink requests in the host netns, on threads of their own (see module doc), each
+    with its own socket."""
 
-    def __init__(self, name: str = "host rtnetlink") -> None:
-        self._worker = Worker(name)
-        self._sock: RtnlSocket | None = None  # made and used on the worker's thread only
+    def __init__(self, name: str = "host rtnetlink", *, threads: int = 1) -> None:
+        self._local = threading.local()  # each thread's socket, made and used there only
+        self._worker = Worker(name, threads=threads, on_exit=self._close_socket)
 
     async def call(self, fn: Callable[[RtnlSocket, *Ts], T], *args: *Ts) -> T:
-        """``fn(socket, *args)`` on the thread; a cancelled caller waits for it to finish."""
+        """``fn(socket, *args)`` on a thread; a cancelled caller waits for it to finish."""
         return await self._worker.run(self._with_socket, fn, args)
 
     def _with_socket(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        if self._sock is None:
-            self._sock = RtnlSocket()
-        return fn(self._sock, *args)
+        sock: RtnlSocket | None = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self._local.sock = RtnlSocket()
+        return fn(sock, *args)
 
     def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        sock: RtnlSocket | None = getattr(self._local, "sock", None)
+        if sock is not None:
+            sock.close()
 
     async def aclose(self) -> None:
-        """Idempotent: the socket is closed on its thread, after the calls asked for."""
-        if self._worker.started and not self._worker.closed:
-            with trio.CancelScope(shield=True):
-                await self._worker.run(self._close_socket)
-        await self._worker.aclose()
+        """Idempotent: returns once the calls asked for are done and the sockets closed."""
+        await self._worker.join()

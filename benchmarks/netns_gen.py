@@ -91,17 +91,8 @@ class Baseline:
         cpu, wall = time.thread_time(), time.monotonic()
         self.ipr.tc("add", "clsact", live.host_ifindex)
         for parent in (TC_INGRESS, TC_EGRESS):
-            self.ipr.tc(
-                "add-filter",
-                "bpf",
-                live.host_ifindex,
-                1,
-                parent=parent,
-                prio=0xC000,
-                protocol=ETH_P_ALL,
-                fd=self.tc_prog,
-                name="baseline",
-                direct_action=True,
+            self._tc_filter(
+                "add-filter", live, parent, fd=self.tc_prog, name="baseline", direct_action=True
             )
         netlink.setns(live.ns_fd)
         try:
@@ -116,18 +107,23 @@ class Baseline:
     def detach(self, live: Live) -> None:
         cpu = time.thread_time()
         for parent in (TC_INGRESS, TC_EGRESS):
-            self.ipr.tc(
-                "del-filter",
-                "bpf",
-                live.host_ifindex,
-                1,
-                parent=parent,
-                prio=0xC000,
-                protocol=ETH_P_ALL,
-            )
+            self._tc_filter("del-filter", live, parent)
         if live.packet is not None:
             live.packet.close()
         live.times["baseline_cpu_s"] += time.thread_time() - cpu
+
+    def _tc_filter(self, command: str, live: Live, parent: int, **extra: Any) -> None:
+        """pyroute2's tc filter request for the baseline's filter on ``parent``."""
+        self.ipr.tc(
+            command,
+            "bpf",
+            live.host_ifindex,
+            1,
+            parent=parent,
+            prio=0xC000,
+            protocol=ETH_P_ALL,
+            **extra,
+        )
 
 
 @attrs.define

@@ -95,8 +95,7 @@ class Tracker:
             # finds its records refused or written as the selection says (a mount namespace
             # the kernel does not know yet passes it, to be held and judged here).
             async with self._lock:
-                for loaded in self.loaded:
-                    await sync_filter(loaded, self.world)
+                await self._sync_filters()
             self.outlet.put(record)
             await self.changed()
 
@@ -135,9 +134,13 @@ class Tracker:
             # before the detach records of a netns that stops being traced.
             for identified in self.world.settle(trio.current_time()):
                 self._release(identified)
-            for loaded in self.loaded:
-                await sync_filter(loaded, self.world)
+            await self._sync_filters()
             return await self.per_netns.reconcile(self.world.desired_netns())
+
+    async def _sync_filters(self) -> None:
+        """Every gadget's kernel selection as the world says (a no-op when unchanged)."""
+        for loaded in self.loaded:
+            await sync_filter(loaded, self.world)
 
     def _release(self, identified: Identified) -> None:
         """Hand over what a netns held while pending: named if kept, else dropped."""

@@ -9,8 +9,12 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from tests.support.gadget_c import FROM_THE_FLOODER
+
 COMM = "engflood"
-FLOOD = r"""
+FLOOD = (
+    FROM_THE_FLOODER
+    + r"""
 struct call { u64 n; };
 
 BPF_RINGBUF_OUTPUT(calls, 4);
@@ -18,16 +22,14 @@ BPF_RINGBUF_OUTPUT(calls, 4);
 SEC("tracepoint/syscalls/sys_enter_getppid")
 int on_getppid(void *ctx)
 {
-    char comm[16];
-    bpf_get_current_comm(&comm, sizeof(comm));
-    if (comm[0] != 'e' || comm[1] != 'n' || comm[2] != 'g' || comm[3] != 'f' ||
-        comm[4] != 'l' || comm[5] != 'o' || comm[6] != 'o' || comm[7] != 'd')
+    if (!from_the_flooder())
         return 0;
     struct call c = {.n = bpf_ktime_get_ns()};
     calls.ringbuf_output(&c, sizeof(c), 0);
     return 0;
 }
 """
+)
 # Names itself so that the gadget sees only it, then calls getppid() until killed.
 HAMMER = f"""
 import ctypes, os

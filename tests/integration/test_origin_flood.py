@@ -14,12 +14,15 @@ import trio
 
 import engine
 from engine.gadget.model import Gadget
+from tests.support.gadget_c import FROM_THE_FLOODER
 
 pytestmark = [pytest.mark.integration]
 
 CALLS = 300_000
 # Each call writes one record with its sequence number, from a process named engflood-*.
-FLOOD = r"""
+FLOOD = (
+    FROM_THE_FLOODER
+    + r"""
 struct seq_t { u64 seq; };
 BPF_ARRAY(attempts, u64, 1);
 BPF_RINGBUF_OUTPUT(flood, 16);
@@ -27,10 +30,7 @@ BPF_RINGBUF_OUTPUT(flood, 16);
 SEC("tracepoint/syscalls/sys_enter_getppid")
 int on_getppid(void *ctx)
 {
-    char comm[16];
-    bpf_get_current_comm(&comm, sizeof(comm));
-    if (comm[0] != 'e' || comm[1] != 'n' || comm[2] != 'g' || comm[3] != 'f' ||
-        comm[4] != 'l' || comm[5] != 'o' || comm[6] != 'o' || comm[7] != 'd')
+    if (!from_the_flooder())
         return 0;
     u32 zero = 0;
     u64 *n = attempts.lookup(&zero);
@@ -41,6 +41,7 @@ int on_getppid(void *ctx)
     return 0;
 }
 """
+)
 
 
 async def hammer(calls: int) -> None:

@@ -13,6 +13,7 @@ import trio
 import engine
 from engine.gadget.model import Gadget
 from tests.support.docker import Containers
+from tests.support.gadget_c import IS_ICMP
 from tests.support.recorder import Recorder, recording
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -20,23 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 INTO, OUT_OF = 0, 1  # directions, seen from the container
 PACKET_PROGRAMS = {"sock", "tc_in", "tc_out"}
 
-ICMP = r"""
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/ip.h>
-
-static __always_inline bool is_icmp(struct __sk_buff *skb)
-{
-    u8 proto = 0;
-    if (skb->protocol != htons(ETH_P_IP))
-        return false;
-    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1);
-    return proto == IPPROTO_ICMP;
-}
-"""
 # No engine helper, no attribution field: a record is the packet's length and direction.
 LEN_DIR = (
-    ICMP
+    IS_ICMP
     + r"""
 
 #define PACKET_OUTGOING 4
@@ -74,7 +61,7 @@ int tc_out(struct __sk_buff *skb) { note(skb, 1); return TC_ACT_UNSPEC; }
 
 # The gadget's own attribution fields, as the examples write them.
 OWN_FIELDS = (
-    ICMP
+    IS_ICMP
     + r"""
 
 struct exec_t { u64 mntns_id; u64 netns_id; u64 cgroup_id; char comm[16]; };

@@ -23,6 +23,7 @@ from engine.world.state import NetnsTarget
 from tests.support.commands import adocker, docker, run
 from tests.support.constants import BRIDGE, EXAMPLES
 from tests.support.docker import Containers
+from tests.support.gadget_c import IS_ICMP
 from tests.support.kernel_state import bpf_programs
 from tests.support.recorder import ENDINGS, complete, lifecycles, recording
 
@@ -32,24 +33,13 @@ INTO, OUT_OF = 0, 1  # directions, seen from the container
 BY_SOCKET, BY_TC = 0, 1
 COUNTER_PROGRAMS = {"count_socket", "count_tc_in", "count_tc_out"}
 
-COUNTER = r"""
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/ip.h>
-
+COUNTER = (
+    IS_ICMP
+    + r"""
 #define PACKET_OUTGOING 4
 
 struct icmp_t { u64 netns_id; u32 ifindex; u32 seen_by; u32 direction; };
 BPF_RINGBUF_OUTPUT(icmp, 256);
-
-static __always_inline bool is_icmp(struct __sk_buff *skb)
-{
-    u8 proto = 0;
-    if (skb->protocol != htons(ETH_P_IP))
-        return false;
-    bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, protocol), &proto, 1);
-    return proto == IPPROTO_ICMP;
-}
 
 SEC("socket")
 int count_socket(struct __sk_buff *skb)
@@ -76,6 +66,7 @@ int count_tc_in(struct __sk_buff *skb) { note_tc(skb, 0); return TC_ACT_UNSPEC; 
 SEC("classifier/egress/count_tc_out")
 int count_tc_out(struct __sk_buff *skb) { note_tc(skb, 1); return TC_ACT_UNSPEC; }
 """
+)
 
 # Every per-netns kind at once, programs named so that leftovers are recognisable.
 CHURN = r"""

@@ -66,12 +66,6 @@ def check_clsact(code: int) -> None:
         raise OSError(code, f"cannot add a clsact qdisc: {errno.errorcode.get(code, code)}")
 
 
-def add_clsact(sock: RtnlSocket, ifindex: int) -> None:
-    """A clsact qdisc on the device, unless one is there."""
-    ((code, _),) = sock.batch(clsact_request(ifindex))
-    check_clsact(code)
-
-
 def list_filters(sock: RtnlSocket, ifindex: int, parent: int) -> list[FilterInfo]:
     """The filters on one hook of one device (the kernel lists that device's only)."""
     out = []

@@ -58,12 +58,6 @@ def uprobe_attach() -> Any:
     return fn
 
 
-def ringbuf_callback_type() -> Any:
-    from bcc.libbcc import _RINGBUF_CB_TYPE
-
-    return _RINGBUF_CB_TYPE
-
-
 def perf_callback_types() -> tuple[Any, Any]:
     from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE
 

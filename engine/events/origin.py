@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from engine.bcc.origin_prelude import HEADER_SIZE, ORIGIN_KERNEL, ORIGIN_PACKET, ORIGIN_TASK
+from engine.bcc.origin_prelude import HEADER_SIZE, ORIGIN_PACKET, ORIGIN_TASK
 
 _LAYOUT = struct.Struct("<IIIIQII")
 HEADER = _LAYOUT.size
@@ -49,10 +49,6 @@ class Origin:
     @property
     def is_packet(self) -> bool:
         return self.kind == ORIGIN_PACKET
-
-    @property
-    def is_kernel(self) -> bool:
-        return self.kind == ORIGIN_KERNEL
 
     def to_json(self, host_netns: int | None, host_ifindexes: Mapping[int, int]) -> dict[str, int]:
         """The event's ``origin``: the fields that apply. A classifier's netns is the one its

@@ -30,7 +30,7 @@ import trio
 from engine.attach.host_iterators import HostIteratorRunner, host_iterators
 from engine.attach.per_netns import PerNetns
 from engine.attach.preattach import PreAttacher
-from engine.attach.startup import GadgetFailure, parse_gadgets, start_gadgets
+from engine.attach.startup import GadgetFailure, Startup, parse_gadgets, start_gadgets
 from engine.bcc.loader import LoadedGadget, Supported, probed_support
 from engine.errors import (
     EngineStoppedError,
@@ -314,16 +314,9 @@ async def _running(
         # when it has ended, the record queue is closed and ``events()`` ends.
         layers: Layers = await nursery.start(run_work, (queue, outlet.batches))
         work = layers.work
+        startup = Startup(supported, stack, work, outlet, world, held, options.padding)
         loaded_all, failed = await start_gadgets(
-            parsed,
-            supported,
-            all_or_nothing=options.all_or_nothing,
-            stack=stack,
-            work=work,
-            outlet=outlet,
-            world=world,
-            held=held,
-            padding=options.padding,
+            parsed, startup, all_or_nothing=options.all_or_nothing
         )
         host_iters = await stack.enter_async_context(host_iterators(loaded_all))
         runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)

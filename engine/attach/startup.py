@@ -64,17 +64,22 @@ def parse_gadgets(
     return parsed
 
 
+@attrs.frozen
+class Startup:
+    """What every gadget's start-up uses: the kernel's support, where its buffers are read
+    (``work``) and what releases what it holds (``stack``), and the engine's rooms."""
+
+    supported: Supported
+    stack: contextlib.AsyncExitStack
+    work: trio.Nursery
+    outlet: Outlet
+    world: World
+    held: Held
+    padding: bool = False
+
+
 async def start_gadgets(
-    parsed: Sequence[Gadget | GadgetFailure],
-    supported: Supported,
-    *,
-    all_or_nothing: bool,
-    stack: contextlib.AsyncExitStack,
-    work: trio.Nursery,
-    outlet: Outlet,
-    world: World,
-    held: Held,
-    padding: bool = False,
+    parsed: Sequence[Gadget | GadgetFailure], startup: Startup, *, all_or_nothing: bool
 ) -> tuple[list[LoadedGadget], list[GadgetFailed]]:
     """Start every gadget that can run; report the others (``gadget_failed``).
 
@@ -87,18 +92,7 @@ async def start_gadgets(
         if isinstance(item, GadgetFailure):
             continue
         try:
-            loaded.append(
-                await start_gadget(
-                    item,
-                    supported,
-                    stack=stack,
-                    work=work,
-                    outlet=outlet,
-                    world=world,
-                    held=held,
-                    padding=padding,
-                )
-            )
+            loaded.append(await start_gadget(item, startup))
         except EngineError as exc:
             if all_or_nothing:
                 raise
@@ -106,32 +100,25 @@ async def start_gadgets(
     if failures and not loaded:
         errors = [f.error for f in failures]
         raise errors[0] if len(errors) == 1 else GadgetsFailedError(errors)
-    return loaded, [f.report(outlet) for f in failures]
+    return loaded, [f.report(startup.outlet) for f in failures]
 
 
-async def start_gadget(
-    gadget: Gadget,
-    supported: Supported,
-    *,
-    stack: contextlib.AsyncExitStack,
-    work: trio.Nursery,
-    outlet: Outlet,
-    world: World,
-    held: Held,
-    padding: bool = False,
-) -> LoadedGadget:
+async def start_gadget(gadget: Gadget, startup: Startup) -> LoadedGadget:
     """Compile, load and attach one gadget, its buffers read in ``work``; what it holds is
     released by ``stack``. On failure, whatever it had set up is released at once."""
-    skipped = check_supported(gadget, supported)
+    outlet, world = startup.outlet, startup.world
+    skipped = check_supported(gadget, startup.supported)
     attached: list[Record] = []
     async with contextlib.AsyncExitStack() as own:
         extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
-        loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra, padding=padding)
+        loaded = await load_gadget(
+            gadget, skipped=skipped, extra_source=extra, padding=startup.padding
+        )
         own.callback(loaded.close)
         await sync_filter(loaded, world)
         # Readers exist before anything is attached (a perf buffer drops records written
         # before its reader); they are watched once the whole gadget is up.
-        pump = await open_reader(loaded, outlet, world, held, own)
+        pump = await open_reader(loaded, outlet, world, startup.held, own)
         for program in loaded.programs.values():
             attacher = static_attacher(program.spec.kind)
             if attacher is None or program.spec.per_netns:
@@ -146,8 +133,8 @@ async def start_gadget(
                 )
             )
         if pump is not None:
-            await work.start(pump.run)
-        stack.push_async_exit(own.pop_all())
+            await startup.work.start(pump.run)
+        startup.stack.push_async_exit(own.pop_all())
     for s in loaded.skipped:
         outlet.put(ProgramSkipped(gadget.name, s.spec.function, s.spec.kind.value, s.reason))
     for record in attached:

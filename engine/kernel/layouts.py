@@ -18,8 +18,7 @@ literals are not requests, names in macro definitions are.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -38,11 +37,9 @@ from engine.kernel.btf import (
     Kind,
     Member,
 )
+from engine.kernel.layout_requests import ITER_PREFIX, SUFFIX, Request, Requests
 
 logger = logging.getLogger(__name__)
-
-# The suffix a gadget adds to a type name to ask for the kernel's true layout.
-SUFFIX = "__btf"
 
 
 @attrs.frozen
@@ -298,55 +295,7 @@ def _scalar(t: BtfType) -> tuple[str, bool]:
     return "", True
 
 
-@attrs.frozen
-class _Request:
-    """A name the gadget uses, with the line of its first use (1-based)."""
-
-    name: str
-    line: int
-
-
-_BTF_NAME = re.compile(r"\b(\w+)" + SUFFIX + r"\b")
-# A member that is itself followed by "->" (after any subscripts): `a->b->c`, `a.b[i]->c`.
-_FOLLOWED = re.compile(r"(?:->|\.)\s*([A-Za-z_]\w*)\s*(?:\[[^\]\[]*\]\s*)*->")
-_ITER_PREFIX = "bpf_iter__"
-_ITER_CONTEXT = re.compile(r"\bstruct\s+(" + _ITER_PREFIX + r"\w+)\b")
-
-
-def _first_uses(scans: Iterable[SourceScan], pattern: re.Pattern[str]) -> list[_Request]:
-    seen: dict[str, _Request] = {}
-    for scan in scans:
-        for match in pattern.finditer(scan.with_directives):
-            name = match.group(1)
-            if name not in seen:
-                seen[name] = _Request(name, scan.line_of(match.start()))
-    return list(seen.values())
-
-
-@attrs.frozen
-class _Requests:
-    """What the scanned sources ask true layouts for: `NAME` of each `NAME__btf`, contexts."""
-
-    names: list[_Request]
-    contexts: list[_Request]
-    follow: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, scans: Sequence[SourceScan]) -> _Requests:
-        contexts = _first_uses(scans, _ITER_CONTEXT)
-        return cls(
-            names=_first_uses(scans, _BTF_NAME),
-            contexts=[r for r in contexts if not r.name.endswith(SUFFIX)],
-            follow=frozenset(
-                m.group(1) for scan in scans for m in _FOLLOWED.finditer(scan.with_directives)
-            ),
-        )
-
-    def __bool__(self) -> bool:
-        return bool(self.names or self.contexts)
-
-
-def _lookup(btf: Btf, request: _Request, path: str | None) -> BtfType:
+def _lookup(btf: Btf, request: Request, path: str | None) -> BtfType:
     """The composite called `request.name`: a struct or union, else a typedef of one."""
     found = btf.composite(request.name)
     if found is None:
@@ -359,10 +308,10 @@ def generate(btf: Btf, *scans: SourceScan, gadget_path: str | None = None) -> st
 
     An unknown type is reported at its line in the scan that first names it.
     """
-    return _generate(btf, _Requests.of(scans), gadget_path)
+    return _generate(btf, Requests.of(scans), gadget_path)
 
 
-def _generate(btf: Btf, requests: _Requests, gadget_path: str | None) -> str:
+def _generate(btf: Btf, requests: Requests, gadget_path: str | None) -> str:
     if not requests:
         return ""
     gen = _Generator(btf, requests.follow)
@@ -376,7 +325,7 @@ def _generate(btf: Btf, requests: _Requests, gadget_path: str | None) -> str:
     for name, t in context_types:
         gen.define(t, name)
     for name, t in wanted + context_types:
-        if name.startswith(_ITER_PREFIX):
+        if name.startswith(ITER_PREFIX):
             # Define what an iterator context points to, so `ctx->task->pid` compiles
             # without the gadget naming `task_struct__btf` itself.
             for pointee_name, pointee in _context_pointees(btf, t):
@@ -417,7 +366,7 @@ def btf_prelude(
     Raises `UnknownBtfTypeError` (naming `gadget_path` and the line, when given) for a type
     the kernel does not have, `BtfError` when the BTF file is unreadable or malformed.
     """
-    requests = _Requests.of(scans)
+    requests = Requests.of(scans)
     if not requests:
         # Reading several MB of BTF is wasted on gadgets that ask for nothing.
         return ""

@@ -29,7 +29,8 @@ from collections.abc import Iterable, Iterator
 from engine.errors import BtfError
 from engine.gadget.scanner import SourceScan
 from engine.kernel.btf import Btf
-from engine.kernel.layouts import KERNEL_TAGS, SUFFIX, bitfield_names
+from engine.kernel.layout_requests import SUFFIX
+from engine.kernel.layouts import KERNEL_TAGS, bitfield_names
 
 _TYPE = re.compile(r"\b(struct|union)(\s+)([A-Za-z_]\w*)\b")
 _DEFINED = re.compile(r"\b(?:struct|union)\s+([A-Za-z_]\w*)\s*\{")

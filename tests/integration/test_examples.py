@@ -40,6 +40,12 @@ def selecting(containers: Containers) -> list[str]:
     return ["--select", *containers.selection]
 
 
+def periodic(name: str, containers: Containers) -> AbstractAsyncContextManager[EngineProcess]:
+    """Example ``name`` with its hook, on this test's containers, its table every 0.5 s."""
+    interval = {f"{name.upper()}_INTERVAL": "0.5"}
+    return example(f"{name}.c", f"{name}_hook.py", *selecting(containers), env=interval)
+
+
 def attached(run: EngineProcess, program: str, container: str | None = None) -> Callable[[], bool]:
     """``program`` is attached (in ``container``'s netns when given)."""
 
@@ -56,12 +62,7 @@ async def test_execsnoop_counts_execs_per_container(containers: Containers) -> N
     busy = containers.start("busy", "sleep", "300")
     quiet = containers.start("quiet", "sleep", "300")
     with trio.fail_after(30):
-        async with example(
-            "execsnoop.c",
-            "execsnoop_hook.py",
-            *selecting(containers),
-            env={"EXECSNOOP_INTERVAL": "0.5"},
-        ) as run:
+        async with periodic("execsnoop", containers) as run:
             await run.until(attached(run, "trace_execve"))
             for _ in range(3):
                 await containers.exec(busy, "/bin/true")
@@ -219,12 +220,7 @@ async def test_tc_bytes_table_per_container(containers: Containers) -> None:
     pinger = containers.start("ping", "sleep", "300")
     quiet = containers.start("quiet", "sleep", "300")
     with trio.fail_after(30):
-        async with example(
-            "tc_bytes.c",
-            "tc_bytes_hook.py",
-            *selecting(containers),
-            env={"TC_BYTES_INTERVAL": "0.5"},
-        ) as run:
+        async with periodic("tc_bytes", containers) as run:
             for name in (pinger, quiet):
                 for program in ("into_container", "out_of_container"):
                     await run.until(attached(run, program, name))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import signal
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -27,6 +28,7 @@ from engine.attach import (
     run_iter_in_netns,
 )
 from engine.attach.iterator import IterLink
+from engine.attach.tc import HostPeer
 from engine.errors import AttachError
 from engine.netns import NetnsHandle
 from tests.support.commands import arun
@@ -127,6 +129,16 @@ async def pair(containers: Containers) -> list[Container]:
         return [await start(containers, "one"), await start(containers, "two")]
 
 
+@asynccontextmanager
+async def first_peer(
+    pair: list[Container], program: str
+) -> AsyncIterator[tuple[NetnsHandle, HostPeer]]:
+    """The first container's netns, and the host side of its veth for ``program``."""
+    async with NetnsHandle.from_pid(pair[0].pid) as handle:
+        (peer,) = await find_host_peers(handle, program)
+        yield handle, peer
+
+
 async def bpf_filters(dev: str) -> list[str]:
     """Our filters (and other bpf ones) on `dev`: one line per filter."""
     lines = await trio.to_thread.run_sync(tc_filters, dev)
@@ -195,8 +207,8 @@ async def test_other_tools_filter_survives_attach_detach_and_cleanup(
 ) -> None:
     prog = fd_of(counters, "tc_ingress")
     c1, _ = pair
-    async with NetnsHandle.from_pid(c1.pid) as handle:
-        (peer,) = await find_host_peers(handle, "tc_ingress")
+    async with first_peer(pair, "tc_ingress") as (_, peer):
+        pass
     dev = peer.host_ifname
     # Any engine running on the machine with a classifier gadget may have added clsact to
     # this new veth already (engine/preattach.py): the other tool adds it only if absent.
@@ -266,10 +278,8 @@ async def test_interface_gone_mid_attach_leaves_nothing(
     counters: Any, pair: list[Container]
 ) -> None:
     prog = fd_of(counters, "tc_egress")
-    c1, _ = pair
-    async with NetnsHandle.from_pid(c1.pid) as handle:
-        (peer,) = await find_host_peers(handle, "tc_egress")
-        await arun("docker", "network", "disconnect", "bridge", c1.name)
+    async with first_peer(pair, "tc_egress") as (handle, peer):
+        await arun("docker", "network", "disconnect", "bridge", pair[0].name)
         with pytest.raises(AttachError) as caught:
             async with attach_classifier(prog, "tc_egress", peer, Direction.EGRESS):
                 pass
@@ -307,9 +317,7 @@ async def test_iter_tcp_lists_only_its_netns(iter_tcp: Any, pair: list[Container
 async def test_cancellation_always_detaches(counters: Any, pair: list[Container]) -> None:
     tc_prog = fd_of(counters, "tc_ingress")
     sock_prog = fd_of(counters, "sock_count")
-    c1, _ = pair
-    async with NetnsHandle.from_pid(c1.pid) as handle:
-        (peer,) = await find_host_peers(handle, "tc_ingress")
+    async with first_peer(pair, "tc_ingress") as (handle, peer):
         with trio.move_on_after(0.2) as scope:
             async with (
                 attach_classifier(tc_prog, "tc_ingress", peer, Direction.INGRESS),

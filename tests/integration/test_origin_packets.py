@@ -6,11 +6,14 @@ ICMP between two containers only.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 import engine
+from engine import Engine
 from engine.gadget.model import Gadget
 from tests.support.docker import Containers
 from tests.support.gadget_c import IS_ICMP
@@ -130,6 +133,19 @@ def name_of(event: dict[str, object]) -> object:
     return container["name"] if isinstance(container, dict) else None
 
 
+@asynccontextmanager
+async def traced(
+    source: str, name: str, containers: Containers
+) -> AsyncIterator[tuple[Engine, Recorder]]:
+    """An engine running the gadget ``source`` on this test's containers, recorded."""
+    gadget = Gadget.from_source(source, name)
+    async with (
+        engine.open_engine(gadget, select=containers.selection, iter_interval=3600) as eng,
+        recording(eng) as rec,
+    ):
+        yield eng, rec
+
+
 async def attached(rec: Recorder, names: list[str], programs: set[str]) -> None:
     await rec.until(
         lambda: all(rec.attached_programs(container=c) == programs for c in names),
@@ -141,12 +157,8 @@ async def attached(rec: Recorder, names: list[str], programs: set[str]) -> None:
 async def test_tc_and_socket_records_of_len_and_dir_name_their_container_per_direction(
     containers: Containers,
 ) -> None:
-    gadget = Gadget.from_source(LEN_DIR, "len_dir.c")
     with trio.fail_after(90):
-        async with (
-            engine.open_engine(gadget, select=containers.selection, iter_interval=3600) as eng,
-            recording(eng) as rec,
-        ):
+        async with traced(LEN_DIR, "len_dir.c", containers) as (eng, rec):
             one, two, marker = [await containers.run(role) for role in ("one", "two", "marker")]
             await attached(rec, [one, two, marker], PACKET_PROGRAMS)
             await ping(containers, one, await containers.address(two), 3)
@@ -187,12 +199,8 @@ async def test_tc_and_socket_records_of_len_and_dir_name_their_container_per_dir
 async def test_a_gadgets_own_attribution_fields_agree_with_the_origin(
     containers: Containers,
 ) -> None:
-    gadget = Gadget.from_source(OWN_FIELDS, "own_fields.c")
     with trio.fail_after(90):
-        async with (
-            engine.open_engine(gadget, select=containers.selection, iter_interval=3600) as eng,
-            recording(eng) as rec,
-        ):
+        async with traced(OWN_FIELDS, "own_fields.c", containers) as (eng, rec):
             one, two = [await containers.run(role) for role in ("one", "two")]
             await attached(rec, [one, two], {"own_sock", "own_tc"})
             for c in (one, two):

@@ -14,11 +14,11 @@ from engine.kernel.features import (
     KernelFeatures,
     KindSupport,
     ProbeFacts,
-    Refusal,
     decide,
     features_main,
     parse_lsm_list,
 )
+from engine.kernel.probe_loads import Refusal
 
 KIND_NAMES = [
     "kprobe",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -18,10 +18,13 @@ import trio
 
 from engine.attach.static import static_attacher
 from engine.bcc.loader import LoadedGadget, Supported, check_supported, load_gadget
+from engine.bcc.params import write_params
 from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
 from engine.events.outlet import Outlet
 from engine.events.reader import open_reader
 from engine.gadget.model import Gadget
+from engine.gadget.param_values import Values
+from engine.gadget.params import Value
 from engine.kernel import skb_netns
 from engine.records import GadgetFailed, ProgramAttached, ProgramSkipped, Record
 from engine.world.held import Held
@@ -75,6 +78,7 @@ async def start_gadgets(
     world: World,
     held: Held,
     padding: bool = False,
+    params: Values | None = None,
 ) -> tuple[list[LoadedGadget], list[GadgetFailed]]:
     """Start every gadget that can run; report the others (``gadget_failed``).
 
@@ -97,6 +101,7 @@ async def start_gadgets(
                     world=world,
                     held=held,
                     padding=padding,
+                    params=(params or {}).get(item.name, {}),
                 )
             )
         except EngineError as exc:
@@ -119,9 +124,13 @@ async def start_gadget(
     world: World,
     held: Held,
     padding: bool = False,
+    params: Mapping[str, Value] | None = None,
 ) -> LoadedGadget:
     """Compile, load and attach one gadget, its buffers read in ``work``; what it holds is
-    released by ``stack``. On failure, whatever it had set up is released at once."""
+    released by ``stack``. On failure, whatever it had set up is released at once.
+
+    Its parameters hold their defaults, with ``params`` over them, before anything attaches.
+    """
     skipped = check_supported(gadget, supported)
     attached: list[Record] = []
     async with contextlib.AsyncExitStack() as own:
@@ -129,6 +138,8 @@ async def start_gadget(
         loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra, padding=padding)
         own.callback(loaded.close)
         await sync_filter(loaded, world)
+        if gadget.params:
+            await write_params(loaded, params or {})
         # Readers exist before anything is attached (a perf buffer drops records written
         # before its reader); they are watched once the whole gadget is up.
         pump = await open_reader(loaded, outlet, world, held, own)

@@ -26,6 +26,7 @@ import trio
 
 from engine.bcc import libbcc
 from engine.bcc.origin_prelude import origin_prelude
+from engine.bcc.params import params_source
 from engine.bcc.targets import TargetMissing, check_target, find_usdt
 from engine.bcc.usdt import argument_readers
 from engine.errors import (
@@ -38,6 +39,7 @@ from engine.errors import (
 from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.model import Gadget, ProgramSpec
 from engine.gadget.origin import OutputMap, rewrite_outputs
+from engine.gadget.params import Value
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
 from engine.kernel.btf import Btf
@@ -185,12 +187,18 @@ class LoadedGadget:
     outputs: dict[str, OutputMap] = attrs.Factory(dict)
     # Whether its records keep their padding members (engine.events.decode).
     padding: bool = False
+    # Its parameters' values: the defaults until written to their map (engine/bcc/params.py).
+    params: dict[str, Value] = attrs.Factory(dict)
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
     # What engine/world/kernel_filter.py last wrote to the selection maps.
     selection_written: tuple[int, frozenset[tuple[int, int]]] | None = attrs.field(
         default=None, eq=False, repr=False
     )
     _closed: bool = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def program(self, function: str) -> LoadedProgram:
         return self.programs[function]
@@ -366,7 +374,8 @@ def load_sync(
     readers = check_targets(gadget, skipped)
     # Every record written to a buffer gets its origin in front (engine/gadget/origin.py).
     outputs = rewrite_outputs(attrs.evolve(gadget, scan=expand_iter_output(gadget.scan)))
-    text = full_source(outputs.gadget, [origin_prelude(), *readers, *extra_source])
+    params = params_source(gadget.params)
+    text = full_source(outputs.gadget, [origin_prelude(), *params, *readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:
             bpf = _compile_only()(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))
@@ -392,7 +401,16 @@ def load_sync(
     except BaseException:
         bpf.cleanup()
         raise
-    return LoadedGadget(gadget, bpf, loaded, tuple(skipped), outputs=outputs.maps, padding=padding)
+    defaults = {p.name: p.default for p in gadget.params}
+    return LoadedGadget(
+        gadget,
+        bpf,
+        loaded,
+        tuple(skipped),
+        outputs=outputs.maps,
+        padding=padding,
+        params=defaults,
+    )
 
 
 def _compiled_out(

@@ -115,6 +115,11 @@ class Param:
     description: str
     line: int
 
+    def summary(self) -> str:
+        """``NAME TYPE = DEFAULT: DESCRIPTION``, as ``engine check`` prints it."""
+        default = str(self.default).lower() if self.type.is_bool else str(self.default)
+        return f"{self.name} {self.type.name} = {default}: {self.description}"
+
     def plan(self) -> dict[str, object]:
         """The JSON form printed by ``engine check --json``."""
         return {
@@ -194,4 +199,5 @@ def _declaration(scan: SourceScan, args: tuple[tuple[int, int], ...], line: int)
         value = kind.parse(default)
     except ValueError as exc:
         return f"default of {name!r}: {exc}"
-    return Param(name, kind, value, description.group(1), line)
+    text = re.sub(r"\\(.)", r"\1", description.group(1))  # a one-line text: escapes read plainly
+    return Param(name, kind, value, text, line)

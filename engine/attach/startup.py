@@ -18,7 +18,7 @@ import trio
 
 from engine.attach.static import static_attacher
 from engine.bcc.loader import LoadedGadget, Supported, check_supported, load_gadget
-from engine.bcc.params import write_params
+from engine.bcc.params import params_source, write_params
 from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
 from engine.events.outlet import Outlet
 from engine.events.reader import open_reader
@@ -134,7 +134,8 @@ async def start_gadget(
     skipped = check_supported(gadget, supported)
     attached: list[Record] = []
     async with contextlib.AsyncExitStack() as own:
-        extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
+        extra = params_source(gadget.params)
+        extra += await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
         loaded = await load_gadget(gadget, skipped=skipped, extra_source=extra, padding=padding)
         own.callback(loaded.close)
         await sync_filter(loaded, world)

@@ -26,7 +26,6 @@ import trio
 
 from engine.bcc import libbcc
 from engine.bcc.origin_prelude import origin_prelude
-from engine.bcc.params import params_source
 from engine.bcc.targets import TargetMissing, check_target, find_usdt
 from engine.bcc.usdt import argument_readers
 from engine.errors import (
@@ -188,17 +187,13 @@ class LoadedGadget:
     # Whether its records keep their padding members (engine.events.decode).
     padding: bool = False
     # Its parameters' values: the defaults until written to their map (engine/bcc/params.py).
-    params: dict[str, Value] = attrs.Factory(dict)
+    params: dict[str, Value] = attrs.Factory(lambda self: self.gadget.defaults(), takes_self=True)
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
     # What engine/world/kernel_filter.py last wrote to the selection maps.
     selection_written: tuple[int, frozenset[tuple[int, int]]] | None = attrs.field(
         default=None, eq=False, repr=False
     )
-    _closed: bool = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    closed: bool = attrs.field(default=False, init=False)
 
     def program(self, function: str) -> LoadedProgram:
         return self.programs[function]
@@ -214,9 +209,9 @@ class LoadedGadget:
 
     def close(self) -> None:
         """Release the programs, maps and anything bcc attached; idempotent."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with self.lock:
             self.bpf.cleanup()
 
@@ -374,8 +369,7 @@ def load_sync(
     readers = check_targets(gadget, skipped)
     # Every record written to a buffer gets its origin in front (engine/gadget/origin.py).
     outputs = rewrite_outputs(attrs.evolve(gadget, scan=expand_iter_output(gadget.scan)))
-    params = params_source(gadget.params)
-    text = full_source(outputs.gadget, [origin_prelude(), *params, *readers, *extra_source])
+    text = full_source(outputs.gadget, [origin_prelude(), *readers, *extra_source])
     with _COMPILE_LOCK, _captured_stderr() as messages:
         try:
             bpf = _compile_only()(text=text, cflags=list(cflags), usdt_contexts=list(usdt_contexts))
@@ -401,16 +395,7 @@ def load_sync(
     except BaseException:
         bpf.cleanup()
         raise
-    defaults = {p.name: p.default for p in gadget.params}
-    return LoadedGadget(
-        gadget,
-        bpf,
-        loaded,
-        tuple(skipped),
-        outputs=outputs.maps,
-        padding=padding,
-        params=defaults,
-    )
+    return LoadedGadget(gadget, bpf, loaded, tuple(skipped), outputs=outputs.maps, padding=padding)
 
 
 def _compiled_out(

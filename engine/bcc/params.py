@@ -1,8 +1,9 @@
 """The C half of gadget parameters, and the map that holds their values (engine.gadget.params).
 
-For a gadget that declares parameters, the loader compiles, before the gadget's own text, a
-struct with one member per parameter, a one-slot array map of it (``engine_params``), a
-``static __always_inline`` reader per parameter and the two macros:
+For a gadget that declares parameters, start-up (engine.attach.startup) hands the loader, as
+extra source compiled before the gadget's own text, a struct with one member per parameter, a
+one-slot array map of it (``engine_params``), a ``static __always_inline`` reader per
+parameter and the two macros:
 
 - ``ENGINE_PARAM(TYPE, NAME, DEFAULT, "DESCRIPTION");`` becomes a ``_Static_assert`` on
   the description: a file-scope declaration that holds nothing, since the value is in the map;

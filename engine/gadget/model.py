@@ -14,7 +14,7 @@ import attrs
 
 from engine.errors import GadgetError, GadgetParseError, SectionError
 from engine.gadget.bcc_names import CONVENTIONS, section_of_name
-from engine.gadget.params import Param, find_params
+from engine.gadget.params import Param, Value, find_params
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import ACCEPTED_FORMS, Kind, Section, SectionSyntaxError, parse_section
 
@@ -116,6 +116,10 @@ class Gadget:
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Value]:
+        """Every parameter's default, by name."""
+        return {p.name: p.default for p in self.params}
 
 
 _SEC_LITERAL = re.compile(r'\s*"((?:[^"\\\n]|\\.)*)"\s*')

@@ -204,9 +204,8 @@ async def open_engine(
     ``filter`` expressions (engine.events.filter) keep only the events for which all hold,
     before hooks and ``events()``; a bad one raises ``FilterError`` before compiling.
     Records leave out their structs' padding members unless ``padding=True``.
-    ``params`` gives values to the gadgets' parameters (``NAME`` or ``GADGET:NAME``: value,
-    engine.gadget.param_values), written before anything attaches; a bad one raises
-    ``ParamError`` before compiling. ``set_param`` changes one while the engine runs.
+    ``params`` (``{"NAME" or "GADGET:NAME": value}``, engine.gadget.param_values) are written
+    before anything attaches; a bad one raises ``ParamError`` before compiling.
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
@@ -215,10 +214,9 @@ async def open_engine(
     readable = [g for g in parsed if isinstance(g, Gadget)]
     record_filter = RecordFilter.parse(filter, readable)
     param_values = resolve_values(params or {}, readable)
-    for gadget in parsed:
-        if isinstance(gadget, Gadget):
-            for warning in tc_return_warnings(gadget):
-                log.warning("%s", warning)
+    for gadget in readable:
+        for warning in tc_return_warnings(gadget):
+            log.warning("%s", warning)
     require_capabilities()
     if supported is None:
         supported = await probed_support()

@@ -65,16 +65,17 @@ def params_source(params: Sequence[Param]) -> list[str]:
 async def write_params(loaded: LoadedGadget, values: Mapping[str, Value]) -> None:
     """Write ``values`` over the gadget's current ones into its slot, in a worker thread
     under the gadget's lock (bcc's tables are not safe to touch beside a hook or an attach)."""
-    wanted = {**loaded.params, **values}
-    await loaded.call(_write, loaded, wanted)
-    loaded.params = wanted
+    await loaded.call(_write, loaded, values)
 
 
 def _write(loaded: LoadedGadget, values: Mapping[str, Value]) -> None:
     if loaded.closed:
         raise EngineStoppedError(f"gadget {loaded.gadget.name} is unloaded: no parameters to set")
+    # Merged under the lock: two writers at once each keep the other's value.
+    wanted = {**loaded.params, **values}
     table = loaded.bpf.get_table(MAP)
     slot = table.Leaf()
-    for name, value in values.items():
+    for name, value in wanted.items():
         setattr(slot, name, value)
     table[table.Key(0)] = slot
+    loaded.params = wanted

@@ -134,55 +134,48 @@ class Param:
 def find_params(scan: SourceScan, path: str, problems: list[SectionError]) -> tuple[Param, ...]:
     """Every ``ENGINE_PARAM`` declaration, in file order; each problem goes to ``problems``.
 
-    Also checks that every ``ENGINE_PARAM_GET`` names a declared parameter.
+    Also checks that every ``ENGINE_PARAM_GET`` names a declared parameter (one whose
+    declaration is malformed counts: its problem is reported once, at the declaration).
     """
     params: dict[str, Param] = {}
-    for line, found in _declarations(scan):
-        if isinstance(found, str):
-            problems.append(SectionError(path, line, None, f"{DECLARE}: {found}"))
-        elif found.name in params:
-            first = params[found.name].line
-            problems.append(
-                SectionError(
-                    path,
-                    line,
-                    None,
-                    f"{DECLARE}: {found.name!r} is already declared (line {first})",
-                )
-            )
-        else:
-            params[found.name] = found
+    named: list[str] = []
+    for line, name, found in _declarations(scan):
+        if name is not None and name not in named:
+            named.append(name)
+        problem = found if isinstance(found, str) else None
+        if isinstance(found, Param):
+            if found.name in params:
+                problem = f"{found.name!r} is already declared on line {params[found.name].line}"
+            else:
+                params[found.name] = found
+        if problem is not None:
+            problems.append(SectionError(path, line, None, f"{DECLARE}: {problem}"))
     for call in scan.calls(GET):
-        line = scan.line_of(call.start)
-        name = scan.code[call.args[0][0] : call.args[0][1]].strip() if len(call.args) == 1 else ""
-        if name not in params:
-            known = ", ".join(params) or "none"
-            problems.append(
-                SectionError(
-                    path,
-                    line,
-                    None,
-                    f"{GET}({name or '...'}): no such parameter (declared: {known})",
-                )
-            )
+        name = scan.code[slice(*call.args[0])].strip() if len(call.args) == 1 else ""
+        if name not in named:
+            declared = ", ".join(named) or "none"
+            problem = f"{GET}({name or '...'}): no such parameter (declared: {declared})"
+            problems.append(SectionError(path, scan.line_of(call.start), None, problem))
     return tuple(params.values())
 
 
-def _declarations(scan: SourceScan) -> Iterator[tuple[int, Param | str]]:
-    """Each declaration's line, and the parameter it declares or what is wrong with it."""
+def _declarations(scan: SourceScan) -> Iterator[tuple[int, str | None, Param | str]]:
+    """Each declaration's line, the name it gives (None if it gives none), and the parameter
+    it declares or what is wrong with it."""
     for call in scan.calls(DECLARE):
         line = scan.line_of(call.start)
+        name = None
+        if len(call.args) >= 2:
+            text = scan.code[call.args[1][0] : call.args[1][1]].strip()
+            name = text if _IDENTIFIER.fullmatch(text) else None
         if scan.definition_at(call.start) is not None:
-            yield line, "declare parameters at file scope, not inside a function"
-            continue
-        if len(call.args) != 4:
-            yield line, 'needs 4 arguments: (TYPE, NAME, DEFAULT, "DESCRIPTION")'
-            continue
-        after = scan.code[call.end :].lstrip()
-        if not after.startswith(";"):
-            yield line, "end the declaration with ';'"
-            continue
-        yield line, _declaration(scan, call.args, line)
+            yield line, name, "declare parameters at file scope, not inside a function"
+        elif len(call.args) != 4:
+            yield line, name, 'needs 4 arguments: (TYPE, NAME, DEFAULT, "DESCRIPTION")'
+        elif not scan.code[call.end :].lstrip().startswith(";"):
+            yield line, name, "end the declaration with ';'"
+        else:
+            yield line, name, _declaration(scan, call.args, line)
 
 
 def _declaration(scan: SourceScan, args: tuple[tuple[int, int], ...], line: int) -> Param | str:

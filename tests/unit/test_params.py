@@ -81,6 +81,20 @@ def test_a_malformed_declaration_is_a_located_error(text: str, problem: str) -> 
     assert re.search(problem, message), message
 
 
+def test_a_malformed_declaration_is_reported_once_not_at_each_get(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.c"
+    path.write_text(
+        'ENGINE_PARAM(u8, level, 300, "how loud");\n'
+        'SEC("tracepoint/syscalls/sys_enter_getpid")\n'
+        "int f(void *ctx) { return ENGINE_PARAM_GET(level); }\n"
+    )
+    located = f"{path}:1: ENGINE_PARAM: default of 'level': 300 is out of range for u8 (0..255)"
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [located]
+
+
 def test_parameter_and_section_problems_are_reported_together() -> None:
     text = 'ENGINE_PARAM(u8, x, 300, "d");\nSEC("nonsense/x")\nint f(void *c) { return 0; }\n'
     with pytest.raises(GadgetParseError) as info:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -43,6 +43,7 @@ from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
+from engine.gadget.param_values import Values, resolve_values
 from engine.gadget.sections import Kind
 from engine.gadget.tc_returns import tc_return_warnings
 from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, Hooks
@@ -171,6 +172,7 @@ async def open_engine(
     podman_socket: str = PODMAN_SOCKET,
     filter: Sequence[str] = (),
     padding: bool = False,
+    params: Mapping[str, int | bool | str] | None = None,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -202,16 +204,19 @@ async def open_engine(
     ``filter`` expressions (engine.events.filter) keep only the events for which all hold,
     before hooks and ``events()``; a bad one raises ``FilterError`` before compiling.
     Records leave out their structs' padding members unless ``padding=True``.
+    ``params`` (``{"NAME" or "GADGET:NAME": value}``, engine.gadget.param_values) are written
+    before anything attaches; a bad one raises ``ParamError`` before compiling.
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
         check_all_trusted(g for g in gadgets if not isinstance(g, Gadget))
     parsed = parse_gadgets(gadgets, all_or_nothing=all_or_nothing)
-    record_filter = RecordFilter.parse(filter, (g for g in parsed if isinstance(g, Gadget)))
-    for gadget in parsed:
-        if isinstance(gadget, Gadget):
-            for warning in tc_return_warnings(gadget):
-                log.warning("%s", warning)
+    readable = [g for g in parsed if isinstance(g, Gadget)]
+    record_filter = RecordFilter.parse(filter, readable)
+    param_values = resolve_values(params or {}, readable)
+    for gadget in readable:
+        for warning in tc_return_warnings(gadget):
+            log.warning("%s", warning)
     require_capabilities()
     if supported is None:
         supported = await probed_support()
@@ -226,6 +231,7 @@ async def open_engine(
         Runtimes(docker_socket, containerd_socket, podman_socket),
         record_filter,
         padding,
+        param_values,
     )
     try:
         async with _running(
@@ -258,6 +264,7 @@ class _Options:
     runtimes: Runtimes = attrs.Factory(Runtimes)
     record_filter: RecordFilter | None = None
     padding: bool = False
+    params: Values = attrs.Factory(dict)
 
 
 async def _watch_links(
@@ -314,7 +321,9 @@ async def _running(
         # when it has ended, the record queue is closed and ``events()`` ends.
         layers: Layers = await nursery.start(run_work, (queue, outlet.batches))
         work = layers.work
-        startup = Startup(supported, stack, work, outlet, world, held, options.padding)
+        startup = Startup(
+            supported, stack, work, outlet, world, held, options.padding, options.params
+        )
         loaded_all, failed = await start_gadgets(
             parsed, startup, all_or_nothing=options.all_or_nothing
         )

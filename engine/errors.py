@@ -63,6 +63,13 @@ class SortError(ExpressionError):
     OPTION = "--sort"
 
 
+class ParamError(ExpressionError):
+    """A gadget parameter's value (``--param``, ``params=``, ``set_param``) names no declared
+    parameter, an ambiguous one, or is not a value of its type."""
+
+    OPTION = "--param"
+
+
 class MetricsError(BadInputError):
     """The metrics endpoint cannot be served (address in use, not local...)."""
 

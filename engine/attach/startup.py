@@ -18,10 +18,12 @@ import trio
 
 from engine.attach.static import static_attacher
 from engine.bcc.loader import LoadedGadget, Supported, check_supported, load_gadget
+from engine.bcc.params import params_source, write_params
 from engine.errors import EngineError, GadgetError, GadgetParseError, GadgetsFailedError
 from engine.events.outlet import Outlet
 from engine.events.reader import open_reader
 from engine.gadget.model import Gadget
+from engine.gadget.param_values import Values
 from engine.kernel import skb_netns
 from engine.records import GadgetFailed, ProgramAttached, ProgramSkipped, Record
 from engine.world.held import Held
@@ -76,6 +78,8 @@ class Startup:
     world: World
     held: Held
     padding: bool = False
+    # Per gadget name, the values given to its parameters (engine.gadget.param_values).
+    params: Values = attrs.Factory(dict)
 
 
 async def start_gadgets(
@@ -105,17 +109,21 @@ async def start_gadgets(
 
 async def start_gadget(gadget: Gadget, startup: Startup) -> LoadedGadget:
     """Compile, load and attach one gadget, its buffers read in ``work``; what it holds is
-    released by ``stack``. On failure, whatever it had set up is released at once."""
+    released by ``stack``. On failure, whatever it had set up is released at once. Its
+    parameters hold their defaults, with the values given over them, before anything attaches."""
     outlet, world = startup.outlet, startup.world
     skipped = check_supported(gadget, startup.supported)
     attached: list[Record] = []
     async with contextlib.AsyncExitStack() as own:
-        extra = await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
+        extra = params_source(gadget.params)
+        extra += await trio.to_thread.run_sync(skb_netns.extra_source, gadget)
         loaded = await load_gadget(
             gadget, skipped=skipped, extra_source=extra, padding=startup.padding
         )
         own.callback(loaded.close)
         await sync_filter(loaded, world)
+        if gadget.params:
+            await write_params(loaded, startup.params.get(gadget.name, {}))
         # Readers exist before anything is attached (a perf buffer drops records written
         # before its reader); they are watched once the whole gadget is up.
         pump = await open_reader(loaded, outlet, world, startup.held, own)

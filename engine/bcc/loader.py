@@ -38,6 +38,7 @@ from engine.errors import (
 from engine.gadget.iter_output import expand_iter_output
 from engine.gadget.model import Gadget, ProgramSpec
 from engine.gadget.origin import OutputMap, rewrite_outputs
+from engine.gadget.params import Value
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import Kind
 from engine.kernel.btf import Btf
@@ -185,12 +186,14 @@ class LoadedGadget:
     outputs: dict[str, OutputMap] = attrs.Factory(dict)
     # Whether its records keep their padding members (engine.events.decode).
     padding: bool = False
+    # Its parameters' values: the defaults until written to their map (engine/bcc/params.py).
+    params: dict[str, Value] = attrs.Factory(lambda self: self.gadget.defaults(), takes_self=True)
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
     # What engine/world/kernel_filter.py last wrote to the selection maps.
     selection_written: tuple[int, frozenset[tuple[int, int]]] | None = attrs.field(
         default=None, eq=False, repr=False
     )
-    _closed: bool = False
+    closed: bool = attrs.field(default=False, init=False)
 
     def program(self, function: str) -> LoadedProgram:
         return self.programs[function]
@@ -206,9 +209,9 @@ class LoadedGadget:
 
     def close(self) -> None:
         """Release the programs, maps and anything bcc attached; idempotent."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with self.lock:
             self.bpf.cleanup()
 

@@ -45,6 +45,7 @@ from engine.errors import (
 )
 from engine.events.filter import RecordFilter
 from engine.gadget.model import Gadget
+from engine.gadget.param_values import parse_assignments, resolve_values
 from engine.hooks.hookfile import HookFile
 from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.world.selection import Selection
@@ -53,7 +54,10 @@ REFRESH_SECONDS = 0.5
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    """One line per program, then one per parameter, of each gadget; with --json, a list of
+    the programs' plans, each with its gadget's parameters (``params``)."""
     plans: list[dict[str, Any]] = []
+    lines: list[str] = []
     problems: list[str] = []
     for path in args.gadgets:
         try:
@@ -61,8 +65,16 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         except (GadgetError, GadgetParseError) as exc:
             problems.append(str(exc))
             continue
+        params = [p.plan() for p in gadget.params]
         for spec in gadget.programs:
-            plans.append({"gadget": gadget.name, "path": path, **spec.plan()})
+            plan = spec.plan()
+            plans.append({"gadget": gadget.name, "path": path, **plan, "params": params})
+            opt = " (optional)" if plan["optional"] else ""
+            lines.append(
+                f"{path}:{plan['line']}: {plan['function']}: {plan['kind']} {plan['target']} "
+                f"[{plan['attach']}]{opt}"
+            )
+        lines.extend(f"{path}:{p.line}: parameter {p.summary()}" for p in gadget.params)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
@@ -70,12 +82,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         json.dump(plans, out, indent=2)
         out.write("\n")
         return 0
-    for p in plans:
-        opt = " (optional)" if p["optional"] else ""
-        out.write(
-            f"{p['path']}:{p['line']}: {p['function']}: {p['kind']} {p['target']} "
-            f"[{p['attach']}]{opt}\n"
-        )
+    out.writelines(f"{line}\n" for line in lines)
     return 0
 
 
@@ -190,6 +197,7 @@ async def _run_engine(
         containerd_socket=args.containerd_socket,
         podman_socket=args.podman_socket,
         filter=args.filter,
+        params=parse_assignments(args.param),
         padding=output.fields is not None and output.fields.padding,
     ) as engine:
         run.engine = engine
@@ -272,6 +280,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     Selection.parse(args.select, args.exclude, args.host)  # bad input before compiling
     gadgets = _readable_gadgets(args.gadgets)
     RecordFilter.parse(args.filter, gadgets)
+    resolve_values(parse_assignments(args.param), gadgets)
     fields = FieldChoice.parse(args.fields, gadgets)
     sort = parse_sort(args.sort, gadgets, padding=fields is not None and fields.padding)
     if not args.allow_untrusted_files:

@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         " k8s.namespace, k8s.pod, gadget, source; repeatable (all must hold)",
     )
     run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="give a gadget parameter (ENGINE_PARAM, listed by `engine check`) a value at"
+        " start; GADGET:NAME=VALUE when several gadgets declare NAME; repeatable",
+    )
+    run.add_argument(
         "--fields",
         metavar="A,B,C",
         help="show only these fields of the events' data, in this order (JSON lines and table)",

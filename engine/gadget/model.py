@@ -14,6 +14,7 @@ import attrs
 
 from engine.errors import GadgetError, GadgetParseError, SectionError
 from engine.gadget.bcc_names import CONVENTIONS, section_of_name
+from engine.gadget.params import Param, Value, find_params
 from engine.gadget.scanner import SourceScan
 from engine.gadget.sections import ACCEPTED_FORMS, Kind, Section, SectionSyntaxError, parse_section
 
@@ -66,6 +67,8 @@ class Gadget:
     path: str
     scan: SourceScan = attrs.field(repr=False)
     programs: tuple[ProgramSpec, ...]
+    # Its ENGINE_PARAM declarations, in file order (engine.gadget.params).
+    params: tuple[Param, ...] = ()
 
     @property
     def source(self) -> str:
@@ -101,7 +104,22 @@ class Gadget:
     @classmethod
     def from_source(cls, source: str, path: str = "<gadget>") -> Gadget:
         scan = SourceScan.of(source)
-        return cls(path=path, scan=scan, programs=parse_programs(scan, path))
+        problems: list[SectionError] = []
+        params = find_params(scan, path, problems)
+        try:
+            programs = parse_programs(scan, path)
+        except GadgetParseError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            raise GadgetParseError(sorted(problems, key=lambda p: p.line))
+        return cls(path=path, scan=scan, programs=programs, params=params)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Value]:
+        """Every parameter's default, by name."""
+        return {p.name: p.default for p in self.params}
 
 
 _SEC_LITERAL = re.compile(r'\s*"((?:[^"\\\n]|\\.)*)"\s*')

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
+from engine.bcc.params import write_params
+from engine.gadget.param_values import checked, find_param
 from engine.hooks.dispatch import Hooks, HookStats, Selector
 from engine.hooks.maps import MapView
 from engine.records import ContainerAdded, ContainerRemoved, Event, Record, SelectionChanged
@@ -126,12 +128,28 @@ class HookMethods:
 
         self._nursery.start_soon(repeat)
 
-    def map(self, gadget: str, name: str) -> MapView:
-        """A map of a loaded gadget by the gadget's name and the map's name in its source."""
+    def _loaded(self, gadget: str) -> LoadedGadget:
         for loaded in self.gadgets:
             if loaded.gadget.name == gadget:
-                return MapView.of(loaded, name)
+                return loaded
         raise KeyError(f"no gadget {gadget!r} is loaded")
+
+    def map(self, gadget: str, name: str) -> MapView:
+        """A map of a loaded gadget by the gadget's name and the map's name in its source."""
+        return MapView.of(self._loaded(gadget), name)
+
+    async def set_param(self, gadget: str, name: str, value: int | bool | str) -> None:
+        """Give a gadget's parameter a new value (text is parsed as ``--param`` parses it);
+        its programs read it from their next run on.
+
+        Raises ``KeyError`` for a gadget that is not loaded, ``ParamError`` for a parameter it
+        does not declare or a value its type cannot hold, ``EngineStoppedError`` once the
+        gadget is unloaded.
+        """
+        loaded = self._loaded(gadget)
+        expression = f"{gadget}:{name}={value}"
+        param = find_param(loaded.gadget, name, expression)
+        await write_params(loaded, {name: checked(param, loaded.gadget, value, expression)})
 
     def set_selection(
         self, select: Sequence[str] = (), exclude: Sequence[str] = (), *, host: bool = False

@@ -367,3 +367,26 @@ async def test_read_sizes_batches_histogram_per_container(containers: Containers
     assert histogram["container"] == reader
     assert histogram["buckets"]["4096-8191"] >= 300
     assert histogram["reads"] == sum(histogram["buckets"].values())
+
+
+async def test_read_sizes_min_size_parameter(containers: Containers) -> None:
+    reader = containers.start("reader", "sleep", "300")
+    gadget = str(EXAMPLES / "read_sizes.c")
+    with trio.fail_after(40):
+        async with engine_process(
+            gadget, "--param", "min_size=4096", *selecting(containers)
+        ) as run:
+            await run.until(attached(run, "on_read"))
+            for size, count in ((100, 3), (8192, 2)):
+                await containers.exec(
+                    reader, "dd", "if=/dev/zero", "of=/dev/null", f"bs={size}", f"count={count}"
+                )
+
+            def dd_sizes() -> list[int]:
+                return [e["data"]["size"] for e in run.events("reads") if e["data"]["comm"] == "dd"]
+
+            # The reads of 100 bytes come first: once the second page is seen, they would have been.
+            await run.until(lambda: dd_sizes().count(8192) == 2, 10, "dd's two page reads")
+            assert await run.stop() == 0, run.stderr
+    assert dd_sizes() == [8192, 8192]
+    assert all(e["data"]["size"] >= 4096 for e in run.events("reads")), run.events()

@@ -1,4 +1,4 @@
-"""(1) Attach latency under container churn, and (5) leaks over start/stop cycles.
+"""(1) Attach latency under container churn (leaks over start/stop cycles: benchmarks/leaks.py).
 
 (1) Containers are started at a fixed rate (1, 5, 20 per second) while the engine runs the
 per-netns gadget ``gadgets/per_netns.c`` selected on them. For each container, from the
@@ -10,18 +10,17 @@ is the netns's appearance plus the record's ``latency``); from Docker's event st
 the same run is Docker's start event → netns appearance. All times are wall-clock seconds on
 this machine (Docker reports ``timeNano``), taken when a record reaches the benchmark's
 consumer, so they include the engine's delivery.
-
-(5) A container is started, attached, removed and detached, N times; before and after, the
-engine process's own fds by kind (BPF programs, links, maps, sockets, others), its RSS, and the
-tc filters on the host's devices.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
+import logging
 import math
-import os
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -31,10 +30,9 @@ from typing import Any
 import attrs
 import trio
 
-from benchmarks import containers
-from benchmarks.results import Figure
+from benchmarks import containers, cpu_share
+from benchmarks.results import Figure, Report
 from engine.engine import Engine, open_engine
-from tests.support.kernel_state import socket_families
 
 GADGET = Path(__file__).with_name("gadgets") / "per_netns.c"
 # Iterators run on a timer and have no "attached" record; these three are what "attached" means.
@@ -42,7 +40,6 @@ PROGRAMS = frozenset({"seen_by_socket", "tc_in", "tc_out"})
 ATTACH_TIMEOUT = 60.0
 ECHO_WAIT = 1.0  # seconds for the last pings' records to arrive once everything is attached
 SEEN_BY_SOCKET, SEEN_BY_TC = 0, 1  # as in the gadget
-DOCKER_POOLS = 25  # docker-py's DEFAULT_NUM_POOLS
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -71,6 +68,14 @@ class Timeline:
     echoes: set[tuple[str, int]] = attrs.Factory(set)  # (source address, seen_by)
     # The same, for the records that came out named with their container.
     named_echoes: set[tuple[str, int]] = attrs.Factory(set)
+    # For the per-container details (``--details``): when the engine reported each container,
+    # when each echo record arrived (first one) and whether it was named, what each netns's
+    # attach records said, and the engine's lost records.
+    # container name -> container_added: when, and the netns it names
+    reported: dict[str, tuple[float, int | None]] = attrs.Factory(dict)
+    echo_at: dict[tuple[str, int], tuple[float, bool]] = attrs.Factory(dict)
+    attach_records: dict[int, list[dict[str, Any]]] = attrs.Factory(lambda: defaultdict(list))
+    lost: list[dict[str, Any]] = attrs.Factory(list)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     async def until(self, check: Callable[[], bool], seconds: float) -> bool:
@@ -87,11 +92,26 @@ class Timeline:
         kind = record.get("type")
         if kind == "netns_added":
             self.netns_added.setdefault(record["netns"], at)
+        elif kind == "container_added":
+            container = record["container"]
+            self.reported.setdefault(container["name"], (at, container.get("netns")))
+        elif kind == "lost":
+            self.lost.append({**record, "at": at})
         elif kind == "attached" and record.get("netns") is not None:
             appeared = self.netns_added.get(record["netns"])
+            arrived = at
             if record.get("speculative") and appeared is not None:
                 at = appeared + record["latency"]  # held until identified: when it happened
             self.attached[record["netns"]].setdefault(record["program"], at)
+            self.attach_records[record["netns"]].append(
+                {
+                    "program": record["program"],
+                    "at": at,
+                    "arrived": arrived,
+                    "speculative": record.get("speculative"),
+                    "container": record.get("container"),
+                }
+            )
             if record.get("container"):
                 self.netns_of[record["container"]] = record["netns"]
         elif kind == "detached" and record.get("netns") is not None:
@@ -99,6 +119,7 @@ class Timeline:
         elif kind == "event" and record.get("source") == "echoes":
             echo = (record["data"]["saddr"], record["data"]["seen_by"])
             self.echoes.add(echo)
+            self.echo_at.setdefault(echo, (at, bool(record.get("container"))))
             if record.get("container"):
                 self.named_echoes.add(echo)
 
@@ -117,7 +138,7 @@ class Timeline:
         return all(self.detached.get(self.netns_of.get(n, -1), set()) >= PROGRAMS for n in names)
 
 
-async def _follow(engine: Engine, timeline: Timeline) -> None:
+async def follow(engine: Engine, timeline: Timeline) -> None:
     async for record in engine.events():
         timeline.note(record.to_json(), time.time())
 
@@ -159,7 +180,43 @@ async def _start_at_rate(names: Sequence[str], rate: float, gateway: str) -> Non
             nursery.start_soon(trio.to_thread.run_sync, containers.start, name, *command)
 
 
-async def _churn(rates: Sequence[float], count: int, timeline: Timeline) -> dict[str, Any]:
+def per_container(
+    timeline: Timeline, names: Sequence[str], addresses: dict[str, str]
+) -> list[dict[str, Any]]:
+    """What the records said about each container, in ms after its netns appeared: Docker's
+    start event, the engine's ``container_added``, each attach record (when it happened and
+    when it arrived), and when each first echo record arrived and whether it was named."""
+    rows = []
+    for name in names:
+        reported = timeline.reported.get(name)
+        netns = timeline.netns_of.get(name) or (reported[1] if reported else None)
+        appeared = timeline.netns_added.get(netns) if netns is not None else None
+
+        def ms(at: float | None, appeared: float | None = appeared) -> float | None:
+            return None if at is None or appeared is None else round(1000 * (at - appeared), 1)
+
+        address = addresses.get(name)
+        row: dict[str, Any] = {
+            "name": name,
+            "netns": netns,
+            "address": address,
+            "docker_start_ms": ms(timeline.started.get(name)),
+            "reported_ms": ms(reported[0] if reported else None),
+            "attached": [
+                {**r, "at": ms(r["at"]), "arrived": ms(r["arrived"])}
+                for r in timeline.attach_records.get(netns or 0, [])
+            ],
+        }
+        for where, code in (("socket", SEEN_BY_SOCKET), ("tc", SEEN_BY_TC)):
+            seen = timeline.echo_at.get((address or "", code))
+            row[where] = None if seen is None else {"arrived_ms": ms(seen[0]), "named": seen[1]}
+        rows.append(row)
+    return rows
+
+
+async def _churn(
+    rates: Sequence[float], count: int, timeline: Timeline, details: bool = False
+) -> dict[str, Any]:
     import docker  # the SDK the engine uses too; imported here: only the churn needs it here
 
     client = docker.from_env()
@@ -168,7 +225,7 @@ async def _churn(rates: Sequence[float], count: int, timeline: Timeline) -> dict
     gateway = await trio.to_thread.run_sync(_gateway)
     selection = [f"name={containers.PREFIX}churn-*"]
     async with open_engine(GADGET, select=selection) as engine, trio.open_nursery() as nursery:
-        nursery.start_soon(_follow, engine, timeline)
+        nursery.start_soon(follow, engine, timeline)
         nursery.start_soon(
             lambda: trio.to_thread.run_sync(
                 _docker_starts, timeline, stream, abandon_on_cancel=True
@@ -176,12 +233,14 @@ async def _churn(rates: Sequence[float], count: int, timeline: Timeline) -> dict
         )
         for rate in rates:
             names = [f"{containers.PREFIX}churn-{rate:g}-{i}" for i in range(count)]
+            cpu_before = await trio.to_thread.run_sync(cpu_share.snapshot)
             try:
                 await _start_at_rate(names, rate, gateway)
                 complete = await timeline.until(
                     functools.partial(timeline.all_attached, names), ATTACH_TIMEOUT
                 )
                 await trio.sleep(ECHO_WAIT)
+                cpu = cpu_share.used(cpu_before, await trio.to_thread.run_sync(cpu_share.snapshot))
                 addresses = await trio.to_thread.run_sync(_addresses, names)
             finally:
                 with trio.CancelScope(shield=True):
@@ -190,6 +249,9 @@ async def _churn(rates: Sequence[float], count: int, timeline: Timeline) -> dict
             out[f"{rate:g}"] = {
                 **_latencies(timeline, names, complete),
                 "first_packet": _first_packets(timeline, addresses, len(names)),
+                "cpu": cpu,
+                "lost": list(timeline.lost),
+                **({"per_container": per_container(timeline, names, addresses)} if details else {}),
             }
         stream.close()
         nursery.cancel_scope.cancel()
@@ -249,8 +311,10 @@ def _latencies(timeline: Timeline, names: Sequence[str], complete: bool) -> dict
     }
 
 
-def measure_churn(rates: Sequence[float], count: int) -> tuple[list[Figure], dict[str, Any]]:
-    details = trio.run(_churn, rates, count, Timeline())
+def measure_churn(
+    rates: Sequence[float], count: int, *, per_container: bool = False
+) -> tuple[list[Figure], dict[str, Any]]:
+    details = trio.run(_churn, rates, count, Timeline(), per_container)
     figures: list[Figure] = []
     for rate, d in details.items():
         netns, start, base = (
@@ -259,7 +323,13 @@ def measure_churn(rates: Sequence[float], count: int) -> tuple[list[Figure], dic
             d["docker_start_to_netns"],
         )
         first = d["first_packet"]
-        note = f"{d['containers']} containers, achieved {d['achieved_starts_per_s']:.1f}/s"
+        cpu = d["cpu"]
+        note = (
+            f"{d['containers']} containers, achieved {d['achieved_starts_per_s']:.1f}/s; CPU over "
+            f"{cpu['wall_s']:.1f} s: engine process {cpu['engine_process_s']:.1f} s, Docker "
+            f"{cpu['docker_s']:.1f} s, machine {cpu['machine_busy_s']:.1f} of "
+            f"{cpu['cpus'] * cpu['wall_s']:.1f} s"
+        )
         if not d["all_attached"]:
             note += ", NOT all attached"
         figures += [
@@ -305,128 +375,26 @@ def measure_churn(rates: Sequence[float], count: int) -> tuple[list[Figure], dic
     return figures, details
 
 
-# --- leaks ------------------------------------------------------------------------------------
+def main() -> int:
+    """``python -m benchmarks.churn [--rates 100] [--count 100] [--details FILE]``: the Docker
+    churn alone, at the rates given (100: the daemon's maximum), each in an engine of its own
+    as ``python -m benchmarks`` runs them; ``--details`` writes every container's timeline."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.churn")
+    parser.add_argument("--rates", default=MAX_RATE)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--details", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    report = Report(smoke=False)
+    for rate in (float(r) for r in args.rates.split(",")):
+        figures, details = measure_churn([rate], args.count, per_container=bool(args.details))
+        report.figures += figures
+        report.details.update(details)
+    if args.details:
+        args.details.write_text(json.dumps(report.details, indent=1))
+    sys.stdout.write(report.markdown())
+    return 0
 
 
-def fd_kinds(pid: int | None = None) -> dict[str, int]:
-    """The process's open fds by kind: bpf-prog, bpf-link, bpf-map, socket:FAMILY, other.
-
-    A socket made in a container's netns is not listed in ours: its family shows as "other-netns".
-    """
-    base = Path(f"/proc/{pid or os.getpid()}/fd")
-    families = socket_families(pid or "self")
-    counts: dict[str, int] = defaultdict(int)
-    for fd in base.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue  # closed while we looked (the listing's own fd, for one)
-        if target.startswith("anon_inode:bpf-"):
-            counts[target.removeprefix("anon_inode:")] += 1
-        elif target.startswith("socket:["):
-            inode = target.removeprefix("socket:[").rstrip("]")
-            counts[f"socket:{families.get(inode, 'other-netns')}"] += 1
-        else:
-            counts["other"] += 1
-    return dict(counts)
-
-
-def tc_filters() -> int:
-    """tc filters on the host's devices (ingress and egress), ours or anyone's."""
-    links = subprocess.run(
-        ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
-    ).stdout
-    total = 0
-    for line in links.splitlines():
-        dev = line.split(":", 2)[1].strip().split("@", 1)[0]
-        for parent in ("ingress", "egress"):
-            shown = subprocess.run(
-                ["tc", "filter", "show", "dev", dev, parent],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
-            total += sum(1 for x in shown.splitlines() if x.startswith("filter") and "handle" in x)
-    return total
-
-
-def _snapshot() -> dict[str, Any]:
-    from benchmarks.idle import rss_mb
-
-    return {"fds": fd_kinds(), "rss_mb": rss_mb(os.getpid()), "tc_filters": tc_filters()}
-
-
-async def _cycles(count: int) -> dict[str, Any]:
-    timeline = Timeline()
-    selection = [f"name={containers.PREFIX}cycle-*"]
-    async with open_engine(GADGET, select=selection) as engine, trio.open_nursery() as nursery:
-        nursery.start_soon(_follow, engine, timeline)
-        done = 0
-
-        async def one_cycle(i: int) -> bool:
-            name = f"{containers.PREFIX}cycle-{i}"
-            try:
-                await trio.to_thread.run_sync(containers.start, name, "sleep", "3600")
-                ok = await timeline.until(lambda: timeline.attached_at(name) is not None, 30)
-            except subprocess.CalledProcessError:
-                ok = False  # the daemon refused (restarted by someone?): an unclean cycle
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(containers.remove, [name])
-            return ok and await timeline.until(lambda: timeline.all_detached([name]), 30)
-
-        await one_cycle(-1)  # warm-up: first-use allocations are not leaks
-        before = await trio.to_thread.run_sync(_snapshot)
-        for i in range(count):
-            done += await one_cycle(i)
-        after = await trio.to_thread.run_sync(_snapshot)
-        nursery.cancel_scope.cancel()
-    return {"cycles": count, "clean_cycles": done, "before": before, "after": after}
-
-
-def measure_leaks(count: int) -> tuple[list[Figure], dict[str, Any]]:
-    details = trio.run(_cycles, count)
-    before, after = details["before"], details["after"]
-    kinds = sorted(set(before["fds"]) | set(after["fds"]))
-    grown = {k: after["fds"].get(k, 0) - before["fds"].get(k, 0) for k in kinds}
-    # The Docker SDK keeps one connection pool per URL (each container's inspect URL), at most
-    # DOCKER_POOLS of them, each holding a unix socket: bounded growth, not a leak.
-    unix_growth = grown.pop("socket:unix", 0)
-    leaked_fds = sum(max(v, 0) for v in grown.values())
-    tc_growth = after["tc_filters"] - before["tc_filters"]
-    rss_growth = after["rss_mb"] - before["rss_mb"]
-    figures = [
-        Figure(
-            f"leaks after {count} start/stop cycles: fds (bpf, sockets but unix, other)",
-            leaked_fds,
-            "fds",
-            target="0",
-            met=leaked_fds == 0,
-            note=f"{details['clean_cycles']} of {count} cycles attached and detached; "
-            + ", ".join(f"{k} {before['fds'].get(k, 0)}→{after['fds'].get(k, 0)}" for k in kinds),
-        ),
-        Figure(
-            f"leaks after {count} cycles: unix sockets (Docker SDK pools)",
-            unix_growth,
-            "fds",
-            target=f"≤ {DOCKER_POOLS} (bounded)",
-            met=unix_growth <= DOCKER_POOLS,
-        ),
-        Figure(
-            f"leaks after {count} cycles: tc filters on host devices",
-            tc_growth,
-            "filters",
-            target="0",
-            met=tc_growth <= 0,
-            note=f"{before['tc_filters']}→{after['tc_filters']} (anyone's)",
-        ),
-        Figure(
-            f"leaks after {count} cycles: RSS growth",
-            rss_growth,
-            "MB",
-            target="< 5 MB",
-            met=rss_growth < 5,
-            note=f"{before['rss_mb']:.1f}→{after['rss_mb']:.1f} MB",
-        ),
-    ]
-    return figures, details
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,8 +16,9 @@ from typing import Any
 import trio
 
 from benchmarks import containers
-from benchmarks.churn import GADGET, Timeline, follow
+from benchmarks.churn import GADGET
 from benchmarks.results import Figure
+from benchmarks.timeline import Timeline, follow
 from engine.engine import open_engine
 from tests.support.kernel_state import socket_families
 

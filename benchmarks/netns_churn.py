@@ -42,9 +42,9 @@ from typing import Any
 import attrs
 import trio
 
-from benchmarks.churn import percentile
 from benchmarks.netns_gen import address
 from benchmarks.results import Figure
+from benchmarks.timeline import percentile
 
 GADGET = Path(__file__).with_name("gadgets") / "per_netns.c"
 SOCKET_PROGRAM = "seen_by_socket"

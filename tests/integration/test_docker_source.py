@@ -178,7 +178,7 @@ async def test_events_come_through_while_the_shared_thread_pool_is_full(
     async with running(DockerSource()) as records, trio.open_nursery() as busy:
         try:
             for _ in range(int(shared.total_tokens) + 5):
-                busy.start_soon(trio.to_thread.run_sync, release.wait)
+                busy.start_soon(trio.to_thread.run_sync, release.wait, None)
             with trio.fail_after(10):
                 await trio.testing.wait_all_tasks_blocked()
             assert shared.statistics().tasks_waiting >= 5

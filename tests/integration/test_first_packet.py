@@ -175,7 +175,7 @@ async def test_first_pings_named_while_the_shared_thread_pool_is_full(
         ):
             try:
                 for _ in range(int(shared.total_tokens) + 5):
-                    busy.start_soon(trio.to_thread.run_sync, release.wait)
+                    busy.start_soon(trio.to_thread.run_sync, release.wait, None)
                 await trio.testing.wait_all_tasks_blocked()
                 assert shared.statistics().tasks_waiting >= 5
                 names = await trio.to_thread.run_sync(

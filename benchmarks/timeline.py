@@ -33,7 +33,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """How many, and their p50, p99 and max in milliseconds."""
     return {
         "n": len(values),
         "p50_ms": 1000 * percentile(values, 50),

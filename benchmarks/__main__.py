@@ -9,7 +9,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import churn, containers, idle, netns_churn, origin_cost, startup, throughput
+from benchmarks import (
+    churn,
+    containers,
+    idle,
+    leaks,
+    netns_churn,
+    origin_cost,
+    startup,
+    throughput,
+)
 from benchmarks.hammer import build_hammer
 from benchmarks.results import Report
 
@@ -81,7 +90,7 @@ def _netns_churn(report: Report, smoke: bool) -> None:
 
 
 def _leaks(report: Report, smoke: bool) -> None:
-    figures, details = churn.measure_leaks(2 if smoke else CYCLES)
+    figures, details = leaks.measure_leaks(2 if smoke else CYCLES)
     report.figures += figures
     report.details["leaks"] = details
 

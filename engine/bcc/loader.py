@@ -189,6 +189,13 @@ class LoadedGadget:
     # Its parameters' values: the defaults until written to their map (engine/bcc/params.py).
     params: dict[str, Value] = attrs.Factory(lambda self: self.gadget.defaults(), takes_self=True)
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
+    # The calls hold ``lock`` one at a time anyway: one worker thread of the gadget's own, so
+    # that none waits for a place in trio's shared limiter. An application that filled that
+    # one (a benchmark's 100 `docker run`s did) held the selection maps' update after each
+    # new container, and with it the engine's world, for seconds.
+    _threads: trio.CapacityLimiter = attrs.field(
+        factory=lambda: trio.CapacityLimiter(1), eq=False, repr=False
+    )
     # What engine/world/kernel_filter.py last wrote to the selection maps.
     selection_written: tuple[int, frozenset[tuple[int, int]]] | None = attrs.field(
         default=None, eq=False, repr=False
@@ -199,13 +206,13 @@ class LoadedGadget:
         return self.programs[function]
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """``fn(*args, **kw)`` in a worker thread, under the gadget's lock."""
+        """``fn(*args, **kw)`` in the gadget's worker thread, under its lock."""
 
         def locked() -> Any:
             with self.lock:
                 return fn(*args, **kw)
 
-        return await trio.to_thread.run_sync(locked)
+        return await trio.to_thread.run_sync(locked, limiter=self._threads)
 
     def close(self) -> None:
         """Release the programs, maps and anything bcc attached; idempotent."""

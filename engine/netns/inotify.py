@@ -59,14 +59,19 @@ class Inotify:
             os.close(self._fd)
             self._fd = -1
 
+    def fileno(self) -> int:
+        return self._fd
+
+    def read_nowait(self) -> list[InotifyEvent]:
+        """The events waiting; raises BlockingIOError when none is."""
+        return list(self._parse(os.read(self._fd, 65536)))
+
     async def read(self) -> list[InotifyEvent]:
         while True:
             try:
-                buf = os.read(self._fd, 65536)
+                return self.read_nowait()
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._fd)
-                continue
-            return list(self._parse(buf))
 
     def _parse(self, buf: bytes) -> Iterator[InotifyEvent]:
         offset = 0

@@ -6,9 +6,9 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar, TypeVarTuple
 
 import attrs
 import trio
@@ -30,6 +30,21 @@ from engine.sources.reconcile import diff
 Client = TypeVar("Client")
 Stream = TypeVar("Stream")
 Key = TypeVar("Key")
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
+
+# A source's blocking calls come one at a time (connect, subscribe, list, each event read and
+# inspection); the second thread lets it reconnect while a call abandoned with the old
+# connection has not returned yet.
+SOURCE_THREADS = 2
+
+
+def own_threads() -> trio.CapacityLimiter:
+    """The worker threads of one source, apart from trio's shared limiter: an application
+    (or a benchmark) that keeps that one full made each of the runtime's events wait behind
+    its work, seconds under container churn, past the identify timeout of the netns."""
+    return trio.CapacityLimiter(SOURCE_THREADS)
+
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +116,7 @@ class FollowsRuntime(abc.ABC, Generic[Client, Stream, Key]):
     min_backoff: float
     max_backoff: float
     _known: dict[Key, Container]
+    _threads: trio.CapacityLimiter  # own_threads()
     # What an absent or vanished runtime raises through the client.
     connection_errors: ClassVar[tuple[type[Exception], ...]]
 
@@ -148,6 +164,13 @@ class FollowsRuntime(abc.ABC, Generic[Client, Stream, Key]):
                 await out.put([gap])
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
+
+    async def _blocking(self, call: Callable[[*Args], T], *args: *Args) -> T:
+        """``call(*args)`` in one of the source's own worker threads, abandoned on
+        cancellation (the stream is closed from the trio side, which ends it)."""
+        return await trio.to_thread.run_sync(
+            call, *args, abandon_on_cancel=True, limiter=self._threads
+        )
 
     @abc.abstractmethod
     async def _connect(self) -> Client: ...

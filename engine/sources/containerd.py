@@ -17,7 +17,7 @@ import grpc
 import trio
 
 from engine.records import ContainerEvent
-from engine.sources.connection import FollowsRuntime
+from engine.sources.connection import FollowsRuntime, own_threads
 from engine.sources.containerd_api import (
     DEFAULT_SOCKET,
     ContainerdClient,
@@ -62,13 +62,14 @@ class ContainerdSource(FollowsRuntime[ContainerdClient, EventStream, Key]):
     proc: Path = Path("/proc")
     runtime: str = "containerd"
     _known: dict[Key, Container] = attrs.field(factory=dict, init=False)
+    _threads: trio.CapacityLimiter = attrs.field(factory=own_threads, init=False)
     connection_errors: ClassVar[tuple[type[Exception], ...]] = (grpc.RpcError, OSError)
 
     async def _connect(self) -> ContainerdClient:
         return self.client_factory(self.socket)
 
     async def _subscribe(self, client: ContainerdClient) -> EventStream:
-        return await trio.to_thread.run_sync(client.subscribe, abandon_on_cancel=True)
+        return await self._blocking(client.subscribe)
 
     def _unsubscribe(self, stream: EventStream) -> None:
         stream.close()
@@ -80,9 +81,7 @@ class ContainerdSource(FollowsRuntime[ContainerdClient, EventStream, Key]):
         return describe(exc) if isinstance(exc, grpc.RpcError) else str(exc)
 
     async def _list_running(self, client: ContainerdClient) -> dict[Key, Container]:
-        return await trio.to_thread.run_sync(
-            _list_running, client, self.skip_namespaces, self.proc, abandon_on_cancel=True
-        )
+        return await self._blocking(_list_running, client, self.skip_namespaces, self.proc)
 
     async def _follow(
         self,
@@ -91,7 +90,7 @@ class ContainerdSource(FollowsRuntime[ContainerdClient, EventStream, Key]):
         out: trio.abc.SendChannel[ContainerEvent],
     ) -> None:
         while True:
-            event = await trio.to_thread.run_sync(stream.next, abandon_on_cancel=True)
+            event = await self._blocking(stream.next)
             if event is None:
                 return
             if event.namespace in self.skip_namespaces or not event.concerns_init:
@@ -100,9 +99,7 @@ class ContainerdSource(FollowsRuntime[ContainerdClient, EventStream, Key]):
                 "%s: %s %s/%s", self.name, event.topic, event.namespace, event.container_id
             )
             key = (event.namespace, event.container_id)
-            current = await trio.to_thread.run_sync(
-                _inspect_running, client, event, self.proc, abandon_on_cancel=True
-            )
+            current = await self._blocking(_inspect_running, client, event, self.proc)
             for record in self._update(key, current, event.topic.rsplit("/", 1)[-1]):
                 await out.send(record)
 

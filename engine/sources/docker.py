@@ -1,7 +1,8 @@
 """Follow a Docker daemon's containers as an ordered stream of lifecycle records.
 
-Every blocking docker SDK call runs in a worker thread that is abandoned on cancellation; the
-event stream is then closed from the trio side, which unblocks that thread, so nothing hangs.
+Every blocking docker SDK call runs in a worker thread of the source's own (connection.py) that
+is abandoned on cancellation; the event stream is then closed from the trio side, which
+unblocks that thread, so nothing hangs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import requests
 import trio
 
 from engine.records import ContainerEvent
-from engine.sources.connection import FollowsRuntime
+from engine.sources.connection import FollowsRuntime, own_threads
 from engine.sources.containers import Container
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class DockerSource(FollowsRuntime[Any, Any, str]):
     runtime: str = "docker"
     _known: dict[str, Container] = attrs.field(factory=dict, init=False)
     _last_event_nano: int | None = attrs.field(default=None, init=False)
+    _threads: trio.CapacityLimiter = attrs.field(factory=own_threads, init=False)
     # What a vanished or unreachable daemon raises through the SDK (requests errors are not
     # wrapped).
     connection_errors: ClassVar[tuple[type[Exception], ...]] = (
@@ -103,7 +105,7 @@ class DockerSource(FollowsRuntime[Any, Any, str]):
     )
 
     async def _connect(self) -> Any:
-        return await trio.to_thread.run_sync(self.client_factory, abandon_on_cancel=True)
+        return await self._blocking(self.client_factory)
 
     def _problem(self, exc: Exception, *, connected: bool) -> str:
         return f"lost: {exc}" if connected else f"cannot connect: {exc}"
@@ -120,25 +122,22 @@ class DockerSource(FollowsRuntime[Any, Any, str]):
             # Replay after a gap even when no event came before it. The local clock stands in
             # for the daemon's; re-listing covers any skew.
             self._last_event_nano = time.time_ns()
-        return await trio.to_thread.run_sync(
+        return await self._blocking(
             lambda: api.events(
                 since=None if since is None else f"{since // 10**9}.{since % 10**9:09d}",
                 filters={"type": "container"},
                 decode=True,
-            ),
-            abandon_on_cancel=True,
+            )
         )
 
     async def _list_running(self, api: Any) -> dict[str, Container]:
-        return await trio.to_thread.run_sync(
-            _list_running, api, self.runtime, abandon_on_cancel=True
-        )
+        return await self._blocking(_list_running, api, self.runtime)
 
     async def _follow(
         self, api: Any, stream: Any, out: trio.abc.SendChannel[ContainerEvent]
     ) -> None:
         while True:
-            event = await trio.to_thread.run_sync(_next_event, stream, abandon_on_cancel=True)
+            event = await self._blocking(_next_event, stream)
             if event is None:
                 return
             if isinstance(event.get("timeNano"), int):
@@ -148,9 +147,7 @@ class DockerSource(FollowsRuntime[Any, Any, str]):
             if action not in _ACTIONS or not container_id:
                 continue
             logger.debug("%s: %s %s", self.name, action, container_id[:12])
-            current = await trio.to_thread.run_sync(
-                _inspect_running, api, container_id, self.runtime, abandon_on_cancel=True
-            )
+            current = await self._blocking(_inspect_running, api, container_id, self.runtime)
             for record in self._update(container_id, current, action):
                 await out.send(record)
 

@@ -11,6 +11,7 @@ import docker
 import docker.errors
 import pytest
 import trio
+import trio.testing
 
 from engine.records import (
     ContainerAdded,
@@ -163,6 +164,30 @@ async def test_cgroup_id_is_the_unified_cgroup_inode(containers: Containers) -> 
         client.close()
     container = Container.from_docker(inspected)
     assert container.cgroup_id == expected_cgroup_id(container.pid)
+
+
+async def test_events_come_through_while_the_shared_thread_pool_is_full(
+    containers: Containers,
+) -> None:
+    """The source's worker threads are its own: an application that keeps trio's shared
+    thread limiter full, with more calls waiting (a benchmark starting 100 containers did),
+    does not hold back what the runtime reports (each event's read and inspection used to
+    queue there behind every call waiting)."""
+    shared = trio.to_thread.current_default_thread_limiter()
+    release = threading.Event()
+    async with running(DockerSource()) as records, trio.open_nursery() as busy:
+        try:
+            for _ in range(int(shared.total_tokens) + 5):
+                busy.start_soon(trio.to_thread.run_sync, release.wait, None)
+            with trio.fail_after(10):
+                await trio.testing.wait_all_tasks_blocked()
+            assert shared.statistics().tasks_waiting >= 5
+            await trio.to_thread.run_sync(
+                lambda: containers.start("busy"), limiter=trio.CapacityLimiter(1)
+            )
+            await expect_added(records, containers.name("busy"))
+        finally:
+            release.set()
 
 
 async def test_absent_daemon_is_not_an_error() -> None:

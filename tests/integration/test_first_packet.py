@@ -11,6 +11,7 @@ Traffic stays on this machine: each container pings the docker bridge once as it
 from __future__ import annotations
 
 import functools
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
+import trio.testing
 
 import engine
 from engine.engine import Engine
@@ -153,6 +155,51 @@ async def test_first_ping_of_every_selected_container_is_seen(containers: Contai
                 assert {r["program"] for r in attached} == PROGRAMS
                 assert all(r["container"] == name for r in attached), attached
             assert not [r for r in rec.of_type("lost") if r["where"] == "pending"]
+
+
+async def test_first_pings_named_while_the_shared_thread_pool_is_full(
+    containers: Containers,
+) -> None:
+    """The engine's blocking work has worker threads of its own (runtime sources, a gadget's
+    calls): an application that keeps trio's shared thread limiter full, with more calls
+    waiting (the churn benchmark's `docker run`s did), delays neither the naming of a new
+    netns nor the attaches behind it, so the first pings are still seen and named."""
+    shared = trio.to_thread.current_default_thread_limiter()
+    ours = trio.CapacityLimiter(1)  # for the test's own blocking call meanwhile
+    release = threading.Event()
+    with trio.fail_after(120):
+        async with (
+            selecting(containers, "busy-*") as eng,
+            recording(eng) as rec,
+            trio.open_nursery() as busy,
+        ):
+            try:
+                for _ in range(int(shared.total_tokens) + 5):
+                    busy.start_soon(trio.to_thread.run_sync, release.wait, None)
+                await trio.testing.wait_all_tasks_blocked()
+                assert shared.statistics().tasks_waiting >= 5
+                names = await trio.to_thread.run_sync(
+                    start_all,
+                    containers,
+                    ["busy-0", "busy-1", "busy-2"],
+                    limiter=ours,
+                )
+
+                def named_pings() -> set[tuple[str, int]]:
+                    return {
+                        (e["container"]["name"], e["data"]["seen_by"])
+                        for e in echoes(rec)
+                        if e["container"] is not None
+                    }
+
+                wanted = {(n, by) for n in names for by in (BY_SOCKET, BY_TC)}
+                await rec.until(
+                    lambda: wanted <= named_pings(),
+                    30,
+                    lambda: f"first pings not seen named: {sorted(wanted - named_pings())}",
+                )
+            finally:
+                release.set()
 
 
 QUICK_STARTS = 10

@@ -59,7 +59,8 @@ def open_event_socket() -> socket.socket:
     return sock
 
 
-def _nsid_of(payload: bytes) -> int | None:
+def nsid_of(payload: bytes) -> int | None:
+    """The id an RTM_NEWNSID/RTM_DELNSID message (or a query's answer) carries."""
     for kind, value in iter_attrs(payload, len(_RTGENMSG)):
         if kind == NETNSA_NSID:
             return as_s32(value)
@@ -70,7 +71,7 @@ def parse_events(buf: bytes) -> list[NsidEvent]:
     events = []
     for message in messages(buf):
         if message.kind in (RTM_NEWNSID, RTM_DELNSID):
-            nsid = _nsid_of(message.payload)
+            nsid = nsid_of(message.payload)
             if nsid is not None:
                 events.append(NsidEvent(added=message.kind == RTM_NEWNSID, nsid=nsid))
     return events
@@ -82,7 +83,7 @@ def _fd_attr(fd: int) -> bytes:
 
 def _get(sock: RtnlSocket, fd: int) -> int:
     replies = sock.request(RTM_GETNSID, 0, _RTGENMSG + _fd_attr(fd), "nsid")
-    nsid = _nsid_of(replies[0].payload) if replies else None
+    nsid = nsid_of(replies[0].payload) if replies else None
     return NETNSA_NSID_NOT_ASSIGNED if nsid is None else nsid
 
 

@@ -7,6 +7,7 @@ Written on raw sockets rather than pyroute2: events are read on the trio thread 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
@@ -15,7 +16,9 @@ import trio
 
 from engine.netns.netlink import (
     NETLINK_ADD_MEMBERSHIP,
+    NLM_F_ECHO,
     SOL_NETLINK,
+    Message,
     RtnlSocket,
     as_s32,
     enlarge_receive_buffer,
@@ -81,24 +84,44 @@ def _fd_attr(fd: int) -> bytes:
     return pack_attr(NETNSA_FD, struct.pack("=I", fd))
 
 
-def _get(sock: RtnlSocket, fd: int) -> int:
-    replies = sock.request(RTM_GETNSID, 0, _RTGENMSG + _fd_attr(fd), "nsid")
-    nsid = nsid_of(replies[0].payload) if replies else None
+def _get_all(sock: RtnlSocket, fds: list[int]) -> list[int | OSError]:
+    """The id of each netns (-1: none), in one datagram."""
+    answers = sock.batch(*((RTM_GETNSID, 0, _RTGENMSG + _fd_attr(fd)) for fd in fds))
+    return [_answered(code, replies) for code, replies in answers]
+
+
+def _answered(code: int, replies: list[Message]) -> int | OSError:
+    if code != 0:
+        return OSError(code, f"nsid: {os.strerror(code)}")
+    nsid = next((nsid_of(m.payload) for m in replies if m.kind == RTM_NEWNSID), None)
     return NETNSA_NSID_NOT_ASSIGNED if nsid is None else nsid
 
 
-def _assign(sock: RtnlSocket, fd: int) -> int:
-    nsid = _get(sock, fd)
-    if nsid != NETNSA_NSID_NOT_ASSIGNED:
-        return nsid
-    body = _RTGENMSG + _fd_attr(fd) + pack_attr(NETNSA_NSID, struct.pack("=i", -1))
-    try:
-        sock.request(RTM_NEWNSID, 0, body, "nsid")
-    except OSError as exc:
-        # Someone else assigned one in between: fine, read it back.
-        if exc.errno != errno.EEXIST:
-            raise
-    return _get(sock, fd)
+def _assign_all(sock: RtnlSocket, fds: list[int]) -> list[int | OSError]:
+    """Give each netns an id where it has none, and say each one's id: one datagram of
+    RTM_NEWNSID (the kernel echoes the id it gave), a second one of queries for those that
+    had one already (EEXIST) or whose answer did not say."""
+    auto = pack_attr(NETNSA_NSID, struct.pack("=i", -1))
+    answers = sock.batch(
+        *((RTM_NEWNSID, NLM_F_ECHO, _RTGENMSG + _fd_attr(fd) + auto) for fd in fds)
+    )
+    out: list[int | OSError] = []
+    ask: list[int] = []
+    for i, (code, replies) in enumerate(answers):
+        got = _answered(code, replies)
+        if code == errno.EEXIST or got == NETNSA_NSID_NOT_ASSIGNED:
+            ask.append(i)
+        out.append(got)
+    for i, nsid in zip(ask, _get_all(sock, [fds[i] for i in ask]) if ask else [], strict=True):
+        out[i] = nsid
+    return out
+
+
+def _get_one(sock: RtnlSocket, fd: int) -> int:
+    (nsid,) = _get_all(sock, [fd])
+    if isinstance(nsid, OSError):
+        raise nsid
+    return nsid
 
 
 class NsidClient(trio.abc.AsyncResource):
@@ -114,11 +137,16 @@ class NsidClient(trio.abc.AsyncResource):
 
     async def get(self, fd: int) -> int:
         """The id of the netns behind `fd` in our netns, or -1 when it has none."""
-        return await self._rtnl.call(_get, fd)
+        return await self._rtnl.call(_get_one, fd)
 
-    async def assign(self, fd: int) -> int:
-        """Make sure the netns behind `fd` has an id (so that its end comes as RTM_DELNSID)."""
-        return await self._rtnl.call(_assign, fd)
+    async def get_all(self, fds: list[int]) -> list[int | OSError]:
+        """``get`` for each fd, in one round trip (an error for one is its entry)."""
+        return await self._rtnl.call(_get_all, fds) if fds else []
+
+    async def assign_all(self, fds: list[int]) -> list[int | OSError]:
+        """Make sure the netns behind each fd has an id (so that its end comes as
+        RTM_DELNSID), in one round trip; each one's id (or error)."""
+        return await self._rtnl.call(_assign_all, fds) if fds else []
 
     async def aclose(self) -> None:
         """Idempotent."""

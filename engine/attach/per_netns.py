@@ -1,10 +1,11 @@
 """Per-netns programs: one task per traced netns that attaches them all and detaches on exit.
 
-``PerNetns.reconcile(desired)`` is called whenever the picture of the world changes: netns
-that should no longer be traced have their task cancelled (which detaches everything in
-reverse order), new ones get a task started with ``nursery.start`` — the task hands back its
-own cancel scope, its stop handle. Attachments inside a task are async context managers, so
-each has one owner that always releases it, whatever goes wrong.
+``PerNetns.apply(changes)`` is called whenever the picture of the world changes, with the netns
+it changed for (``reconcile(desired)``, the periodic safety net, with all of them): netns that
+should no longer be traced have their task cancelled (which detaches everything in reverse
+order), new ones get a task started with a cancel scope of their own, their stop handle.
+Attachments inside a task are async context managers, so each has one owner that always
+releases it, whatever goes wrong.
 
 A netns traced speculatively (pending identification, engine/world.py) is attached at once;
 its records (attach lifecycle and iterator events) wait in ``held`` until the runtime says
@@ -116,26 +117,36 @@ class PerNetns:
         found = [(g, p) for g in self.loaded for p in g.programs.values() if p.spec.per_netns]
         return sorted(found, key=lambda gp: _ATTACH_ORDER[gp[1].spec.kind])
 
-    async def reconcile(self, desired: dict[int, NetnsTarget]) -> int:
+    def reconcile(self, desired: dict[int, NetnsTarget]) -> int:
         """Start and stop netns tasks so that they match ``desired``; return how many changed."""
+        gone = [(inode, None, False) for inode in self.running if inode not in desired]
+        return self.apply([*gone, *((inode, t, False) for inode, t in desired.items())])
+
+    def apply(self, changes: list[tuple[int, NetnsTarget | None, bool]]) -> int:
+        """Start and stop netns tasks as ``World.desired_changes`` says (each netns's target,
+        or None; and whether the netns of that inode was replaced by another); return how
+        many tasks were started or stopped."""
         if not self.programs():
             return 0
-        changes = 0
-        for inode in list(self.running):
-            if inode not in desired:
-                self.running.pop(inode).scope.cancel()
-                changes += 1
-        for inode, target in desired.items():
+        count = 0
+        for inode, target, replaced in changes:
             state = self.running.get(inode)
+            if state is not None and (target is None or replaced):
+                self.running.pop(inode).scope.cancel()
+                count += 1
+                state = None
+            if target is None:
+                continue
             if state is not None:
                 state.target = target
                 continue
             # The task reads the live state: names in its records follow identification.
+            # Started, not waited for: a burst of netns must not start one at a time.
             state = NetnsState(target, trio.CancelScope(), time.monotonic())
             self.running[inode] = state
-            await self.nursery.start(self._netns_task, state)
-            changes += 1
-        return changes
+            self.nursery.start_soon(self._netns_task, state)
+            count += 1
+        return count
 
     def wind_down(self) -> None:
         """Let every netns task end by itself: an attach under way is finished, an iterator
@@ -157,14 +168,9 @@ class PerNetns:
         if self.attach_step is not None:
             await self.attach_step(name, target)
 
-    async def _netns_task(
-        self,
-        state: NetnsState,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    async def _netns_task(self, state: NetnsState) -> None:
+        # Cancelled before it ran, it still reports each program (``_attach_all``).
         with state.scope:
-            task_status.started()
             await self._attach_all(state)
 
     async def _attach_all(self, state: NetnsState) -> None:
@@ -219,6 +225,7 @@ class PerNetns:
             # The socket filters and the classifiers at once: they wait on different things
             # (a thread inside the netns; the veth, then the host's RTNL lock), and the
             # classifiers used to start only once the socket filters were in.
+            await self._step("attach", state.target)
             async with trio.open_nursery() as nursery:
                 if classifiers:
                     nursery.start_soon(self._attach_tc, stack, classifiers, handle, state, pending)
@@ -240,7 +247,6 @@ class PerNetns:
         handle: NetnsHandle,
         state: NetnsState,
     ) -> None:
-        await self._step("attach", state.target)
         try:
             await stack.enter_async_context(
                 attach_socket_filter(
@@ -264,7 +270,6 @@ class PerNetns:
         state: NetnsState,
         pending: list[LoadedProgram],
     ) -> None:
-        await self._step("attach", state.target)
         classifiers = NetnsClassifiers(
             self.world,
             self.rtnl,

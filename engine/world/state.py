@@ -120,10 +120,19 @@ class World:
     # rather than once per event.
     _index: dict[tuple[str, int], Container] = attrs.Factory(dict)
     _json: dict[str, Mapping[str, Any]] = attrs.Factory(dict)
+    _members: dict[int, list[Container]] = attrs.Factory(dict)  # by netns, but the host's
+    # What ``desired_changes`` looks at again: each netns changed since it last looked (True:
+    # removed meanwhile, so what its inode names now is another netns), and the selection
+    # it looked with (another one: everything is looked at again).
+    _dirty: dict[int, bool] = attrs.Factory(dict)
+    _looked_with: Selection | None = None
     # Changes at every reindex: what readers cached from the lookups is stale then.
     generation: int = 0
 
     def add_container(self, container: Container) -> None:
+        old = self.containers.get(container.key)
+        self._touch(None if old is None else old.netns_inode)
+        self._touch(container.netns_inode)
         self.containers[container.key] = container
         inode = container.netns_inode
         if inode in self._rejected and self.selection.matches(container):
@@ -136,6 +145,7 @@ class World:
 
     def remove_container(self, container: Container) -> Container | None:
         removed = self.containers.pop(container.key, None)
+        self._touch(None if removed is None else removed.netns_inode)
         self._reindex()
         return removed
 
@@ -144,6 +154,10 @@ class World:
         self._index.clear()
         self._json.clear()
         self._unselected_netns = None
+        self._members.clear()
+        for c in self.containers.values():
+            if c.netns_inode is not None and c.netns_inode != self.host_netns:
+                self._members.setdefault(c.netns_inode, []).append(c)
         # Insertion order: the first container of a shared netns names it, as before.
         for c in reversed(list(self.containers.values())):
             for attribute in ("mntns_inode", "netns_inode", "cgroup_id"):
@@ -165,6 +179,7 @@ class World:
         before: nothing is pending then.
         """
         self.netns_paths[inode] = path
+        self._touch(inode)
         if (
             not self.selection.selects_everything
             and is_runtime_netns(path)
@@ -176,6 +191,7 @@ class World:
 
     def remove_netns(self, inode: int) -> None:
         self.netns_paths.pop(inode, None)
+        self._dirty[inode] = True
         if self._pending.pop(inode, None) is not None:
             self._vanished.append(inode)
         self._rejected.discard(inode)
@@ -231,6 +247,7 @@ class World:
             if claimer is None and now < deadline:
                 continue
             del self._pending[inode]
+            self._touch(inode)
             out.append(self._settled(inode, claimer))
         claimed = frozenset(value for key, value in self._index if key == "mntns_inode")
         for mntns in self.mntns_pending.due(now, claimed):
@@ -325,30 +342,47 @@ class World:
         says whose they are. Containers on the host network never make the host's netns a
         target (their traffic is the host's).
         """
-        by_inode: dict[int, list[Container]] = {}
-        for c in self.containers.values():
-            if c.netns_inode is not None and c.netns_inode != self.host_netns:
-                by_inode.setdefault(c.netns_inode, []).append(c)
-        out: dict[int, NetnsTarget] = {}
-        if self.selection.selects_everything:
-            for inode, path in self.netns_paths.items():
-                if inode != self.host_netns:
-                    out[inode] = NetnsTarget(inode, path, tuple(by_inode.get(inode, ())))
-        else:
-            for inode in self._pending:
-                pending_path = self.netns_paths.get(inode)
-                if pending_path is not None and inode not in by_inode:
-                    out[inode] = NetnsTarget(inode, pending_path, (), speculative=True)
-        for inode, members in by_inode.items():
-            chosen = [c for c in members if self.selection.matches(c)]
-            if not chosen:
-                continue
-            reach: str | None = self.netns_paths.get(inode) or next(
-                (c.netns_path for c in chosen if c.netns_path), None
-            )
+        inodes = {*self.netns_paths, *self._pending, *self._members}
+        return {i: t for i in inodes if (t := self._target(i)) is not None}
+
+    def desired_changes(self) -> list[tuple[int, NetnsTarget | None, bool]]:
+        """What changed in ``desired_netns`` since the last call: for each netns touched
+        meanwhile, its target (None: not to be traced) and whether the netns that had this
+        inode was removed meanwhile. The cost follows the changes, not the netns traced; a
+        new selection is a change of everything (the whole of ``desired_netns``, and None
+        for every other netns changed)."""
+        dirty, self._dirty = self._dirty, {}
+        if self.selection is not self._looked_with:
+            self._looked_with = self.selection
+            desired = self.desired_netns()
+            return [
+                *((i, desired.get(i), removed) for i, removed in dirty.items()),
+                *((i, t, False) for i, t in desired.items() if i not in dirty),
+            ]
+        return [(i, self._target(i), removed) for i, removed in dirty.items()]
+
+    def _touch(self, inode: int | None) -> None:
+        if inode is not None:
+            self._dirty.setdefault(inode, False)
+
+    def _target(self, inode: int) -> NetnsTarget | None:
+        """``desired_netns``'s entry for one netns."""
+        if inode == self.host_netns:
+            return None
+        members = tuple(self._members.get(inode, ()))
+        chosen = [c for c in members if self.selection.matches(c)]
+        path = self.netns_paths.get(inode)
+        if chosen:
+            reach = path or next((c.netns_path for c in chosen if c.netns_path), None)
             if reach is not None:
-                out[inode] = NetnsTarget(inode, reach, tuple(members))
-        return out
+                return NetnsTarget(inode, reach, members)
+        if path is None:
+            return None
+        if self.selection.selects_everything:
+            return NetnsTarget(inode, path, members)
+        if inode in self._pending and not members:
+            return NetnsTarget(inode, path, (), speculative=True)
+        return None
 
     def container_for(self, data: Mapping[str, Any]) -> Container | None:
         """The container a gadget record came from, from the fields it carries.

@@ -24,7 +24,7 @@ import trio
 
 from engine.attach import IterLink, attach_socket_filter, run_iter_in_netns
 from engine.attach.netns_records import Emit, NetnsRecords, NetnsState
-from engine.attach.netns_tc import NetnsClassifiers
+from engine.attach.netns_tc import NetnsClassifiers, NsidOf
 from engine.attach.preattach import PreAttacher
 from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
@@ -62,6 +62,8 @@ class PerNetns:
     links: LinkWatcher | None = None
     held: Held | None = None  # where records of netns pending identification wait
     preattach: PreAttacher | None = None  # classifiers attached before the veth moves in
+    # The ids the netns source gave each netns: one query fewer before the classifiers.
+    nsid_of: NsidOf | None = None
     running: dict[int, NetnsState] = attrs.Factory(dict)
     # Test seam, None in production: awaited with a step's name ("open", "attach",
     # "add_filter", "attached") and the target before that step of an attach, so that
@@ -278,6 +280,7 @@ class PerNetns:
             self._stopping,
             self.links,
             self.preattach,
+            self.nsid_of,
         )
         netns: NetnsId = handle.id
 

@@ -130,6 +130,12 @@ class NetnsSource:
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             self._requests.send_nowait(Wake(sweep=True, rescan=True))
 
+    def nsid_of(self, ident: NetnsId) -> int | None:
+        """The id this source gave (or found) the netns ``ident``, if it has one. An id stays
+        a netns's for as long as it lives: whoever holds the netns open may trust it."""
+        nsid = self._known.get(ident)
+        return None if nsid is None or nsid < 0 else nsid
+
     def _next_deadline(self) -> float:
         """When a deferred netns or a batch of orphans is due."""
         deadlines = [deadline for _, deadline in self._deferred.values()]
@@ -195,7 +201,8 @@ class NetnsSource:
         fds: dict[NetnsId, int] = {}
         try:
             for ident in gone:
-                fd = self._open(ident)
+                paths = {*self._files_of.get(ident, ()), self._paths.get(ident, "")} - {""}
+                fd = next((fd for p in paths if (fd := open_netns_fd(p, ident)) is not None), None)
                 if fd is not None:
                     fds[ident] = fd
             ids = await nsids.get_all(list(fds.values()))
@@ -204,21 +211,6 @@ class NetnsSource:
                 os.close(fd)
         now = dict(zip(fds, ids, strict=True))
         return [i for i in gone if now.get(i) != gone[i]]
-
-    def _open(self, ident: NetnsId) -> int | None:
-        """An fd of the netns ``ident`` through one of its paths, if one still reaches it."""
-        for path in {*self._files_of.get(ident, ()), self._paths.get(ident, "")} - {""}:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                if NetnsId.from_stat(os.fstat(fd)) == ident:
-                    return fd
-            except OSError:
-                pass
-            os.close(fd)
-        return None
 
     def _forget(self, ident: NetnsId) -> list[NetnsEvent]:
         """Forget a netns; its record, unless it was never reported."""

@@ -121,9 +121,8 @@ class World:
     _index: dict[tuple[str, int], Container] = attrs.Factory(dict)
     _json: dict[str, Mapping[str, Any]] = attrs.Factory(dict)
     _members: dict[int, list[Container]] = attrs.Factory(dict)  # by netns, but the host's
-    # What ``desired_changes`` looks at again: each netns changed since it last looked (True:
-    # removed meanwhile, so what its inode names now is another netns), and the selection
-    # it looked with (another one: everything is looked at again).
+    # Netns changed since ``desired_changes`` last looked (True: removed meanwhile), and the
+    # selection it looked with.
     _dirty: dict[int, bool] = attrs.Factory(dict)
     _looked_with: Selection | None = None
     # Changes at every reindex: what readers cached from the lookups is stale then.
@@ -215,22 +214,6 @@ class World:
         """Records of ``mntns``, which no container claims yet, are held from ``now`` on."""
         if self.mntns_pending.pend(mntns, now) and self.on_pending is not None:
             self.on_pending()
-
-    def kernel_selection(self) -> tuple[int, dict[int, int]]:
-        """What the in-kernel selection maps should say (the loader's PRELUDE):
-        ``engine_filter[0]``, and ``engine_mntns``: 1 selected, 0 known and not selected."""
-        if not self.filters_tasks:
-            return 0, {}
-        known: dict[int, int] = {m: 0 for m in self.mntns_pending.rejected()}
-        for c in self.containers.values():
-            if c.mntns_inode is not None:
-                selected = int(self.selection.matches(c))
-                known[c.mntns_inode] = max(known.get(c.mntns_inode, 0), selected)
-        if self.host_mntns is not None:
-            known[self.host_mntns] = int(self.selection.includes_host)
-        # Mode 2: the kernel lets namespaces it does not know through, for the engine to hold
-        # until the runtime says whose they are; with no runtime followed, nobody will.
-        return (2 if self.follows_containers else 1), known
 
     def settle(self, now: float) -> list[Identified]:
         """End the pending state of every netns a container now claims, or whose time is up.
@@ -346,11 +329,9 @@ class World:
         return {i: t for i in inodes if (t := self._target(i)) is not None}
 
     def desired_changes(self) -> list[tuple[int, NetnsTarget | None, bool]]:
-        """What changed in ``desired_netns`` since the last call: for each netns touched
-        meanwhile, its target (None: not to be traced) and whether the netns that had this
-        inode was removed meanwhile. The cost follows the changes, not the netns traced; a
-        new selection is a change of everything (the whole of ``desired_netns``, and None
-        for every other netns changed)."""
+        """``desired_netns`` for the netns touched since the last call (None: not traced),
+        each with whether the netns of that inode was removed meanwhile (the inode may name
+        another now). The cost follows the changes; a new selection changes everything."""
         dirty, self._dirty = self._dirty, {}
         if self.selection is not self._looked_with:
             self._looked_with = self.selection

@@ -62,6 +62,7 @@ class Tracker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # A mount namespace that starts pending (engine/world/mntns.py) has a timeout to wait for.
         self.world.on_pending = self._pending_added_now
+        self.per_netns.nsid_of = self.netns_source.nsid_of
         if any(p.spec.kind is Kind.CLASSIFIER for g in self.loaded for p in g.programs.values()):
             removed = await remove_orphan_filters(owner_alive)
             if removed:

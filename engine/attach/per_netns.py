@@ -333,7 +333,12 @@ class PerNetns:
         self, gadget: LoadedGadget, program: LoadedProgram, handle: NetnsHandle, target: NetnsTarget
     ) -> None:
         try:
-            raw = await run_iter_in_netns(self._iter_link(program), handle, worker=self.iter_worker)
+            raw = await run_iter_in_netns(
+                self._iter_link(program),
+                handle,
+                worker=self.iter_worker,
+                target=program.spec.target,
+            )
         except AttachError as exc:
             self.records.failed(program, target, None, exc)
             return

@@ -27,7 +27,7 @@ from engine.attach.tc import (
 )
 from engine.bcc.loader import LoadedProgram
 from engine.errors import AttachError
-from engine.netns import LinkWatcher, NetnsHandle, NsidClient
+from engine.netns import LinkWatcher, NetnsHandle, NetnsId, NsidClient
 from engine.netns.worker import HostRtnl
 from engine.world.state import NetnsTarget, World
 
@@ -37,6 +37,7 @@ PEER_WAIT = 3.0
 # Told of each program's outcome on an interface (None: attached), in order.
 Report = Callable[[LoadedProgram, str | None, AttachError | None], None]
 Step = Callable[[str], Awaitable[None]]
+NsidOf = Callable[[NetnsId], int | None]
 
 
 @attrs.frozen
@@ -50,6 +51,7 @@ class NetnsClassifiers:
     stopping: trio.Event
     links: LinkWatcher | None = None
     preattach: PreAttacher | None = None
+    nsid_of: NsidOf | None = None  # the ids the netns source knows
 
     async def attach(  # noqa: PLR0917 - the netns task's own state, passed straight through
         self,
@@ -129,7 +131,11 @@ class NetnsClassifiers:
             change = self.links.changed if self.links is not None else None
             try:
                 return await find_host_peers(
-                    handle, program.spec.function, links=self.links, nsids=self.nsids
+                    handle,
+                    program.spec.function,
+                    links=self.links,
+                    nsids=self.nsids,
+                    nsid=self.nsid_of(handle.id) if self.nsid_of is not None else None,
                 )
             except AttachError as exc:
                 late = trio.current_time() >= deadline or self.stopping.is_set()

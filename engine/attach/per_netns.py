@@ -1,10 +1,11 @@
 """Per-netns programs: one task per traced netns that attaches them all and detaches on exit.
 
-``PerNetns.reconcile(desired)`` is called whenever the picture of the world changes: netns
-that should no longer be traced have their task cancelled (which detaches everything in
-reverse order), new ones get a task started with ``nursery.start`` — the task hands back its
-own cancel scope, its stop handle. Attachments inside a task are async context managers, so
-each has one owner that always releases it, whatever goes wrong.
+``PerNetns.apply(changes)`` is called whenever the picture of the world changes, with the netns
+it changed for (``reconcile(desired)``, the periodic safety net, with all of them): netns that
+should no longer be traced have their task cancelled (which detaches everything in reverse
+order), new ones get a task started with a cancel scope of their own, their stop handle.
+Attachments inside a task are async context managers, so each has one owner that always
+releases it, whatever goes wrong.
 
 A netns traced speculatively (pending identification, engine/world.py) is attached at once;
 its records (attach lifecycle and iterator events) wait in ``held`` until the runtime says
@@ -17,26 +18,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import attrs
 import trio
 
 from engine.attach import IterLink, attach_socket_filter, run_iter_in_netns
-from engine.attach.netns_tc import NetnsClassifiers
+from engine.attach.netns_records import Emit, NetnsRecords, NetnsState
+from engine.attach.netns_tc import NetnsClassifiers, NsidOf
 from engine.attach.preattach import PreAttacher
 from engine.bcc.loader import LoadedGadget, LoadedProgram
 from engine.errors import AttachError
 from engine.gadget.sections import Kind
 from engine.netns import LinkWatcher, NetnsHandle, NetnsId, NsidClient
 from engine.netns.worker import Closer, HostRtnl, Worker
-from engine.records import AttachFailed, Event, ProgramAttached, Record
 from engine.world.held import Held
 from engine.world.state import NetnsTarget, World
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[Record], object]
 
 _ATTACH_ORDER = {Kind.SOCKET: 0, Kind.CLASSIFIER: 1, Kind.ITER: 2}
 
@@ -55,17 +53,6 @@ class _IterRound:
 
 
 @attrs.define
-class NetnsState:
-    """One traced netns; ``target`` follows the world (its containers, once identified)."""
-
-    target: NetnsTarget
-    scope: trio.CancelScope
-    seen_at: float
-    attached_at: float | None = None
-    host_ifindexes: tuple[int, ...] = ()
-
-
-@attrs.define
 class PerNetns:
     loaded: list[LoadedGadget]
     emit: Emit
@@ -75,6 +62,8 @@ class PerNetns:
     links: LinkWatcher | None = None
     held: Held | None = None  # where records of netns pending identification wait
     preattach: PreAttacher | None = None  # classifiers attached before the veth moves in
+    # The ids the netns source gave each netns: one query fewer before the classifiers.
+    nsid_of: NsidOf | None = None
     running: dict[int, NetnsState] = attrs.Factory(dict)
     # Test seam, None in production: awaited with a step's name ("open", "attach",
     # "add_filter", "attached") and the target before that step of an attach, so that
@@ -92,6 +81,13 @@ class PerNetns:
     iter_worker: Worker = attrs.Factory(lambda: Worker("netns iterators"))
     closer: Closer = attrs.Factory(Closer)
     nsids: NsidClient = attrs.Factory(NsidClient)
+    records: NetnsRecords = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: NetnsRecords(self.loaded, self.emit, self.world, self.held),
+            takes_self=True,
+        ),
+    )
     _iter_now: dict[int, _IterRound] = attrs.Factory(dict)
     _iter_links: dict[int, IterLink] = attrs.Factory(dict)  # by program fd
     _stopping: trio.Event = attrs.Factory(trio.Event)
@@ -123,26 +119,36 @@ class PerNetns:
         found = [(g, p) for g in self.loaded for p in g.programs.values() if p.spec.per_netns]
         return sorted(found, key=lambda gp: _ATTACH_ORDER[gp[1].spec.kind])
 
-    async def reconcile(self, desired: dict[int, NetnsTarget]) -> int:
+    def reconcile(self, desired: dict[int, NetnsTarget]) -> int:
         """Start and stop netns tasks so that they match ``desired``; return how many changed."""
+        gone = [(inode, None, False) for inode in self.running if inode not in desired]
+        return self.apply([*gone, *((inode, t, False) for inode, t in desired.items())])
+
+    def apply(self, changes: list[tuple[int, NetnsTarget | None, bool]]) -> int:
+        """Start and stop netns tasks as ``World.desired_changes`` says (each netns's target,
+        or None; and whether the netns of that inode was replaced by another); return how
+        many tasks were started or stopped."""
         if not self.programs():
             return 0
-        changes = 0
-        for inode in list(self.running):
-            if inode not in desired:
-                self.running.pop(inode).scope.cancel()
-                changes += 1
-        for inode, target in desired.items():
+        count = 0
+        for inode, target, replaced in changes:
             state = self.running.get(inode)
+            if state is not None and (target is None or replaced):
+                self.running.pop(inode).scope.cancel()
+                count += 1
+                state = None
+            if target is None:
+                continue
             if state is not None:
                 state.target = target
                 continue
             # The task reads the live state: names in its records follow identification.
+            # Started, not waited for: a burst of netns must not start one at a time.
             state = NetnsState(target, trio.CancelScope(), time.monotonic())
             self.running[inode] = state
-            await self.nursery.start(self._netns_task, state)
-            changes += 1
-        return changes
+            self.nursery.start_soon(self._netns_task, state)
+            count += 1
+        return count
 
     def wind_down(self) -> None:
         """Let every netns task end by itself: an attach under way is finished, an iterator
@@ -164,34 +170,10 @@ class PerNetns:
         if self.attach_step is not None:
             await self.attach_step(name, target)
 
-    async def _netns_task(
-        self,
-        state: NetnsState,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    async def _netns_task(self, state: NetnsState) -> None:
+        # Cancelled before it ran, it still reports each program (``_attach_all``).
         with state.scope:
-            task_status.started()
             await self._attach_all(state)
-
-    def _container_name(self, target: NetnsTarget) -> str | None:
-        if target.containers:
-            return target.containers[0].name
-        # A speculative target is not updated when its netns is identified: a record made
-        # after that (not held, so never named on release) asks the world whose it is.
-        known = self.world.container_for({"netns": target.inode})
-        return known.name if known else None
-
-    def _emit_for(self, inode: int, record: Record) -> None:
-        """Emit now, or hold while the netns is pending identification (keeps the order)."""
-        if self.held is not None and self.world.is_pending(inode):
-            self.held.hold(inode, record)
-        else:
-            self.emit(record)
-
-    def _gadget_name(self, program: LoadedProgram) -> str:
-        # Records name the gadget: several gadgets may have functions of the same name.
-        return next(g.gadget.name for g in self.loaded if program in g.programs.values())
 
     async def _attach_all(self, state: NetnsState) -> None:
         # Programs without a record yet: if the netns stops being traced before they are
@@ -209,13 +191,7 @@ class PerNetns:
                 if state.scope.cancel_called
                 else "the attach ended unexpectedly"
             )
-            for program in pending:
-                self._failed(
-                    program,
-                    state.target,
-                    None,
-                    AttachError(program.spec.function, problem, netns=state.target.label),
-                )
+            self.records.failed_all(pending, state.target, problem)
 
     async def _attach_and_run(self, state: NetnsState, pending: list[LoadedProgram]) -> None:
         target = state.target
@@ -225,7 +201,7 @@ class PerNetns:
             handle = NetnsHandle.open(target.path)
         except OSError as exc:
             for program in pending:
-                self._failed(
+                self.records.failed(
                     program,
                     target,
                     None,
@@ -235,43 +211,30 @@ class PerNetns:
                 )
             pending.clear()
             return
-        iterators: list[tuple[LoadedGadget, LoadedProgram]] = []
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(handle.aclose)
             if handle.id.inode != target.inode:
-                self._failed_all(target, "the netns path now leads to another netns")
+                self.records.failed_all(
+                    pending, target, "the netns path now leads to another netns"
+                )
                 pending.clear()
                 return
-            netns = handle.id
-            classifiers = []
-            for gadget, program in self.programs():
-                kind = program.spec.kind
-                if kind is Kind.CLASSIFIER:
-                    classifiers.append(program)  # all at once, below
-                    continue
-                await self._step("attach", state.target)
-                try:
-                    if kind is Kind.SOCKET:
-                        await stack.enter_async_context(
-                            attach_socket_filter(
-                                program.fd,
-                                program.spec.function,
-                                handle,
-                                worker=self.attach_worker,
-                                closer=self.closer,
-                            )
-                        )
-                        self._attached(stack, program, "socket", netns, None, state)
-                    elif kind is Kind.ITER:
-                        iterators.append((gadget, program))
-                except AttachError as exc:
-                    self._failed(program, state.target, exc.interface, exc)
-                pending.remove(program)
-            if classifiers:
-                await self._step("attach", state.target)
-                await self._attach_tc(stack, classifiers, handle, netns, state)
-                for program in classifiers:
-                    pending.remove(program)
+            programs = self.programs()
+            classifiers = [p for _, p in programs if p.spec.kind is Kind.CLASSIFIER]
+            iterators = [(g, p) for g, p in programs if p.spec.kind is Kind.ITER]
+            for _, program in iterators:
+                pending.remove(program)  # they have no record of their own but a failure
+            # The socket filters and the classifiers at once: they wait on different things
+            # (a thread inside the netns; the veth, then the host's RTNL lock), and the
+            # classifiers used to start only once the socket filters were in.
+            await self._step("attach", state.target)
+            async with trio.open_nursery() as nursery:
+                if classifiers:
+                    nursery.start_soon(self._attach_tc, stack, classifiers, handle, state, pending)
+                for _, program in programs:
+                    if program.spec.kind is Kind.SOCKET:
+                        await self._attach_socket(stack, program, handle, state)
+                        pending.remove(program)
             await self._step("attached", state.target)
             state.attached_at = time.monotonic()
             if iterators:
@@ -279,13 +242,35 @@ class PerNetns:
             else:
                 await self._stopping.wait()
 
+    async def _attach_socket(
+        self,
+        stack: contextlib.AsyncExitStack,
+        program: LoadedProgram,
+        handle: NetnsHandle,
+        state: NetnsState,
+    ) -> None:
+        try:
+            await stack.enter_async_context(
+                attach_socket_filter(
+                    program.fd,
+                    program.spec.function,
+                    handle,
+                    worker=self.attach_worker,
+                    closer=self.closer,
+                )
+            )
+        except AttachError as exc:
+            self.records.failed(program, state.target, exc.interface, exc)
+        else:
+            self.records.attached(stack, program, "socket", handle.id, None, state)
+
     async def _attach_tc(
         self,
         stack: contextlib.AsyncExitStack,
         programs: list[LoadedProgram],
         handle: NetnsHandle,
-        netns: NetnsId,
         state: NetnsState,
+        pending: list[LoadedProgram],
     ) -> None:
         classifiers = NetnsClassifiers(
             self.world,
@@ -295,81 +280,27 @@ class PerNetns:
             self._stopping,
             self.links,
             self.preattach,
+            self.nsid_of,
         )
+        netns: NetnsId = handle.id
 
         def report(
             program: LoadedProgram, interface: str | None, error: AttachError | None
         ) -> None:
+            # Out of ``pending`` as soon as it has its record: a cancellation between two
+            # veths must not add an `attach_failed` to an `attached`.
+            if program in pending:
+                pending.remove(program)
             if error is not None:
-                self._failed(program, state.target, interface, error)
+                self.records.failed(program, state.target, interface, error)
             else:
                 kind = f"classifier/{program.spec.section.parts[0]}"
-                self._attached(stack, program, kind, netns, interface, state)
+                self.records.attached(stack, program, kind, netns, interface, state)
 
         async def step(name: str) -> None:
             await self._step(name, state.target)
 
         await classifiers.attach(stack, programs, handle, state.target, report, step)
-
-    def _attached(  # noqa: PLR0917 - a record's fields, passed straight through
-        self,
-        stack: contextlib.AsyncExitStack,
-        program: LoadedProgram,
-        kind: str,
-        netns: NetnsId,
-        interface: str | None,
-        state: NetnsState,
-    ) -> None:
-        target = state.target
-        attached = ProgramAttached(
-            gadget=self._gadget_name(program),
-            program=program.spec.function,
-            kind=kind,
-            netns=netns,
-            interface=interface,
-            container=self._container_name(target),
-            speculative=target.speculative,
-            latency=time.monotonic() - state.seen_at,
-        )
-        self._emit_for(target.inode, attached)
-
-        def detached() -> None:
-            # Named as the netns is known by now: identified meanwhile, perhaps as a container
-            # that is not selected (then the target, no longer desired, was never updated).
-            self._emit_for(target.inode, attached.detached(self._container_name(state.target)))
-
-        stack.callback(detached)
-
-    def _failed(
-        self,
-        program: LoadedProgram,
-        target: NetnsTarget,
-        interface: str | None,
-        error: AttachError,
-    ) -> None:
-        kind = program.spec.kind.value
-        self._emit_for(
-            target.inode,
-            AttachFailed(
-                gadget=self._gadget_name(program),
-                program=program.spec.function,
-                kind=kind,
-                netns=NetnsId(target.inode, 0),
-                interface=interface,
-                container=self._container_name(target),
-                speculative=target.speculative,
-                error=error,
-            ),
-        )
-
-    def _failed_all(self, target: NetnsTarget, problem: str) -> None:
-        for _, program in self.programs():
-            self._failed(
-                program,
-                target,
-                None,
-                AttachError(program.spec.function, problem, netns=target.label),
-            )
 
     async def _iterate(
         self,
@@ -401,25 +332,14 @@ class PerNetns:
     async def _run_iterator(
         self, gadget: LoadedGadget, program: LoadedProgram, handle: NetnsHandle, target: NetnsTarget
     ) -> None:
-        from engine.events.iter_decode import decode_iter_output
-        from engine.events.origin import netns_origin
-        from engine.gadget.maps import iter_source
-
         try:
-            raw = await run_iter_in_netns(self._iter_link(program), handle, worker=self.iter_worker)
-        except AttachError as exc:
-            self._failed(program, target, None, exc)
-            return
-        container: dict[str, Any] | None = (
-            target.containers[0].to_json() if target.containers else None
-        )
-        source = iter_source(gadget.gadget, program.spec)
-        for data in decode_iter_output(gadget, program, raw):
-            origin = netns_origin(target.inode)
-            event = Event(
-                gadget.gadget.name, source, program.spec.function, data, container, origin
+            raw = await run_iter_in_netns(
+                self._iter_link(program),
+                handle,
+                worker=self.iter_worker,
+                target=program.spec.target,
             )
-            if self.held is not None and self.world.is_pending(target.inode):
-                self.held.hold_event(target.inode, event)
-            else:
-                self.emit(event)
+        except AttachError as exc:
+            self.records.failed(program, target, None, exc)
+            return
+        self.records.iterator_events(gadget, program, raw, target)

@@ -113,9 +113,11 @@ async def find_host_peers(
     *,
     links: LinkWatcher | None = None,
     nsids: NsidClient | None = None,
+    nsid: int | None = None,
 ) -> list[HostPeer]:
     """The host-side ends of every veth of the netns of `handle` (several interfaces: all),
-    from ``links`` (the engine's table) or else from a dump of the host's links.
+    from ``links`` (the engine's table) or else from a dump of the host's links; ``nsid``,
+    the netns's id in the host when the caller knows it, saves asking for it.
 
     Raises AttachError when the netns is the host's (a container on the host network has no
     peer, and attaching to the host's own interfaces would trace everything) or has no veth.
@@ -128,7 +130,8 @@ async def find_host_peers(
     client = nsids or NsidClient()
     try:
         # Without an id in the host, no veth of the netns can have its peer here.
-        nsid = await client.get(handle.fd)
+        if nsid is None:
+            nsid = await client.get(handle.fd)
         if links is not None:
             veths = links.peers_of(nsid)
         else:

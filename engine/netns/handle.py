@@ -48,6 +48,28 @@ def is_netns_fd(fd: int) -> bool:
         return False
 
 
+def open_netns_fd(path: str, ident: NetnsId) -> int | None:
+    """An fd of the netns ``ident`` that ``path`` reaches, if it still does (None if not)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if is_netns_fd(fd) and NetnsId.from_stat(os.fstat(fd)) == ident:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def reaches(path: str, ident: NetnsId) -> bool:
+    try:
+        return NetnsId.of_path(path) == ident
+    except OSError:
+        return False
+
+
 @attrs.define(eq=False)
 class NetnsHandle(trio.abc.AsyncResource):
     """An open fd on a netns; while it is open the netns (and so its inode) cannot go away.

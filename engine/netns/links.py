@@ -11,6 +11,13 @@ after each batch of messages) lets classifiers attach the moment the veth is in.
 messages say when a runtime creates a veth pair and puts one end on a bridge, before it moves
 the other end into the container's netns: ``on_veth`` is told about each veth that changes,
 so that classifiers can be attached to the host-side end ahead of time (engine/preattach.py).
+
+Ids are reused at once: a netns being destroyed loses its id (RTM_DELNSID) before its veths
+are deleted, and the next new netns is given that id while the old host-side veth, about to
+go, still says it. So the table follows RTNLGRP_NSID on the same socket (one queue: the
+removal of an id comes before any link message that names it anew) and forgets an id's peers
+when the id goes; and ``peers_of`` reads every message waiting before it answers, since the
+task asking may run before the watcher's own has read them.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import attrs
 import trio
 
 from engine.netns.netlink import (
+    NETLINK_ADD_MEMBERSHIP,
+    SOL_NETLINK,
     RtnlSocket,
     as_s32,
     as_str,
@@ -33,8 +42,10 @@ from engine.netns.netlink import (
     messages,
     rtnl_socket,
 )
+from engine.netns.rtnl import NETNSA_NSID_NOT_ASSIGNED, RTM_DELNSID, RTNLGRP_NSID, nsid_of
 
 logger = logging.getLogger(__name__)
+
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTMGRP_LINK = 0x1
@@ -117,6 +128,9 @@ class LinkWatcher:
         self.on_veth: Callable[[VethLink], None] | None = None
         self._veths: dict[int, VethLink] = {}
         self._by_nsid: dict[int, dict[int, VethLink]] = {}
+        self._sock: socket.socket | None = None
+        self._lost = False  # messages were dropped: the run loop fills the table again
+        self._waiting = trio.CancelScope()
 
     def has(self, ifindex: int, ifname: str) -> bool:
         """Whether the veth ``ifname`` is still there (under that index)."""
@@ -124,50 +138,81 @@ class LinkWatcher:
         return veth is not None and veth.ifname == ifname
 
     def peers_of(self, nsid: int) -> list[VethLink]:
-        """The host-side veths whose peer is in the netns of id ``nsid``."""
+        """The host-side veths whose peer is in the netns of id ``nsid``, as of every message
+        the kernel has sent so far."""
+        self._read_waiting()
         return list(self._by_nsid.get(nsid, {}).values())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribed and the table filled once started, until cancelled: the socket lives
         exactly as long as the task, so nothing is left open by a watcher that never ran."""
         with rtnl_socket(blocking=False, groups=RTMGRP_LINK) as sock:
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NSID)
             enlarge_receive_buffer(sock)
             # Subscribed first: what changes during the dump comes after it, and wins.
             await self._refill()
+            self._sock = sock
             task_status.started()
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                lost = False
-                try:
-                    while data := sock.recv(1 << 16):
-                        self._take(data)
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    # ENOBUFS: changes were dropped; the table is made again.
-                    logger.debug("link messages lost: %s", exc)
-                    lost = True
-                if lost:
-                    await self._refill()
-                changed, self.changed = self.changed, trio.Event()
-                changed.set()
+            try:
+                while True:
+                    # Cancelled when ``peers_of`` found messages lost: nothing may be waiting.
+                    with trio.CancelScope() as self._waiting:
+                        await trio.lowlevel.wait_readable(sock)
+                    self._read_waiting()
+                    if self._lost:
+                        await self._refill()
+            finally:
+                self._sock = None
+
+    def _read_waiting(self) -> None:
+        """Take in every message waiting (none before ``run`` has started)."""
+        sock = self._sock
+        if sock is None:
+            return
+        took = False
+        try:
+            while data := sock.recv(1 << 16):
+                took = True
+                self._take(data)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            # ENOBUFS: changes were dropped; the table is made again (by ``run``).
+            logger.debug("link messages lost: %s", exc)
+            self._lost = True
+            self._waiting.cancel()
+        if took:
+            changed, self.changed = self.changed, trio.Event()
+            changed.set()
 
     async def _refill(self) -> None:
+        self._lost = False
         veths = await trio.to_thread.run_sync(_dump_now)
         self._veths.clear()
         self._by_nsid.clear()
         for veth in veths:
             self._note(veth)
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
 
     def _take(self, data: bytes) -> None:
         on_veth = self.on_veth
         for message in messages(data):
+            if message.kind == RTM_DELNSID:
+                self._nsid_gone(message.payload)
+                continue
             veth = veth_link(message.kind, message.payload)
             if veth is None:
                 continue
             self._note(veth)
             if on_veth is not None:
                 on_veth(veth)
+
+    def _nsid_gone(self, payload: bytes) -> None:
+        """The veths whose peer had this id are no netns's peers any more (they are going)."""
+        nsid = nsid_of(payload)
+        for veth in self._by_nsid.pop(nsid, {}).values() if nsid is not None else ():
+            self._veths[veth.ifindex] = attrs.evolve(veth, peer_nsid=NETNSA_NSID_NOT_ASSIGNED)
 
     def _note(self, veth: VethLink) -> None:
         old = self._veths.pop(veth.ifindex, None)
@@ -179,5 +224,5 @@ class LinkWatcher:
         if veth.deleted:
             return
         self._veths[veth.ifindex] = veth
-        if veth.peer_nsid is not None:
+        if veth.peer_nsid is not None and veth.peer_nsid >= 0:
             self._by_nsid.setdefault(veth.peer_nsid, {})[veth.ifindex] = veth

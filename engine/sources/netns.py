@@ -30,35 +30,26 @@ the record's path when they need one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import attrs
 import trio
 
-from engine.netns.handle import NetnsId, host_netns_id, is_netns_fd
-from engine.netns.inotify import (
-    IN_CREATE,
-    IN_DELETE,
-    IN_MOVED_FROM,
-    IN_MOVED_TO,
-    IN_Q_OVERFLOW,
-    Inotify,
-)
+from engine.netns.handle import NetnsId, host_netns_id, open_netns_fd, reaches
+from engine.netns.inotify import Inotify
 from engine.netns.mounts import MountWatcher
 from engine.netns.rtnl import (
     NETNSA_NSID_NOT_ASSIGNED,
     NsidClient,
-    NsidEvent,
     open_event_socket,
-    parse_events,
 )
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
+from engine.sources.netns_wake import Feeds, Wake, next_wake
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +60,6 @@ NAMING_WAIT = 1.0
 # after the first: one look at /proc for a burst of removals.
 ORPHAN_BATCH = 0.05
 WAKE_CHANNEL = 256
-
-
-@attrs.frozen
-class _Wake:
-    """Why the processing loop should look again."""
-
-    nsids: bool = False  # the nsid event socket is readable
-    names: bool = False  # a pending name may have its bind mount now
-    rescan: bool = False
-    gone: frozenset[str] = frozenset()  # files removed
-    sweep: bool = False  # look at every known netns (``recheck``)
-
-    def merge(self, other: _Wake) -> _Wake:
-        return _Wake(
-            self.nsids or other.nsids,
-            self.names or other.names,
-            self.rescan or other.rescan,
-            self.gone | other.gone,
-            self.sweep or other.sweep,
-        )
 
 
 @attrs.define
@@ -106,10 +77,9 @@ class NetnsSource:
     _orphans: set[NetnsId] = attrs.field(factory=set, init=False)  # their last file went
     _orphans_due: float | None = attrs.field(default=None, init=False)
     _deferred: dict[NetnsId, tuple[str, float]] = attrs.field(factory=dict, init=False)
-    _pending_names: set[str] = attrs.field(factory=set, init=False)
+    _feeds: Feeds = attrs.field(factory=Feeds, init=False)
     _host: NetnsId = attrs.field(factory=host_netns_id, init=False)
-    _requests: trio.MemorySendChannel[_Wake] | None = attrs.field(default=None, init=False)
-    _drained: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _requests: trio.MemorySendChannel[Wake] | None = attrs.field(default=None, init=False)
 
     async def run(
         self,
@@ -129,19 +99,22 @@ class NetnsSource:
             inotify = stack.enter_context(contextlib.closing(Inotify()))
             mounts = stack.enter_context(contextlib.closing(MountWatcher()))
             nsids = await stack.enter_async_context(NsidClient())
-            self._watch_dirs(inotify)
+            # `ip netns add` makes /run/netns too; making it first lets us watch it from the start.
+            os.makedirs(self.named_dir, mode=0o755, exist_ok=True)
+            self._feeds.watch_dirs(inotify, (self.named_dir, *self.runtime_dirs))
             async with send_channel:
                 found: list[NetnsEvent] = []
                 await self._scan(nsids, found, defer=False)
                 task_status.started([r for r in found if isinstance(r, NetnsAdded)])
-                wake_send, wake_receive = trio.open_memory_channel[_Wake](WAKE_CHANNEL)
+                wake_send, wake_receive = trio.open_memory_channel[Wake](WAKE_CHANNEL)
                 self._requests = wake_send.clone()
+                feeds = self._feeds
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._follow_nsids, events, wake_send.clone())
-                    nursery.start_soon(self._follow_dirs, inotify, wake_send.clone())
-                    nursery.start_soon(self._follow_mounts, mounts, wake_send)
+                    nursery.start_soon(feeds.follow_nsids, events, wake_send.clone())
+                    nursery.start_soon(feeds.follow_dirs, inotify, wake_send.clone())
+                    nursery.start_soon(feeds.follow_mounts, mounts, wake_send)
                     while True:
-                        wake = await self._next_wake(wake_receive)
+                        wake = await next_wake(wake_receive, self._next_deadline())
                         for record in await self._handle(wake, events, nsids):
                             await send_channel.send(record)
 
@@ -155,65 +128,23 @@ class NetnsSource:
         if self._requests is None:
             return
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            self._requests.send_nowait(_Wake(sweep=True, rescan=True))
+            self._requests.send_nowait(Wake(sweep=True, rescan=True))
 
-    async def _next_wake(self, receive: trio.MemoryReceiveChannel[_Wake]) -> _Wake:
-        """The next reason to look, merged with all those already waiting; an empty one when
-        a deferred netns or a batch of orphans is due."""
+    def nsid_of(self, ident: NetnsId) -> int | None:
+        """The id this source gave (or found) the netns ``ident``, if it has one. An id stays
+        a netns's for as long as it lives: whoever holds the netns open may trust it."""
+        nsid = self._known.get(ident)
+        return None if nsid is None or nsid < 0 else nsid
+
+    def _next_deadline(self) -> float:
+        """When a deferred netns or a batch of orphans is due."""
         deadlines = [deadline for _, deadline in self._deferred.values()]
         if self._orphans_due is not None:
             deadlines.append(self._orphans_due)
-        wake = _Wake()
-        with trio.move_on_at(min(deadlines, default=math.inf)):
-            wake = await receive.receive()
-        while True:
-            try:
-                wake = wake.merge(receive.receive_nowait())
-            except trio.WouldBlock:
-                return wake
-
-    def _watch_dirs(self, inotify: Inotify) -> None:
-        # `ip netns add` makes /run/netns too; making it first lets us watch it from the start.
-        os.makedirs(self.named_dir, mode=0o755, exist_ok=True)
-        for directory in (self.named_dir, *self.runtime_dirs):
-            if os.path.isdir(directory):
-                inotify.watch(directory, IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
-
-    async def _follow_nsids(self, sock: socket.socket, wake: trio.MemorySendChannel[_Wake]) -> None:
-        """Say when nsid events wait; the processing loop reads them (``_read_nsids``)."""
-        async with wake:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                drained = self._drained
-                await wake.send(_Wake(nsids=True))
-                await drained.wait()
-
-    async def _follow_dirs(self, inotify: Inotify, wake: trio.MemorySendChannel[_Wake]) -> None:
-        async with wake:
-            while True:
-                for event in await inotify.read():
-                    path = os.path.join(event.directory, event.name)
-                    if event.mask & IN_Q_OVERFLOW:
-                        await wake.send(_Wake(rescan=True, sweep=True))
-                    elif event.mask & (IN_CREATE | IN_MOVED_TO):
-                        # The file exists before its bind mount: wait for the mount.
-                        self._pending_names.add(path)
-                        await wake.send(_Wake(names=True))
-                    elif event.mask & (IN_DELETE | IN_MOVED_FROM):
-                        self._pending_names.discard(path)
-                        await wake.send(_Wake(gone=frozenset([path])))
-
-    async def _follow_mounts(
-        self, mounts: MountWatcher, wake: trio.MemorySendChannel[_Wake]
-    ) -> None:
-        async with wake:
-            while True:
-                await mounts.changed()
-                if self._pending_names:
-                    await wake.send(_Wake(names=True))
+        return min(deadlines, default=math.inf)
 
     async def _handle(
-        self, wake: _Wake, events: socket.socket, nsids: NsidClient
+        self, wake: Wake, events: socket.socket, nsids: NsidClient
     ) -> list[NetnsEvent]:
         """What changed, as records to send, in the order it happened."""
         records: list[NetnsEvent] = []
@@ -226,9 +157,11 @@ class NetnsSource:
             records += self._check_orphans()
         if wake.sweep or lost:
             records += self._forget_unreachable()
-        for path in sorted(self._pending_names):
-            if await self._consider(path, nsids, found, defer=True):
-                self._pending_names.discard(path)
+        pending = self._feeds.pending_names
+        if pending:
+            pending.difference_update(
+                await self._consider(sorted(pending), nsids, found, defer=True)
+            )
         unknown -= self._by_nsid.keys()  # the pending names may have told already
         if wake.rescan or lost:
             await self._scan(nsids, found, defer=True)
@@ -236,7 +169,7 @@ class NetnsSource:
             # The runtimes' files first; the processes only for an id no file explains.
             await self._scan_files(nsids, found, only_new=True)
             if any(nsid not in self._by_nsid for nsid in unknown) and self.scan_processes:
-                await self._scan_paths(self._process_paths(), nsids, found, defer=True)
+                await self._consider(self._process_paths(), nsids, found, defer=True)
         records += found
         records += self._due(trio.current_time())
         return records
@@ -251,41 +184,33 @@ class NetnsSource:
         netns an RTM_DELNSID names by id is asked whether it still has that id before it is
         forgotten (the id may already be a new netns's, one we assigned it to).
         """
-        lost = False
-        events: list[NsidEvent] = []
-        while True:
-            try:
-                events += parse_events(sock.recv(65536))
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                logger.warning("nsid events were lost (ENOBUFS): looking at everything again")
-                lost = True
-        self._drained.set()
-        self._drained = trio.Event()
-        for event in events:
-            gone = None if event.added else self._by_nsid.get(event.nsid)
-            if gone is not None and not await self._still_has(gone, event.nsid, nsids):
-                records += self._forget(gone)
+        events, lost = self._feeds.read_nsids(sock)
+        gone = {
+            ident: e.nsid
+            for e in events
+            if not e.added and (ident := self._by_nsid.get(e.nsid)) is not None
+        }
+        for ident in await self._still_without(gone, nsids):
+            records += self._forget(ident)
         # After the removals: an id given anew just after it was freed is a new netns's.
         return {e.nsid for e in events if e.added} - self._by_nsid.keys(), lost
 
-    async def _still_has(self, ident: NetnsId, nsid: int, nsids: NsidClient) -> bool:
-        for path in {*self._files_of.get(ident, ()), self._paths.get(ident, "")} - {""}:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                if NetnsId.from_stat(os.fstat(fd)) == ident:
-                    return await nsids.get(fd) == nsid
-            except OSError:
-                return False
-            finally:
+    async def _still_without(self, gone: dict[NetnsId, int], nsids: NsidClient) -> list[NetnsId]:
+        """The netns of ``gone`` (each with the id an RTM_DELNSID named) that do not have that
+        id any more, or that no path reaches: asked all at once."""
+        fds: dict[NetnsId, int] = {}
+        try:
+            for ident in gone:
+                paths = {*self._files_of.get(ident, ()), self._paths.get(ident, "")} - {""}
+                fd = next((fd for p in paths if (fd := open_netns_fd(p, ident)) is not None), None)
+                if fd is not None:
+                    fds[ident] = fd
+            ids = await nsids.get_all(list(fds.values()))
+        finally:
+            for fd in fds.values():
                 os.close(fd)
-        return False
+        now = dict(zip(fds, ids, strict=True))
+        return [i for i in gone if now.get(i) != gone[i]]
 
     def _forget(self, ident: NetnsId) -> list[NetnsEvent]:
         """Forget a netns; its record, unless it was never reported."""
@@ -353,7 +278,7 @@ class NetnsSource:
         due = [i for i, (_, deadline) in self._deferred.items() if deadline <= now]
         if not due:
             return []
-        paths = {i: self._deferred[i][0] for i in due if _reaches(self._deferred[i][0], i)}
+        paths = {i: self._deferred[i][0] for i in due if reaches(self._deferred[i][0], i)}
         missing = set(due) - paths.keys()
         for path in self._process_paths() if missing else ():
             with contextlib.suppress(OSError):
@@ -388,60 +313,67 @@ class NetnsSource:
     async def _scan(self, nsids: NsidClient, found: list[NetnsEvent], *, defer: bool) -> None:
         started = time.perf_counter()
         await self._scan_files(nsids, found, only_new=False)
-        await self._scan_paths(self._process_paths(), nsids, found, defer=defer)
+        await self._consider(self._process_paths(), nsids, found, defer=defer)
         logger.debug("netns scan: %.3f s, %d new", time.perf_counter() - started, len(found))
 
     async def _scan_files(
         self, nsids: NsidClient, found: list[NetnsEvent], *, only_new: bool
     ) -> None:
         paths = [p for p in self._file_paths() if not (only_new and p in self._files)]
-        await self._scan_paths(paths, nsids, found, defer=False)
-
-    async def _scan_paths(
-        self,
-        paths: Iterator[str] | list[str],
-        nsids: NsidClient,
-        found: list[NetnsEvent],
-        *,
-        defer: bool,
-    ) -> None:
-        for path in paths:
-            await self._consider(path, nsids, found, defer=defer)
+        await self._consider(paths, nsids, found, defer=False)
 
     async def _consider(
-        self, path: str, nsids: NsidClient, found: list[NetnsEvent], *, defer: bool
-    ) -> bool:
-        """Add the netns at `path` to `found` if it is new (or deferred: see the module doc).
-        False when `path` is not (yet) a netns."""
+        self, paths: Iterable[str], nsids: NsidClient, found: list[NetnsEvent], *, defer: bool
+    ) -> set[str]:
+        """Add each new netns that ``paths`` reach to ``found`` (or defer it: see the module
+        doc); return the paths that are netns (a file's bind mount may not be there yet).
+
+        The ids of the new ones are asked for in one round trip: under churn a burst of
+        netns comes at once, and a round trip to the nsid thread costs milliseconds when the
+        CPUs are busy.
+        """
+        netns: set[str] = set()
+        new: dict[NetnsId, tuple[str, int]] = {}  # the path each was first seen by, an fd
+        again: list[tuple[str, NetnsId]] = []  # more paths to those, in order
         try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        ident = NetnsId.from_stat(st)
-        if ident.dev != self._host.dev:
-            return False  # not on nsfs: a plain file whose bind mount is not there yet
-        if ident == self._host:
-            return True
-        through_file = not path.startswith("/proc/")
-        if ident in self._known:
-            if through_file:
+            for path in paths:
+                try:
+                    ident = NetnsId.from_stat(os.stat(path))
+                except OSError:
+                    continue
+                if ident.dev != self._host.dev:
+                    continue  # not on nsfs: a plain file whose bind mount is not there yet
+                if ident == self._host or ident in self._known or ident in new:
+                    netns.add(path)
+                    again.append((path, ident))
+                    continue
+                fd = open_netns_fd(path, ident)
+                if fd is not None:
+                    netns.add(path)
+                    new[ident] = (path, fd)
+            fds = [fd for _, fd in new.values()]
+            try:
+                ids = await (nsids.assign_all(fds) if self.assign_ids else nsids.get_all(fds))
+            except OSError as exc:
+                ids = [exc] * len(fds)
+        finally:
+            for _, fd in new.values():
+                os.close(fd)
+        for (ident, (path, _)), got in zip(new.items(), ids, strict=True):
+            if isinstance(got, OSError):
+                logger.warning("cannot get the nsid of %s: %s", path, got)
+            nsid = NETNSA_NSID_NOT_ASSIGNED if isinstance(got, OSError) else got
+            self._register(ident, path, nsid, found, defer=defer)
+        for path, ident in again:
+            if ident in self._known and not path.startswith("/proc/"):
                 self._note_file(path, ident)
                 if self._deferred.pop(ident, None) is not None:
                     found.append(self._added(ident, path))
-            return True
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            if not is_netns_fd(fd) or NetnsId.from_stat(os.fstat(fd)) != ident:
-                return False
-            nsid = await (nsids.assign(fd) if self.assign_ids else nsids.get(fd))
-        except OSError as exc:
-            logger.warning("cannot get the nsid of %s: %s", path, exc)
-            nsid = NETNSA_NSID_NOT_ASSIGNED
-        finally:
-            os.close(fd)
+        return netns
+
+    def _register(
+        self, ident: NetnsId, path: str, nsid: int, found: list[NetnsEvent], *, defer: bool
+    ) -> None:
         self._known[ident] = nsid
         self._paths[ident] = path
         if nsid != NETNSA_NSID_NOT_ASSIGNED:
@@ -451,13 +383,12 @@ class NetnsSource:
             if old is not None and old != ident:
                 found += self._forget(old)
             self._by_nsid[nsid] = ident
-        if through_file:
+        if not path.startswith("/proc/"):
             self._note_file(path, ident)
         elif defer:
             self._deferred[ident] = (path, trio.current_time() + self.naming_wait)
-            return True
+            return
         found.append(self._added(ident, path))
-        return True
 
     def _note_file(self, path: str, ident: NetnsId) -> None:
         if self._files.get(path, ident) != ident:
@@ -468,10 +399,3 @@ class NetnsSource:
     def _added(self, ident: NetnsId, path: str) -> NetnsAdded:
         name = os.path.basename(path) if os.path.dirname(path) == self.named_dir else None
         return NetnsAdded(netns_id=ident, path=path, name=name)
-
-
-def _reaches(path: str, ident: NetnsId) -> bool:
-    try:
-        return NetnsId.of_path(path) == ident
-    except OSError:
-        return False

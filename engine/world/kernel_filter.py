@@ -13,13 +13,30 @@ from engine.bcc.loader import LoadedGadget
 from engine.world.state import World
 
 
+def kernel_selection(world: World) -> tuple[int, dict[int, int]]:
+    """What the in-kernel selection maps should say (the loader's PRELUDE):
+    ``engine_filter[0]``, and ``engine_mntns``: 1 selected, 0 known and not selected."""
+    if not world.filters_tasks:
+        return 0, {}
+    known: dict[int, int] = {m: 0 for m in world.mntns_pending.rejected()}
+    for c in world.containers.values():
+        if c.mntns_inode is not None:
+            selected = int(world.selection.matches(c))
+            known[c.mntns_inode] = max(known.get(c.mntns_inode, 0), selected)
+    if world.host_mntns is not None:
+        known[world.host_mntns] = int(world.selection.includes_host)
+    # Mode 2: the kernel lets namespaces it does not know through, for the engine to hold
+    # until the runtime says whose they are; with no runtime followed, nobody will.
+    return (2 if world.follows_containers else 1), known
+
+
 async def sync_filter(loaded: LoadedGadget, world: World) -> None:
     """Make the gadget's selection maps say what the world says.
 
     Worked out on the trio thread, written in a worker thread under the gadget's lock: bcc's
     tables are not safe to touch while a hook or an attach uses the same ``BPF`` object.
     """
-    mode, known = world.kernel_selection()
+    mode, known = kernel_selection(world)
     wanted = (mode, frozenset(known.items()))
     # Called at every change of the world: most (a netns come or gone) leave it as it is.
     if wanted == loaded.selection_written:

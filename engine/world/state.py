@@ -120,10 +120,18 @@ class World:
     # rather than once per event.
     _index: dict[tuple[str, int], Container] = attrs.Factory(dict)
     _json: dict[str, Mapping[str, Any]] = attrs.Factory(dict)
+    _members: dict[int, list[Container]] = attrs.Factory(dict)  # by netns, but the host's
+    # Netns changed since ``desired_changes`` last looked (True: removed meanwhile), and the
+    # selection it looked with.
+    _dirty: dict[int, bool] = attrs.Factory(dict)
+    _looked_with: Selection | None = None
     # Changes at every reindex: what readers cached from the lookups is stale then.
     generation: int = 0
 
     def add_container(self, container: Container) -> None:
+        old = self.containers.get(container.key)
+        self._touch(None if old is None else old.netns_inode)
+        self._touch(container.netns_inode)
         self.containers[container.key] = container
         inode = container.netns_inode
         if inode in self._rejected and self.selection.matches(container):
@@ -136,6 +144,7 @@ class World:
 
     def remove_container(self, container: Container) -> Container | None:
         removed = self.containers.pop(container.key, None)
+        self._touch(None if removed is None else removed.netns_inode)
         self._reindex()
         return removed
 
@@ -144,6 +153,10 @@ class World:
         self._index.clear()
         self._json.clear()
         self._unselected_netns = None
+        self._members.clear()
+        for c in self.containers.values():
+            if c.netns_inode is not None and c.netns_inode != self.host_netns:
+                self._members.setdefault(c.netns_inode, []).append(c)
         # Insertion order: the first container of a shared netns names it, as before.
         for c in reversed(list(self.containers.values())):
             for attribute in ("mntns_inode", "netns_inode", "cgroup_id"):
@@ -165,6 +178,7 @@ class World:
         before: nothing is pending then.
         """
         self.netns_paths[inode] = path
+        self._touch(inode)
         if (
             not self.selection.selects_everything
             and is_runtime_netns(path)
@@ -176,6 +190,7 @@ class World:
 
     def remove_netns(self, inode: int) -> None:
         self.netns_paths.pop(inode, None)
+        self._dirty[inode] = True
         if self._pending.pop(inode, None) is not None:
             self._vanished.append(inode)
         self._rejected.discard(inode)
@@ -200,22 +215,6 @@ class World:
         if self.mntns_pending.pend(mntns, now) and self.on_pending is not None:
             self.on_pending()
 
-    def kernel_selection(self) -> tuple[int, dict[int, int]]:
-        """What the in-kernel selection maps should say (the loader's PRELUDE):
-        ``engine_filter[0]``, and ``engine_mntns``: 1 selected, 0 known and not selected."""
-        if not self.filters_tasks:
-            return 0, {}
-        known: dict[int, int] = {m: 0 for m in self.mntns_pending.rejected()}
-        for c in self.containers.values():
-            if c.mntns_inode is not None:
-                selected = int(self.selection.matches(c))
-                known[c.mntns_inode] = max(known.get(c.mntns_inode, 0), selected)
-        if self.host_mntns is not None:
-            known[self.host_mntns] = int(self.selection.includes_host)
-        # Mode 2: the kernel lets namespaces it does not know through, for the engine to hold
-        # until the runtime says whose they are; with no runtime followed, nobody will.
-        return (2 if self.follows_containers else 1), known
-
     def settle(self, now: float) -> list[Identified]:
         """End the pending state of every netns a container now claims, or whose time is up.
 
@@ -231,6 +230,7 @@ class World:
             if claimer is None and now < deadline:
                 continue
             del self._pending[inode]
+            self._touch(inode)
             out.append(self._settled(inode, claimer))
         claimed = frozenset(value for key, value in self._index if key == "mntns_inode")
         for mntns in self.mntns_pending.due(now, claimed):
@@ -325,30 +325,45 @@ class World:
         says whose they are. Containers on the host network never make the host's netns a
         target (their traffic is the host's).
         """
-        by_inode: dict[int, list[Container]] = {}
-        for c in self.containers.values():
-            if c.netns_inode is not None and c.netns_inode != self.host_netns:
-                by_inode.setdefault(c.netns_inode, []).append(c)
-        out: dict[int, NetnsTarget] = {}
-        if self.selection.selects_everything:
-            for inode, path in self.netns_paths.items():
-                if inode != self.host_netns:
-                    out[inode] = NetnsTarget(inode, path, tuple(by_inode.get(inode, ())))
-        else:
-            for inode in self._pending:
-                pending_path = self.netns_paths.get(inode)
-                if pending_path is not None and inode not in by_inode:
-                    out[inode] = NetnsTarget(inode, pending_path, (), speculative=True)
-        for inode, members in by_inode.items():
-            chosen = [c for c in members if self.selection.matches(c)]
-            if not chosen:
-                continue
-            reach: str | None = self.netns_paths.get(inode) or next(
-                (c.netns_path for c in chosen if c.netns_path), None
-            )
+        inodes = {*self.netns_paths, *self._pending, *self._members}
+        return {i: t for i in inodes if (t := self._target(i)) is not None}
+
+    def desired_changes(self) -> list[tuple[int, NetnsTarget | None, bool]]:
+        """``desired_netns`` for the netns touched since the last call (None: not traced),
+        each with whether the netns of that inode was removed meanwhile (the inode may name
+        another now). The cost follows the changes; a new selection changes everything."""
+        dirty, self._dirty = self._dirty, {}
+        if self.selection is not self._looked_with:
+            self._looked_with = self.selection
+            desired = self.desired_netns()
+            return [
+                *((i, desired.get(i), removed) for i, removed in dirty.items()),
+                *((i, t, False) for i, t in desired.items() if i not in dirty),
+            ]
+        return [(i, self._target(i), removed) for i, removed in dirty.items()]
+
+    def _touch(self, inode: int | None) -> None:
+        if inode is not None:
+            self._dirty.setdefault(inode, False)
+
+    def _target(self, inode: int) -> NetnsTarget | None:
+        """``desired_netns``'s entry for one netns."""
+        if inode == self.host_netns:
+            return None
+        members = tuple(self._members.get(inode, ()))
+        chosen = [c for c in members if self.selection.matches(c)]
+        path = self.netns_paths.get(inode)
+        if chosen:
+            reach = path or next((c.netns_path for c in chosen if c.netns_path), None)
             if reach is not None:
-                out[inode] = NetnsTarget(inode, reach, tuple(members))
-        return out
+                return NetnsTarget(inode, reach, members)
+        if path is None:
+            return None
+        if self.selection.selects_everything:
+            return NetnsTarget(inode, path, members)
+        if inode in self._pending and not members:
+            return NetnsTarget(inode, path, (), speculative=True)
+        return None
 
     def container_for(self, data: Mapping[str, Any]) -> Container | None:
         """The container a gadget record came from, from the fields it carries.

@@ -62,6 +62,7 @@ class Tracker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # A mount namespace that starts pending (engine/world/mntns.py) has a timeout to wait for.
         self.world.on_pending = self._pending_added_now
+        self.per_netns.nsid_of = self.netns_source.nsid_of
         if any(p.spec.kind is Kind.CLASSIFIER for g in self.loaded for p in g.programs.values()):
             removed = await remove_orphan_filters(owner_alive)
             if removed:
@@ -128,14 +129,18 @@ class Tracker:
             self.world.remove_netns(record.netns_id.inode)
         self.outlet.put(record)
 
-    async def changed(self) -> int:
+    async def changed(self, *, everything: bool = False) -> int:
+        """Act on what changed (``everything``: on every netns, the periodic safety net)."""
         async with self._lock:
             # Settled first: the held records (attach records included) reach consumers
             # before the detach records of a netns that stops being traced.
             for identified in self.world.settle(trio.current_time()):
                 self._release(identified)
             await self._sync_filters()
-            return await self.per_netns.reconcile(self.world.desired_netns())
+            changes = self.per_netns.apply(self.world.desired_changes())
+            if everything:
+                changes += self.per_netns.reconcile(self.world.desired_netns())
+            return changes
 
     async def _sync_filters(self) -> None:
         """Every gadget's kernel selection as the world says (a no-op when unchanged)."""
@@ -231,7 +236,7 @@ class Tracker:
         while True:
             await trio.sleep(self.reconcile_interval)
             self.netns_source.recheck()
-            corrected = await self.changed()
+            corrected = await self.changed(everything=True)
             if corrected:
                 self.corrections += corrected
                 log.warning("reconciliation corrected %d netns attachments", corrected)

@@ -311,6 +311,10 @@ async def test_iter_tcp_lists_only_its_netns(iter_tcp: Any, pair: list[Container
             else:
                 pytest.fail("the listening port never showed up")
             assert ports(await run_iter_in_netns(link, h2)) == set()
+            # Named, the target lets a netns without TCP sockets go without a run; not one
+            # with a listener.
+            assert await run_iter_in_netns(link, h2, target="tcp") == b""
+            assert ports(await run_iter_in_netns(link, h1, target="tcp")) == {7777}
             assert ports(await run_iter_in_netns(prog, h1, program="tcp")) == {7777}
 
 

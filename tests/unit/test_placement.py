@@ -1,5 +1,5 @@
 """Where a record came from and whether it is delivered, held or dropped (world/placement.py),
-and what the kernel's selection maps say (World.kernel_selection)."""
+and what the kernel's selection maps say (engine/world/kernel_filter.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from engine.events.decode import Field, build_decoder
 from engine.events.origin import HEADER, Origin
 from engine.sources.containers import Container
+from engine.world.kernel_filter import kernel_selection
 from engine.world.placement import place
 from engine.world.selection import Selection
 from engine.world.state import Verdict, World
@@ -108,7 +109,7 @@ def test_excluded_containers_are_dropped_with_no_select() -> None:
     w = world(exclude=("name=db",))
     assert place(w, task(202), {}, 0.0)[0] is Verdict.DROP
     assert place(w, task(201), {}, 0.0)[0] is Verdict.DELIVER
-    assert w.kernel_selection() == (2, {201: 1, 202: 0, HOST_MNTNS: 1})
+    assert kernel_selection(w) == (2, {201: 1, 202: 0, HOST_MNTNS: 1})
 
 
 def test_an_unknown_mount_namespace_is_held_until_its_container_is_reported() -> None:
@@ -134,7 +135,7 @@ def test_an_unclaimed_mount_namespace_is_rejected_and_the_kernel_told() -> None:
     [identified] = w.settle(5.0)
     assert (identified.inode, identified.container, identified.keep) == (600, None, False)
     assert place(w, task(600), {}, 6.0)[0] is Verdict.DROP
-    mode, known = w.kernel_selection()
+    mode, known = kernel_selection(w)
     assert mode == 2  # the kernel lets unknown namespaces through, for the engine to hold
     assert known == {600: 0, 201: 1, 202: 0, HOST_MNTNS: 0}
 
@@ -144,12 +145,12 @@ def test_with_host_an_unclaimed_mount_namespace_is_the_hosts() -> None:
     place(w, task(600), {}, 0.0)
     [identified] = w.settle(5.0)
     assert identified.keep and identified.container is None
-    assert w.kernel_selection()[1][HOST_MNTNS] == 1
+    assert kernel_selection(w)[1][HOST_MNTNS] == 1
 
 
 def test_kernel_selection_modes() -> None:
-    assert world().kernel_selection() == (0, {})  # no selection: the kernel lets all through
+    assert kernel_selection(world()) == (0, {})  # no selection: the kernel lets all through
     w = world("name=web")
     w.follows_containers = False  # nothing will ever identify an unknown namespace
-    assert w.kernel_selection()[0] == 1
+    assert kernel_selection(w)[0] == 1
     assert place(w, task(700), {}, 0.0)[0] is Verdict.DROP

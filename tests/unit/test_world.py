@@ -308,3 +308,27 @@ def test_a_pod_is_one_netns_target_named_after_its_sandbox() -> None:
     assert [c.name for c in target.containers] == ["web-1", "web-1/app"]
     assert w.container_for({"netns_id": 110}) == sandbox
     assert w.container_for({"mntns_id": 211}) == app
+
+
+def test_desired_changes_follow_what_changed_only() -> None:
+    w = selecting("web", timeout=1.0)
+    assert w.desired_changes() == []  # the selection's first look: nothing there yet
+    w.add_netns(110, RUNTIME + "fff", now=0.0)
+    w.add_netns(111, RUNTIME + "ggg", now=0.0)
+    assert [(i, t is not None, r) for i, t, r in w.desired_changes()] == [
+        (110, True, False),
+        (111, True, False),
+    ]
+    assert w.desired_changes() == []  # nothing changed since
+    w.add_container(container("db", 111, 211))  # not selected: no longer traced
+    w.remove_netns(110)
+    w.add_netns(110, RUNTIME + "hhh", now=0.5)  # its inode given to a new netns at once
+    changes = {i: (t, r) for i, t, r in w.desired_changes()}
+    assert changes[111] == (None, False)
+    target, replaced = changes[110]
+    assert replaced
+    assert target is not None
+    assert target.path == RUNTIME + "hhh"
+    w.selection = Selection.parse([], (), False)  # everything: every netns looked at again
+    assert {i for i, t, _ in w.desired_changes() if t is not None} == {110, 111}
+    assert w.desired_changes() == []

@@ -206,7 +206,11 @@ async def test_fifty_containers_churn_leaves_nothing(containers: Containers) -> 
                 await trio.to_thread.run_sync(
                     lambda: list(pool.map(lambda n: docker("rm", "-f", n), names))
                 )
-            await rec.until(lambda: all(settled(n) for n in names), 90, "every story ended")
+            def unsettled() -> str:
+                stories = {n: rec.lifecycles(container=n) for n in names if not settled(n)}
+                return f"every story ended (not: {stories})"
+
+            await rec.until(lambda: all(settled(n) for n in names), 90, unsettled)
             assert loaded_programs(CHURN_PROGRAMS)  # loaded while the engine runs
     failed = rec.of_type("attach_failed")
     assert len(failed) <= count // 5, failed  # a few may lose the race with docker rm

@@ -12,6 +12,15 @@ before it was written. An idle gadget costs one tick a second.
 
 Perf buffers' own loss reports (PERF_RECORD_LOST) are not used: the kernel's counts cover
 every failed write, and perf's come late or never (kernel_counts.py).
+
+A perf buffer wakes its reader after every ``PERF_WAKEUP_EVENTS`` records on a CPU, not after
+each one (bcc's default, ``wakeup_events=1``): each wake-up costs the writer an interrupt and
+a scheduler wake-up, and held the writer to ~120 k records/s whatever the reader did
+(benchmarks/README.md, Issue 16). Fewer records than that would wait forever, so every
+``PERF_FLUSH_INTERVAL`` seconds the pump reads whatever waits: a perf record reaches the
+consumers at most that long after it was written (plus the time to read what came before
+it), or as soon as its CPU has that many waiting. Ring buffers wake their reader only when it
+has caught up (the kernel's own rule), so they need no timer.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ log = logging.getLogger(__name__)
 
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
+PERF_WAKEUP_EVENTS = 64
+PERF_FLUSH_INTERVAL = 0.02  # seconds; at most 50 reads a second of an idle gadget's perf maps
 
 Batch = Callable[[str, list[bytes]], None]
 # A run of records of one size (``Reader.read_run``), for ``batches()``.
@@ -127,7 +138,7 @@ class BufferPump:
             opts = bcc_perf_buffer_opts()
             opts.pid = -1
             opts.cpu = cpu
-            opts.wakeup_events = 1
+            opts.wakeup_events = PERF_WAKEUP_EVENTS
             handle = lib.bpf_open_perf_buffer_opts(
                 cb, lost_cb, None, self.page_count, ct.byref(opts)
             )
@@ -167,6 +178,8 @@ class BufferPump:
                     nursery.start_soon(self._watch, name, reader)
                 if self.on_tick is not None:
                     nursery.start_soon(self._tick_periodically)
+                if self._perf_handles:
+                    nursery.start_soon(self._flush_periodically)
                 task_status.started()
         finally:
             self._tick()  # the last counts, before the record queue closes
@@ -179,6 +192,14 @@ class BufferPump:
         while True:
             await trio.sleep(self.tick_interval)
             self._tick()
+
+    async def _flush_periodically(self) -> None:
+        """Read the perf buffers' records that are too few to wake their reader."""
+        perf = [(name, r) for name, r in self._readers if isinstance(r, PerfReader)]
+        while True:
+            await trio.sleep(PERF_FLUSH_INTERVAL)
+            for name, reader in perf:
+                self._read(name, reader)
 
     async def _watch(self, name: str, reader: Reader) -> None:
         while True:

@@ -1,14 +1,15 @@
 """Reading a gadget's ring and perf buffers from trio: no threads, no polling loops.
 
 Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``; when the
-kernel says records are waiting, they are read in one batch and handed on as raw bytes, or,
-for the maps a ``batches()`` consumer wants, as one run of records of one size: ring buffers
-from their own mmap (engine/events/ringbuf.py), perf buffers from a mapping of each CPU's
-ring that libbcc opened (engine/events/perfbuf.py). ``on_tick`` runs between reading a
-batch and handing it on, every ``tick_interval`` seconds, and once when the pump ends: the
-reader reads the kernel's counts of lost and refused records then
-(engine/events/kernel_counts.py), so a consumer that sees a record sees every count from
-before it was written. An idle gadget costs one tick a second.
+kernel says records are waiting, they are read in one batch and handed on as one run of records
+of one size (one copy; decoded without a slice per record), or as raw bytes when the first
+record waiting starts no such run: ring buffers from their own mmap (engine/events/ringbuf.py),
+perf buffers from a mapping of each CPU's ring that libbcc opened (engine/events/perfbuf.py).
+``on_tick`` runs between reading a batch and handing it on, every ``tick_interval`` seconds,
+and once when the pump ends: the reader reads the kernel's counts of lost and refused records
+then (engine/events/kernel_counts.py), so a consumer that sees a record sees every count from
+before it was written. An idle gadget costs one tick a second (with perf buffers, also the
+flush reads below).
 
 Perf buffers' own loss reports (PERF_RECORD_LOST) are not used: the kernel's counts cover
 every failed write, and perf's come late or never (kernel_counts.py).
@@ -45,7 +46,7 @@ PERF_WAKEUP_EVENTS = 64
 PERF_FLUSH_INTERVAL = 0.02  # seconds; at most 50 reads a second of an idle gadget's perf maps
 
 Batch = Callable[[str, list[bytes]], None]
-# A run of records of one size (``Reader.read_run``), for ``batches()``.
+# A run of records of one size (``Reader.read_run``).
 Run = Callable[[str, RecordRun], None]
 
 
@@ -101,8 +102,7 @@ class BufferPump:
     tick_interval: float = 1.0
     page_count: int = 256
     batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
-    # The maps read as runs (for ``batches()``), and where their runs go.
-    columnar: Callable[[str], bool] | None = None
+    # Where runs of records of one size go (the records that are not in one: ``on_batch``).
     on_run: Run | None = None
     _readers: list[tuple[str, Reader]] = attrs.Factory(list)
     _perf_handles: list[Any] = attrs.Factory(list)  # libbcc's perf readers, freed at close
@@ -150,8 +150,9 @@ class BufferPump:
             table[table.Key(cpu)] = table.Leaf(fd)
 
     def _read(self, name: str, reader: Reader) -> bool:
-        """One read of ``reader``, as a run when its map is columnar; whether it read any."""
-        if self.on_run is not None and self.columnar is not None and self.columnar(name):
+        """One read of ``reader``, as a run of records of one size when there is one (and
+        ``on_run`` takes runs); whether it read any."""
+        if self.on_run is not None:
             run = reader.read_run(self.batch)
             if run is not None:
                 self._tick()

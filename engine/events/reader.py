@@ -94,9 +94,13 @@ async def open_reader(
     def on_run(name: str, run: RecordRun) -> None:
         stats = outlet.stats.for_map(gadget_name, name)
         stats.received += run.count
-        columns = makers[name].from_run(run, trio.current_time(), held, stats)
-        if columns is not None:
-            outlet.deliver_batch(columns)
+        now = trio.current_time()
+        if columnar(name):
+            columns = makers[name].from_run(run, now, held, stats)
+            if columns is not None:
+                outlet.deliver_batch(columns)
+            return
+        outlet.deliver(gadget_name, name, namers[name].name_run(run, now, held, stats))
 
     counts: list[KernelCounts] = []
 
@@ -109,7 +113,7 @@ async def open_reader(
                 stats.lost_kernel += changed.lost
                 outlet.put(Lost(gadget_name, changed.map, changed.lost, "kernel"))
 
-    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick, columnar=columnar, on_run=on_run)
+    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick, on_run=on_run)
     stack.callback(pump.close)
 
     def open_all() -> None:

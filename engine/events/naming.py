@@ -24,7 +24,7 @@ from engine.events.decode import RecordDecoder
 from engine.events.origin import FORMAT, HEADER, Origin
 from engine.events.ringbuf import RecordRun
 from engine.events.stats import MapStats
-from engine.records import Event, Record
+from engine.records import Event, Record, new_event
 from engine.world.held import Held
 from engine.world.placement import place
 from engine.world.state import Verdict, World
@@ -124,7 +124,7 @@ class MapNamer:
             if container is None and self.reads_fields:
                 found = world.container_for(data)
                 container = None if found is None else world.container_json(found)
-            out.append(Event(gadget, source, program, data, container, origin))
+            out.append(new_event(gadget, source, program, data, container, origin))
         return out
 
     def _task(self, v: tuple[Any, ...], origins: dict[tuple[int, ...], _Known]) -> _Known:

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
 PERF_WAKEUP_EVENTS = 64
+# Records read one by one where no run starts (a record across the end of a perf buffer, a
+# perf loss report, a discarded or other-sized record): a few, and the next read is a run.
+BETWEEN_RUNS = 64
 PERF_FLUSH_INTERVAL = 0.02  # seconds; at most 50 reads a second of an idle gadget's perf maps
 
 Batch = Callable[[str, list[bytes]], None]
@@ -152,13 +155,15 @@ class BufferPump:
     def _read(self, name: str, reader: Reader) -> bool:
         """One read of ``reader``, as a run of records of one size when there is one (and
         ``on_run`` takes runs); whether it read any."""
+        limit = self.batch
         if self.on_run is not None:
             run = reader.read_run(self.batch)
             if run is not None:
                 self._tick()
                 self.on_run(name, run)
                 return True
-        batch = reader.read(self.batch)
+            limit = BETWEEN_RUNS
+        batch = reader.read(limit)
         if batch:
             self._tick()
             self.on_batch(name, batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes as ct
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,14 @@ PERF_PAGES = 256  # the engine's default, given to bcc too so that both buffer t
 
 def gadget_path(kind: str) -> Path:
     return GADGETS / f"getppid_{kind}.c"
+
+
+def records_per_call(kind: str) -> int:
+    """How many records the gadget writes per getppid() call (its ``RECORDS_PER_CALL``)."""
+    found = re.search(r"^#define RECORDS_PER_CALL (\d+)$", gadget_path(kind).read_text(), re.M)
+    if found is None:
+        raise ValueError(f"{gadget_path(kind)} defines no RECORDS_PER_CALL")
+    return int(found[1])
 
 
 def set_target(bpf: Any, pid: int) -> None:

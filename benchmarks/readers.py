@@ -23,7 +23,15 @@ from typing import Any
 import attrs
 import trio
 
-from benchmarks.bcc_side import GADGETS, bcc_gadget, fired, gadget_path, open_buffer, set_target
+from benchmarks.bcc_side import (
+    GADGETS,
+    bcc_gadget,
+    fired,
+    gadget_path,
+    open_buffer,
+    records_per_call,
+    set_target,
+)
 from benchmarks.hammer import Done, Load
 from engine.engine import Engine, open_engine
 from engine.records import Event
@@ -36,8 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class Run:
     load: Load
     done: Done
-    fired: int  # calls the gadget saw; for a subprocess reader, the hammer's calls
+    fired: int  # records the gadget was to write; for a subprocess reader, from the hammer's calls
     delivered: int
+    per_call: int  # records the gadget writes per hammer call
 
     @property
     def lost(self) -> int:
@@ -49,14 +58,16 @@ class Run:
 
     @property
     def achieved(self) -> float:
-        """Calls per second the hammer made."""
-        return self.done.calls / self.done.seconds
+        """Records per second the load generator made (the hammer's calls, times the records
+        the gadget writes per call)."""
+        return self.done.calls * self.per_call / self.done.seconds
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "target_rate": self.load.rate,
+            "target_rate": self.load.rate * self.per_call,
             "achieved_rate": self.achieved,
             "calls": self.done.calls,
+            "records_per_call": self.per_call,
             "fired": self.fired,
             "seconds": self.done.seconds,
             "delivered": self.delivered,
@@ -101,7 +112,7 @@ def bcc_loop_runs(kind: str, hammer: Path, loads: Sequence[Load]) -> list[Run]:
                 poll(50)
                 if seen[0] != last:
                     quiet_since, last = time.monotonic(), seen[0]
-            runs.append(Run(load, done, fired(bpf), seen[0] - before))
+            runs.append(Run(load, done, fired(bpf), seen[0] - before, records_per_call(kind)))
     return runs
 
 
@@ -172,7 +183,7 @@ async def _engine_runs(
             before = seen[0]
             done = await _hammer(hammer, load, target)
             await _settled(seen)
-            runs.append(Run(load, done, fired(bpf), seen[0] - before))
+            runs.append(Run(load, done, fired(bpf), seen[0] - before, records_per_call(kind)))
         n.cancel_scope.cancel()
     return runs
 
@@ -244,7 +255,8 @@ async def _pipe_run(reader: PipeReader, kind: str, hammer: Path, load: Load) -> 
         for proc in processes:
             proc.send_signal(signal.SIGINT)
             await proc.wait()
-    return Run(load, done, done.calls, seen[0])
+    per_call = records_per_call(kind)
+    return Run(load, done, done.calls * per_call, seen[0], per_call)
 
 
 def _environment(extra: dict[str, str]) -> dict[str, str]:

@@ -1,14 +1,15 @@
 """(3) Event throughput: the engine's three outputs against bcc, same producer, same gadget.
 
-The hammer calls getppid() in a loop; the gadget writes one record per call (only for the
-hammer's pid, set in a map before the hammer starts). Readers (benchmarks/readers.py): bcc's
-loop reading every field (baseline 1) against ``events()`` and ``batches()``; a bcc script
-printing JSON lines to a pipe (baseline 2) against ``engine run --output json`` to a pipe.
-The gadget counts the calls it saw (``fired``); lost = fired - delivered, which counts every
-drop (full kernel buffer, engine queue) the same way for every reader in this process; for
-the subprocess readers the hammer's own count of calls stands in for ``fired``. Calls the
-program never saw (the kernel skips a BPF program that would nest in another one on the same
-CPU) are reported apart.
+The hammer calls getppid() in a loop; the gadget writes ``RECORDS_PER_CALL`` records per call
+(only for the hammer's pid, set in a map before the hammer starts), so that the load generator
+makes more records than the fastest reader takes; every figure says how many it made. Readers
+(benchmarks/readers.py): bcc's loop reading every field (baseline 1) against ``events()`` and
+``batches()``; a bcc script printing JSON lines to a pipe (baseline 2) against ``engine run
+--output json`` to a pipe. The gadget counts the records it was to write (``fired``); lost =
+fired - delivered, which counts every drop (full kernel buffer, engine queue) the same way for
+every reader in this process; for the subprocess readers the hammer's own count of calls (times
+the records per call) stands in for ``fired``. Calls the program never saw (the kernel skips a
+BPF program that would nest in another one on the same CPU) are reported apart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from benchmarks.bcc_side import records_per_call
 from benchmarks.hammer import Load
 from benchmarks.readers import (
     Run,
@@ -57,11 +59,16 @@ FULL = Sizes(seconds=3.0, repeats=3, steps=(1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.1))
 SMOKE = Sizes(seconds=0.5, repeats=1, steps=(0.5, 0.1))
 
 
+def _load(kind: str, seconds: float, records: float) -> Load:
+    """The hammer's load that makes ``records`` records per second."""
+    return Load(seconds, records / records_per_call(kind))
+
+
 def _sustained(runner: Runner, kind: str, hammer: Path, flat_out: float, sizes: Sizes) -> list[Run]:
     """Target rates, highest first, until one is delivered with zero loss."""
     tried: list[Run] = []
     for fraction in sizes.steps:
-        run = runner(kind, hammer, [Load(sizes.seconds, flat_out * fraction)])[0]
+        run = runner(kind, hammer, [_load(kind, sizes.seconds, flat_out * fraction)])[0]
         tried.append(run)
         if run.lost == 0:
             break
@@ -104,7 +111,7 @@ def measure(kind: str, hammer: Path, sizes: Sizes) -> tuple[list[Figure], dict[s
     sustained = _zero_loss_rate(bcc_tried)
     at_bcc_rate: dict[str, Run] = {}
     for name in ("events()", "batches()"):
-        run = READERS[name](kind, hammer, [Load(sizes.seconds, sustained)])[0]
+        run = READERS[name](kind, hammer, [_load(kind, sizes.seconds, sustained)])[0]
         at_bcc_rate[name] = run
         figures.append(
             Figure(

@@ -19,6 +19,7 @@ detaches them in reverse order when the engine stops.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -206,6 +207,8 @@ async def open_engine(
     Records leave out their structs' padding members unless ``padding=True``.
     ``params`` (``{"NAME" or "GADGET:NAME": value}``, engine.gadget.param_values) are written
     before anything attaches; a bad one raises ``ParamError`` before compiling.
+    Once started, it calls ``gc.freeze()``: the objects that exist then (the process's, the
+    engine's start-up) are left out of the garbage collector's passes from then on.
     """
     selection = Selection.parse(select, exclude, host)
     if not trust_files:
@@ -384,6 +387,11 @@ async def _running(
             sources.start_soon(tracker.changed)
 
         engine._selection_watchers.append(selection_changed)
+        # What start-up made (bcc, BTF, the gadgets) lives as long as the engine: out of the
+        # collector's sight. Full collections traversed all of it, and a flood of records
+        # (each one a tracked object, thousands alive in the queue) made them frequent: 60 %
+        # of events()'s time, and an 80 ms stall of attaches (benchmarks/README.md, Issue 16).
+        gc.freeze()
         try:
             yield engine
         finally:

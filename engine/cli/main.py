@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -203,9 +202,6 @@ async def _run_engine(
         run.engine = engine
         if metrics is not None:
             metrics.engine = engine
-        # What start-up made (bcc, BTF, the gadgets) lives as long as the process: out of the
-        # collector's sight, a full collection no longer stalls attaches for 80 ms.
-        gc.freeze()
         _progress(_ready_message(engine, time.monotonic() - compiling))
         for hook_file in hook_files:
             await hook_file.install(engine)

@@ -21,6 +21,7 @@ The rules (also in docs/events.md):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -86,6 +87,7 @@ _BIG_ENDIAN = {"__be16": ">H", "__be32": ">I", "__be64": ">Q"}
 Converter = Callable[[Any], Any]
 
 
+@functools.lru_cache(maxsize=4096)  # the same names (comm, paths) come again and again
 def _cstring(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 

@@ -14,7 +14,7 @@ that both ways agree.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -22,8 +22,9 @@ import attrs
 from engine.bcc.origin_prelude import ORIGIN_TASK
 from engine.events.decode import RecordDecoder
 from engine.events.origin import FORMAT, HEADER, Origin
+from engine.events.ringbuf import RecordRun
 from engine.events.stats import MapStats
-from engine.records import Event, Record
+from engine.records import Event, Record, new_event
 from engine.world.held import Held
 from engine.world.placement import place
 from engine.world.state import Verdict, World
@@ -48,7 +49,10 @@ class MapNamer:
     decoder: RecordDecoder
     world: World
     _size: int = attrs.field(init=False)
+    _format: str = attrs.field(init=False)  # of the origin header and the struct, no "<"
     _unpack: Callable[[bytes], tuple[Any, ...]] = attrs.field(init=False)
+    # Per record layout of a run (the buffer's header size, the stride): its struct.
+    _layouts: dict[tuple[int, int], struct.Struct] = attrs.Factory(dict)
     _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False)
     reads_fields: bool = attrs.field(init=False)  # the struct has a field naming a container
     # Per task (tgid, mntns, netns, cgroup): its origin object and its container's object.
@@ -56,7 +60,8 @@ class MapNamer:
     _generation: int = -1  # the world's, when _origins was filled
 
     def __attrs_post_init__(self) -> None:
-        whole = struct.Struct(FORMAT + self.decoder.struct.format.lstrip("<"))
+        self._format = FORMAT.lstrip("<") + self.decoder.struct.format.lstrip("<")
+        whole = struct.Struct("<" + self._format)
         self._size = whole.size
         self._unpack = whole.unpack_from
         self._build = self.decoder.builder(_FIRST)
@@ -65,22 +70,50 @@ class MapNamer:
     def name(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
         """The events of ``batch`` that reach consumers now; held ones go to ``held``,
         unselected ones are counted in ``stats``."""
-        world = self.world
-        if world.filters_tasks:
+        if self.world.filters_tasks:
             return self._placed(batch, now, held, stats)
+        size, unpack = self._size, self._unpack
+        values = [unpack(raw) if len(raw) >= size else None for raw in batch]
+        return self._named(values, batch.__getitem__, now, held, stats)
+
+    def name_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> list[Record]:
+        """``name`` for a buffer's run of records of one size (``RingReader.read_run``,
+        ``PerfReader.read_run``), unpacked in one pass over its bytes: no slice per record."""
+        blob, skip, count = run.data, run.skip, run.count
+        stride = len(blob) // count
+
+        def raw(i: int) -> bytes:
+            return blob[i * stride + skip : (i + 1) * stride]
+
+        if self.world.filters_tasks or stride < skip + self._size:
+            return self.name([raw(i) for i in range(count)], now, held, stats)
+        layout = self._layouts.get((skip, stride))
+        if layout is None:
+            layout = self._layouts[skip, stride] = struct.Struct(
+                f"<{skip}x{self._format}{stride - skip - self._size}x"
+            )
+        return self._named(layout.iter_unpack(blob), raw, now, held, stats)
+
+    def _named(
+        self,
+        values: Iterable[tuple[Any, ...] | None],
+        raw: Callable[[int], bytes],
+        now: float,
+        held: Held,
+        stats: MapStats,
+    ) -> list[Record]:
+        """The events of unpacked records (None: too short to unpack); ``raw(i)`` is the
+        ``i``-th record's bytes, for those that go through ``place``."""
+        world = self.world
         gadget, source, program = self.gadget, self.source, self.program
-        size, unpack, build, origins = self._size, self._unpack, self._build, self._origins
+        build, origins = self._build, self._origins
         out: list[Record] = []
         if self._generation != world.generation:  # containers came or went
             self._generation = world.generation
             origins.clear()
-        for raw in batch:
-            if len(raw) < size:
-                out += self._placed([raw], now, held, stats)
-                continue
-            v = unpack(raw)
-            if v[_KIND] != ORIGIN_TASK:
-                out += self._placed([raw], now, held, stats)
+        for i, v in enumerate(values):
+            if v is None or v[_KIND] != ORIGIN_TASK:
+                out += self._placed([raw(i)], now, held, stats)
                 continue
             data = build(v)
             key = v[_TGID : _CGROUP + 1]
@@ -91,7 +124,7 @@ class MapNamer:
             if container is None and self.reads_fields:
                 found = world.container_for(data)
                 container = None if found is None else world.container_json(found)
-            out.append(Event(gadget, source, program, data, container, origin))
+            out.append(new_event(gadget, source, program, data, container, origin))
         return out
 
     def _task(self, v: tuple[Any, ...], origins: dict[tuple[int, ...], _Known]) -> _Known:

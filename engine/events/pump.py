@@ -1,17 +1,28 @@
 """Reading a gadget's ring and perf buffers from trio: no threads, no polling loops.
 
 Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``; when the
-kernel says records are waiting, they are read in one batch and handed on as raw bytes, or,
-for the maps a ``batches()`` consumer wants, as one run of records of one size: ring buffers
-from their own mmap (engine/events/ringbuf.py), perf buffers from a mapping of each CPU's
-ring that libbcc opened (engine/events/perfbuf.py). ``on_tick`` runs between reading a
-batch and handing it on, every ``tick_interval`` seconds, and once when the pump ends: the
-reader reads the kernel's counts of lost and refused records then
-(engine/events/kernel_counts.py), so a consumer that sees a record sees every count from
-before it was written. An idle gadget costs one tick a second.
+kernel says records are waiting, they are read in one batch and handed on as one run of records
+of one size (one copy; decoded without a slice per record), or as raw bytes when the first
+record waiting starts no such run: ring buffers from their own mmap (engine/events/ringbuf.py),
+perf buffers from a mapping of each CPU's ring that libbcc opened (engine/events/perfbuf.py).
+``on_tick`` runs between reading a batch and handing it on, every ``tick_interval`` seconds,
+and once when the pump ends: the reader reads the kernel's counts of lost and refused records
+then (engine/events/kernel_counts.py), so a consumer that sees a record sees every count from
+before it was written. An idle gadget costs one tick a second (with perf buffers, also the
+flush reads below).
 
 Perf buffers' own loss reports (PERF_RECORD_LOST) are not used: the kernel's counts cover
 every failed write, and perf's come late or never (kernel_counts.py).
+
+A perf buffer wakes its reader after every ``PERF_WAKEUP_EVENTS`` records on a CPU, not after
+each one (bcc's default, ``wakeup_events=1``): each wake-up costs the writer an interrupt and
+a scheduler wake-up, and held the writer to ~120 k records/s whatever the reader did
+(benchmarks/README.md, Issue 16). Fewer records than that would wait forever, so a timer
+reads whatever waits, every ``PERF_FLUSH_INTERVAL`` seconds while it finds records, backing
+off to ``PERF_FLUSH_IDLE`` while it finds none: a perf record reaches the consumers at most
+``PERF_FLUSH_IDLE`` after it was written (plus the time to read what came before it), or as
+soon as its CPU has that many waiting. Ring buffers wake their reader only when it has caught
+up (the kernel's own rule), so they need no timer.
 """
 
 from __future__ import annotations
@@ -32,9 +43,15 @@ log = logging.getLogger(__name__)
 
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
+PERF_WAKEUP_EVENTS = 64
+# Records read one by one where no run starts (a record across the end of a perf buffer, a
+# perf loss report, a discarded or other-sized record): a few, and the next read is a run.
+BETWEEN_RUNS = 64
+PERF_FLUSH_INTERVAL = 0.02  # seconds between flushes while they find records
+PERF_FLUSH_IDLE = 0.1  # seconds between flushes once they find none
 
 Batch = Callable[[str, list[bytes]], None]
-# A run of records of one size (``Reader.read_run``), for ``batches()``.
+# A run of records of one size (``Reader.read_run``).
 Run = Callable[[str, RecordRun], None]
 
 
@@ -90,8 +107,7 @@ class BufferPump:
     tick_interval: float = 1.0
     page_count: int = 256
     batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
-    # The maps read as runs (for ``batches()``), and where their runs go.
-    columnar: Callable[[str], bool] | None = None
+    # Where runs of records of one size go (the records that are not in one: ``on_batch``).
     on_run: Run | None = None
     _readers: list[tuple[str, Reader]] = attrs.Factory(list)
     _perf_handles: list[Any] = attrs.Factory(list)  # libbcc's perf readers, freed at close
@@ -127,7 +143,7 @@ class BufferPump:
             opts = bcc_perf_buffer_opts()
             opts.pid = -1
             opts.cpu = cpu
-            opts.wakeup_events = 1
+            opts.wakeup_events = PERF_WAKEUP_EVENTS
             handle = lib.bpf_open_perf_buffer_opts(
                 cb, lost_cb, None, self.page_count, ct.byref(opts)
             )
@@ -139,14 +155,17 @@ class BufferPump:
             table[table.Key(cpu)] = table.Leaf(fd)
 
     def _read(self, name: str, reader: Reader) -> bool:
-        """One read of ``reader``, as a run when its map is columnar; whether it read any."""
-        if self.on_run is not None and self.columnar is not None and self.columnar(name):
+        """One read of ``reader``, as a run of records of one size when there is one (and
+        ``on_run`` takes runs); whether it read any."""
+        limit = self.batch
+        if self.on_run is not None:
             run = reader.read_run(self.batch)
             if run is not None:
                 self._tick()
                 self.on_run(name, run)
                 return True
-        batch = reader.read(self.batch)
+            limit = BETWEEN_RUNS
+        batch = reader.read(limit)
         if batch:
             self._tick()
             self.on_batch(name, batch)
@@ -167,6 +186,8 @@ class BufferPump:
                     nursery.start_soon(self._watch, name, reader)
                 if self.on_tick is not None:
                     nursery.start_soon(self._tick_periodically)
+                if self._perf_handles:
+                    nursery.start_soon(self._flush_periodically)
                 task_status.started()
         finally:
             self._tick()  # the last counts, before the record queue closes
@@ -179,6 +200,17 @@ class BufferPump:
         while True:
             await trio.sleep(self.tick_interval)
             self._tick()
+
+    async def _flush_periodically(self) -> None:
+        """Read the perf buffers' records that are too few to wake their reader: every
+        ``PERF_FLUSH_INTERVAL`` while flushes find records, backing off to ``PERF_FLUSH_IDLE``
+        while they find none (each flush costs an idle engine ~0.35 ms of CPU)."""
+        perf = [(name, r) for name, r in self._readers if isinstance(r, PerfReader)]
+        interval = PERF_FLUSH_INTERVAL
+        while True:
+            await trio.sleep(interval)
+            found = [self._read(name, reader) for name, reader in perf]
+            interval = PERF_FLUSH_INTERVAL if any(found) else min(2 * interval, PERF_FLUSH_IDLE)
 
     async def _watch(self, name: str, reader: Reader) -> None:
         while True:

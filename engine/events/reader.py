@@ -80,23 +80,28 @@ async def open_reader(
     makers = {n: BatchMaker(namer) for n, namer in namers.items()}
     columnar = outlet.batches.wants
 
-    def on_batch(name: str, batch: list[bytes]) -> None:
+    def on_records(name: str, records: list[bytes] | RecordRun) -> None:
+        """A read of map ``name``: raw records, or a run of one size (``BufferPump``)."""
         stats = outlet.stats.for_map(gadget_name, name)
-        stats.received += len(batch)
+        stats.received += records.count if isinstance(records, RecordRun) else len(records)
         now = trio.current_time()
         if columnar(name):
-            columns = makers[name].from_records(batch, now, held, stats)
+            maker = makers[name]
+            columns = (
+                maker.from_run(records, now, held, stats)
+                if isinstance(records, RecordRun)
+                else maker.from_records(records, now, held, stats)
+            )
             if columns is not None:
                 outlet.deliver_batch(columns)
             return
-        outlet.deliver(gadget_name, name, namers[name].name(batch, now, held, stats))
-
-    def on_run(name: str, run: RecordRun) -> None:
-        stats = outlet.stats.for_map(gadget_name, name)
-        stats.received += run.count
-        columns = makers[name].from_run(run, trio.current_time(), held, stats)
-        if columns is not None:
-            outlet.deliver_batch(columns)
+        namer = namers[name]
+        named = (
+            namer.name_run(records, now, held, stats)
+            if isinstance(records, RecordRun)
+            else namer.name(records, now, held, stats)
+        )
+        outlet.deliver(gadget_name, name, named)
 
     counts: list[KernelCounts] = []
 
@@ -109,7 +114,7 @@ async def open_reader(
                 stats.lost_kernel += changed.lost
                 outlet.put(Lost(gadget_name, changed.map, changed.lost, "kernel"))
 
-    pump = BufferPump(loaded.bpf, maps, on_batch, on_tick, columnar=columnar, on_run=on_run)
+    pump = BufferPump(loaded.bpf, maps, on_records, on_tick, on_run=on_records)
     stack.callback(pump.close)
 
     def open_all() -> None:

@@ -9,6 +9,7 @@ import pytest
 from engine.events.decode import Field, build_decoder
 from engine.events.naming import MapNamer
 from engine.events.origin import HEADER, Origin
+from engine.events.ringbuf import RecordRun
 from engine.events.stats import MapStats
 from engine.records import Event, Record
 from engine.sources.containers import Container
@@ -106,3 +107,19 @@ def test_a_selection_drops_and_counts_what_is_not_selected() -> None:
     got = namer.name(batch_for(PLAIN), 0.0, Held(), stats)
     assert [e.container["name"] for e in events(got) if e.container] == ["web", "web"]
     assert stats.unselected >= 1
+
+
+@pytest.mark.parametrize("skip", [8, 12], ids=["ring buffer", "perf buffer"])
+@pytest.mark.parametrize("select", [(), ("name=web",)], ids=["everything", "selection"])
+def test_a_run_is_named_as_its_records_are(skip: int, select: tuple[str, ...]) -> None:
+    """``name_run`` (a buffer's run of one size, unpacked in one pass) gives what ``name``
+    gives for the same records, each cut from the run as a reader would."""
+    world = make_world(*select)
+    namer = MapNamer("g", "events", "prog", build_decoder(PLAIN), world)
+    full = [r for r in batch_for(PLAIN) if len(r) == len(batch_for(PLAIN)[0])]
+    stride = (skip + len(full[0]) + 7) & ~7
+    spans = [b"\xff" * skip + r + b"\0" * (stride - skip - len(r)) for r in full]
+    got = namer.name_run(RecordRun(b"".join(spans), len(spans), skip), 0.0, Held(), MapStats())
+    expected = namer.name([s[skip:] for s in spans], 0.0, Held(), MapStats())
+    assert got == expected
+    assert len(events(got)) == (1 if select else len(full))

@@ -6,6 +6,9 @@ import errno
 import json
 from typing import Any
 
+import attrs
+import pytest
+
 import engine.records
 from engine import (
     AttachFailed,
@@ -19,6 +22,7 @@ from engine import (
 )
 from engine.errors import AttachError
 from engine.netns import NetnsId
+from engine.records import new_event
 
 NETNS = NetnsId(4026531993, 4)
 
@@ -114,3 +118,15 @@ def test_every_record_type_is_exported_from_engine_with_a_type_of_its_own() -> N
     exported = record_types({name: getattr(engine, name) for name in engine.__all__})
     assert exported == defined
     assert len({t.TYPE for t in defined}) == len(defined) == 20
+
+
+def test_new_event_makes_what_event_makes() -> None:
+    """The readers' fast constructor sets every field, in Event's order."""
+    values = ("g", "events", "prog", {"pid": 1}, {"name": "web"}, {"tgid": 1})
+    made = new_event(*values)
+    assert type(made) is Event
+    assert made == Event(*values)
+    assert attrs.astuple(made, recurse=False) == values
+    assert repr(made) == repr(Event(*values))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        made.gadget = "other"  # type: ignore[misc]

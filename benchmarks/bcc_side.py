@@ -52,11 +52,12 @@ def bcc_gadget(kind: str) -> Iterator[Any]:
 
 
 def open_buffer(
-    bpf: Any, kind: str, on_event: Callable[[Any, Any, int], None]
+    bpf: Any, kind: str, on_event: Callable[[Any, Any, int], None], wakeup_events: int = 1
 ) -> Callable[..., Any]:
-    """bcc's documented loop: the buffer opened with ``on_event``; returns its poll function."""
+    """bcc's documented loop: the buffer opened with ``on_event``; returns its poll function.
+    A perf buffer wakes its reader every ``wakeup_events`` records (bcc's default: 1)."""
     if kind == "ringbuf":
         bpf["events"].open_ring_buffer(on_event)
         return bpf.ring_buffer_poll  # type: ignore[no-any-return]
-    bpf["events"].open_perf_buffer(on_event, page_cnt=PERF_PAGES)
+    bpf["events"].open_perf_buffer(on_event, page_cnt=PERF_PAGES, wakeup_events=wakeup_events)
     return bpf.perf_buffer_poll  # type: ignore[no-any-return]

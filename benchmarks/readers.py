@@ -34,6 +34,7 @@ from benchmarks.bcc_side import (
 )
 from benchmarks.hammer import Done, Load
 from engine.engine import Engine, open_engine
+from engine.events.pump import PERF_WAKEUP_EVENTS
 from engine.records import Event
 
 SETTLE = 0.3  # seconds without a new record after the hammer ends: the run is drained
@@ -82,8 +83,11 @@ Runner = Callable[[str, Path, Sequence[Load]], list[Run]]
 # --- (1) bcc's loop, reading every field ------------------------------------------------
 
 
-def bcc_loop_runs(kind: str, hammer: Path, loads: Sequence[Load]) -> list[Run]:
-    """Each load in turn under bcc's Python loop, with one compiled gadget."""
+def bcc_loop_runs(
+    kind: str, hammer: Path, loads: Sequence[Load], wakeup_events: int = 1
+) -> list[Run]:
+    """Each load in turn under bcc's Python loop, with one compiled gadget; a perf buffer
+    wakes it every ``wakeup_events`` records (bcc's default: every record)."""
     runs: list[Run] = []
     with bcc_gadget(kind) as bpf:
         seen = [0]
@@ -94,7 +98,7 @@ def bcc_loop_runs(kind: str, hammer: Path, loads: Sequence[Load]) -> list[Run]:
             _values = (e.pid, e.tid, e.ts, e.comm.decode())
             seen[0] += 1
 
-        poll = open_buffer(bpf, kind, on_event)
+        poll = open_buffer(bpf, kind, on_event, wakeup_events)
         for load in loads:
             before = seen[0]
             proc = subprocess.Popen(
@@ -112,8 +116,16 @@ def bcc_loop_runs(kind: str, hammer: Path, loads: Sequence[Load]) -> list[Run]:
                 poll(50)
                 if seen[0] != last:
                     quiet_since, last = time.monotonic(), seen[0]
+            if kind == "perf":
+                bpf.perf_buffer_consume()  # what is left below the wake-up count
             runs.append(Run(load, done, fired(bpf), seen[0] - before, records_per_call(kind)))
     return runs
+
+
+def bcc_loop_engine_wakeups_runs(kind: str, hammer: Path, loads: Sequence[Load]) -> list[Run]:
+    """bcc's loop with the engine's perf wake-up setting (every ``PERF_WAKEUP_EVENTS``
+    records): the same kernel-side cost for both, so that the ratio is the readers' alone."""
+    return bcc_loop_runs(kind, hammer, loads, PERF_WAKEUP_EVENTS)
 
 
 # --- the engine in this process ---------------------------------------------------------

@@ -26,6 +26,7 @@ import trio
 
 from engine.bcc import libbcc
 from engine.bcc.origin_prelude import origin_prelude
+from engine.bcc.prelude import PRELUDE, PRELUDE_SCAN
 from engine.bcc.targets import TargetMissing, check_target, find_usdt
 from engine.bcc.usdt import argument_readers
 from engine.errors import (
@@ -51,58 +52,6 @@ log = logging.getLogger(__name__)
 
 # bcc's compile changes the process's working directory: never two at once.
 _COMPILE_LOCK = threading.Lock()
-
-PRELUDE = """\
-#define SEC(name) __attribute__((section(name), used))
-#include <linux/pkt_cls.h>
-
-/* Container selection, kept in sync by the engine (docs/selection.md). */
-BPF_HASH(engine_mntns, u64, u8, 8192);
-BPF_ARRAY(engine_filter, u32, 1);
-
-/* The mount namespace id (inode number) of the current task, read through true layouts. */
-static __always_inline u64 engine_mntns_id(void)
-{
-    struct task_struct__btf *task = (struct task_struct__btf *)bpf_get_current_task();
-    struct nsproxy__btf *nsproxy = 0;
-    struct mnt_namespace__btf *mnt = 0;
-    unsigned int inum = 0;
-    bpf_probe_read_kernel(&nsproxy, sizeof(nsproxy), &task->nsproxy);
-    if (!nsproxy)
-        return 0;
-    bpf_probe_read_kernel(&mnt, sizeof(mnt), &nsproxy->mnt_ns);
-    if (!mnt)
-        return 0;
-    bpf_probe_read_kernel(&inum, sizeof(inum), &mnt->ns.inum);
-    return inum;
-}
-
-/* Whether the selection takes a task of mount namespace `id`. engine_filter[0]: 0 no
- * selection; 1 only the mount namespaces engine_mntns marks 1; 2 those, and the ones it does
- * not know yet (a container that the runtime has not reported: the engine holds its records
- * until it does). engine_mntns: 1 selected, 0 known and not selected (docs/events.md). */
-static __always_inline bool engine_mntns_selected(u64 id)
-{
-    u32 zero = 0;
-    u32 *mode = engine_filter.lookup(&zero);
-    if (!mode || !*mode)
-        return true;
-    u8 *known = engine_mntns.lookup(&id);
-    if (known)
-        return *known;
-    return *mode == 2;
-}
-
-/* True when the current task belongs to the selection (always true with no selection).
- * Every record of a static program is checked anyway when it is written; call this first to
- * skip the program's work early for tasks outside the selection. */
-static __always_inline bool engine_selected(void)
-{
-    return engine_mntns_selected(engine_mntns_id());
-}
-"""
-
-_PRELUDE_SCAN = SourceScan.of(PRELUDE)
 
 
 def _bpf_module() -> Any:
@@ -235,7 +184,7 @@ def full_source(gadget: Gadget, extra: Sequence[str] = ()) -> str:
     """
     btf = _btf_when_headers_mismatch()
     scan = gadget.scan if btf is None else rewrite_plain_structs(gadget.scan, btf)
-    scans = (_PRELUDE_SCAN, *(SourceScan.of(text) for text in extra), scan)
+    scans = (PRELUDE_SCAN, *(SourceScan.of(text) for text in extra), scan)
     layouts = btf_prelude(*scans, btf=btf, gadget_path=gadget.path)
     path = gadget.path.replace("\\", "\\\\").replace('"', '\\"')
     return layouts + PRELUDE + "".join(extra) + f'#line 1 "{path}"\n' + scan.source

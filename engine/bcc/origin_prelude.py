@@ -1,6 +1,6 @@
 """The C half of the automatic origin: what every rewritten buffer write calls.
 
-Compiled after the loader's PRELUDE (which holds the selection maps and
+Compiled after engine.bcc.prelude's PRELUDE (which holds the selection maps and
 ``engine_mntns_selected``) and before the gadget. engine/gadget/origin.py rewrites each of the
 gadget's buffer writes into code that calls these helpers, so that a ``struct engine_origin``
 (32 bytes) goes in front of every record; engine/events/origin.py reads it back.

@@ -14,7 +14,7 @@ from engine.world.state import World
 
 
 def kernel_selection(world: World) -> tuple[int, dict[int, int]]:
-    """What the in-kernel selection maps should say (the loader's PRELUDE):
+    """What the in-kernel selection maps should say (engine.bcc.prelude):
     ``engine_filter[0]``, and ``engine_mntns``: 1 selected, 0 known and not selected."""
     if not world.filters_tasks:
         return 0, {}

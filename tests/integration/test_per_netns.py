@@ -206,6 +206,7 @@ async def test_fifty_containers_churn_leaves_nothing(containers: Containers) -> 
                 await trio.to_thread.run_sync(
                     lambda: list(pool.map(lambda n: docker("rm", "-f", n), names))
                 )
+
             def unsettled() -> str:
                 stories = {n: rec.lifecycles(container=n) for n in names if not settled(n)}
                 return f"every story ended (not: {stories})"

@@ -12,7 +12,7 @@ import trio.testing
 import engine
 from tests.support.constants import BRIDGE, EXAMPLES
 from tests.support.docker import Containers
-from tests.support.recorder import recording
+from tests.support.recorder import recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -20,12 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 async def test_selection_filters_in_kernel_and_names_events(containers: Containers) -> None:
     chosen = containers.start("chosen")  # started before the engine
     with trio.fail_after(60):
-        async with (
-            engine.open_engine(
-                EXAMPLES / "execsnoop.c", select=[f"name={chosen}"], iter_interval=3600
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(
+            EXAMPLES / "execsnoop.c", select=[f"name={chosen}"], iter_interval=3600
+        ) as (_, rec):
             other = await containers.run("other")  # and after
             for _ in range(3):
                 await containers.exec(chosen, "/bin/true")
@@ -49,10 +46,7 @@ async def test_selection_filters_in_kernel_and_names_events(containers: Containe
 async def test_classifiers_count_exactly_per_container(containers: Containers) -> None:
     programs = {"into_container", "out_of_container"}
     with trio.fail_after(90):
-        async with (
-            engine.open_engine(EXAMPLES / "tc_bytes.c", iter_interval=3600) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(EXAMPLES / "tc_bytes.c", iter_interval=3600) as (_, rec):
             quiet = await containers.run("quiet")
             pinger = await containers.run("ping")
             # Without a selection nothing waits for Docker to say whose netns it is: the attach

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-import engine
 from tests.runtimes.cri import SOCKET, Cri, Pod, ctr
 from tests.support.constants import EXAMPLES, GADGETS
 from tests.support.docker import Containers
 from tests.support.process import engine_process
-from tests.support.recorder import Record, Recorder, recording, unpaired
+from tests.support.recorder import Record, Recorder, recorded, unpaired
 from tests.support.runtimes import (
     CtrContainers,
     Podman,
@@ -84,12 +83,9 @@ async def test_podman_containers_are_named_with_runtime_podman(
 ) -> None:
     programs = {"into_container", "out_of_container", "icmp_socket"}
     with trio.fail_after(90):
-        async with (
-            engine.open_engine(
-                EXECSNOOP, ICMP_TC, ICMP_SOCKET, select=["runtime=podman"], iter_interval=3600
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(
+            EXECSNOOP, ICMP_TC, ICMP_SOCKET, select=["runtime=podman"], iter_interval=3600
+        ) as (_, rec):
             # podman gives no CAP_NET_RAW by default: ping needs it.
             ids = [
                 await trio.to_thread.run_sync(podman_containers.run, r, "--cap-add=NET_RAW")
@@ -196,17 +192,14 @@ async def test_a_containerd_restart_mid_run_loses_nothing(cri: Cri, tmp_path: Pa
     steady = await trio.to_thread.run_sync(cri.run_pod, "steady", ns, None)
     await trio.to_thread.run_sync(cri.start_container, steady, "app")
     with trio.fail_after(120):
-        async with (
-            engine.open_engine(
-                EXECSNOOP,
-                ICMP_SOCKET,
-                select=[f"k8s.namespace={ns}"],
-                containerd_socket=str(gate),
-                identify_timeout=1.0,
-                iter_interval=3600,
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(
+            EXECSNOOP,
+            ICMP_SOCKET,
+            select=[f"k8s.namespace={ns}"],
+            containerd_socket=str(gate),
+            identify_timeout=1.0,
+            iter_interval=3600,
+        ) as (_, rec):
             steady_sandbox = await reported(rec, steady.id)
             gone = await trio.to_thread.run_sync(cri.run_pod, "gone", ns, None)
             gone_app = await trio.to_thread.run_sync(cri.start_container, gone, "app")

@@ -6,18 +6,16 @@ ICMP between two containers only.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
 
-import engine
 from engine import Engine
 from engine.gadget.model import Gadget
 from tests.support.docker import Containers
 from tests.support.gadget_c import IS_ICMP
-from tests.support.recorder import Recorder, recording
+from tests.support.recorder import Recorder, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -133,17 +131,12 @@ def name_of(event: dict[str, object]) -> object:
     return container["name"] if isinstance(container, dict) else None
 
 
-@asynccontextmanager
-async def traced(
+def traced(
     source: str, name: str, containers: Containers
-) -> AsyncIterator[tuple[Engine, Recorder]]:
+) -> AbstractAsyncContextManager[tuple[Engine, Recorder]]:
     """An engine running the gadget ``source`` on this test's containers, recorded."""
     gadget = Gadget.from_source(source, name)
-    async with (
-        engine.open_engine(gadget, select=containers.selection, iter_interval=3600) as eng,
-        recording(eng) as rec,
-    ):
-        yield eng, rec
+    return recorded(gadget, select=containers.selection, iter_interval=3600)
 
 
 async def attached(rec: Recorder, names: list[str], programs: set[str]) -> None:

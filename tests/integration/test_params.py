@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-import engine
 from engine.errors import ParamError
 from tests.support.constants import EXAMPLES
 from tests.support.docker import Containers
-from tests.support.recorder import Recorder, recording
+from tests.support.recorder import Recorder, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -39,15 +38,12 @@ async def test_a_parameter_set_at_start_and_changed_while_running(
 ) -> None:
     reader = containers.start("reader", "sleep", "300")
     with trio.fail_after(60):
-        async with (
-            engine.open_engine(
-                EXAMPLES / "read_sizes.c",
-                select=containers.selection,
-                params={"read_sizes:min_size": "4096"},
-                iter_interval=3600,
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(
+            EXAMPLES / "read_sizes.c",
+            select=containers.selection,
+            params={"read_sizes:min_size": "4096"},
+            iter_interval=3600,
+        ) as (eng, rec):
             (loaded,) = eng.gadgets
             assert loaded.params == {"min_size": 4096}
             await reads(containers, reader, rec, 3)
@@ -75,12 +71,9 @@ async def test_a_parameter_set_at_start_and_changed_while_running(
 async def test_the_default_holds_without_a_value(containers: Containers) -> None:
     reader = containers.start("reader", "sleep", "300")
     with trio.fail_after(60):
-        async with (
-            engine.open_engine(
-                EXAMPLES / "read_sizes.c", select=containers.selection, iter_interval=3600
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(
+            EXAMPLES / "read_sizes.c", select=containers.selection, iter_interval=3600
+        ) as (eng, rec):
             assert eng.gadgets[0].params == {"min_size": 1}
             await reads(containers, reader, rec, 2)
     assert sizes(rec) == [SMALL, SMALL, PAGE]

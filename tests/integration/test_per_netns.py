@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import trio
 
-import engine
 from engine.engine import Engine
 from engine.gadget.model import Gadget
 from engine.world.state import NetnsTarget
@@ -25,7 +24,7 @@ from tests.support.constants import BRIDGE, EXAMPLES
 from tests.support.docker import Containers
 from tests.support.gadget_c import IS_ICMP
 from tests.support.kernel_state import bpf_programs
-from tests.support.recorder import ENDINGS, complete, lifecycles, recording
+from tests.support.recorder import ENDINGS, complete, lifecycles, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -103,10 +102,7 @@ async def ping(containers: Containers, container: str, dest: str, count: int) ->
 async def test_tc_and_socket_filter_count_exactly_per_container(containers: Containers) -> None:
     gadget = Gadget.from_source(COUNTER, "icmp_counter.c")
     with trio.fail_after(90):
-        async with (
-            engine.open_engine(gadget, select=containers.selection, iter_interval=3600) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(gadget, select=containers.selection, iter_interval=3600) as (_, rec):
             ours = [await containers.run(role) for role in ("one", "two", "quiet", "marker")]
             c1, c2, _, marker = ours
             await rec.until(
@@ -161,12 +157,9 @@ async def test_tc_and_socket_filter_count_exactly_per_container(containers: Cont
 
 async def test_iter_tcp_lists_a_port_in_its_container_only(containers: Containers) -> None:
     with trio.fail_after(60):
-        async with (
-            engine.open_engine(
-                EXAMPLES / "listening_tcp.c", select=containers.selection, iter_interval=3600
-            ) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(
+            EXAMPLES / "listening_tcp.c", select=containers.selection, iter_interval=3600
+        ) as (eng, rec):
             c1 = await containers.run("one", "nc", "-l", "-p", "7777")
             c2 = await containers.run("two", "nc", "-l", "-p", "7778")
 
@@ -193,10 +186,7 @@ async def test_fifty_containers_churn_leaves_nothing(containers: Containers) -> 
     roles = [f"c{i}" for i in range(count)]
     names = [containers.name(role) for role in roles]
     with trio.fail_after(180):
-        async with (
-            engine.open_engine(gadget, select=containers.selection, iter_interval=3600) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(gadget, select=containers.selection, iter_interval=3600) as (_, rec):
 
             def settled(name: str) -> bool:
                 return complete(rec.lifecycles(container=name), CHURN_PROGRAMS)
@@ -242,10 +232,7 @@ async def test_races_end_in_one_record_and_the_engine_goes_on(containers: Contai
 
     gadget = Gadget.from_source(COUNTER, "icmp_counter.c")
     with trio.fail_after(90):
-        async with (
-            engine.open_engine(gadget, select=containers.selection, iter_interval=3600) as eng,
-            recording(eng) as rec,
-        ):
+        async with recorded(gadget, select=containers.selection, iter_interval=3600) as (eng, rec):
             engines.append(eng)
             eng.per_netns.attach_step = kill_mid_attach  # the containers are started after this
             await containers.run("doomed", options=["--rm"])
@@ -294,10 +281,7 @@ async def test_netns_deleted_mid_attach(root: None) -> None:
         with trio.fail_after(60):
             # No selection: every netns is traced, named ones too (a socket filter is
             # invisible to other tests' containers).
-            async with (
-                engine.open_engine(gadget, iter_interval=3600) as eng,
-                recording(eng) as rec,
-            ):
+            async with recorded(gadget, iter_interval=3600) as (eng, rec):
                 eng.per_netns.attach_step = delete_mid_attach  # before the netns exist
                 since: dict[str, int] = {}
 

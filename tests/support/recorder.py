@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import trio
 
-from engine.engine import Engine
+from engine.engine import Engine, open_engine
 from tests.support.waiting import Changes
 
 Record = dict[str, Any]
@@ -102,3 +102,10 @@ async def recording(eng: Engine, *, keep_events: bool = True) -> AsyncIterator[R
             yield recorder
         finally:
             eng.stop()
+
+
+@asynccontextmanager
+async def recorded(*gadgets: Any, **options: Any) -> AsyncIterator[tuple[Engine, Recorder]]:
+    """``open_engine(*gadgets, **options)`` and its records (``recording``), in one block."""
+    async with open_engine(*gadgets, **options) as eng, recording(eng) as rec:
+        yield eng, rec

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.bcc.loader import full_source
+from engine.events.pump import PERF_PAGE_COUNT  # the engine's default, given to bcc too
 from engine.gadget.model import Gadget
 
 GADGETS = Path(__file__).with_name("gadgets")
 TRACEPOINT = "syscalls:sys_enter_getppid"
-PERF_PAGES = 256  # the engine's default, given to bcc too so that both buffer the same
 
 
 def gadget_path(kind: str) -> Path:
@@ -59,5 +59,5 @@ def open_buffer(
     if kind == "ringbuf":
         bpf["events"].open_ring_buffer(on_event)
         return bpf.ring_buffer_poll  # type: ignore[no-any-return]
-    bpf["events"].open_perf_buffer(on_event, page_cnt=PERF_PAGES, wakeup_events=wakeup_events)
+    bpf["events"].open_perf_buffer(on_event, page_cnt=PERF_PAGE_COUNT, wakeup_events=wakeup_events)
     return bpf.perf_buffer_poll  # type: ignore[no-any-return]

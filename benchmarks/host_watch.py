@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import select
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from contextlib import ExitStack, closing, contextmanager
 
 import attrs
 
-from engine.attach.tcmsg import RTM_NEWTFILTER
+from engine.attach.tcmsg import RTM_NEWTFILTER, TCMSG
 from engine.netns.inotify import IN_CREATE, Inotify
 from engine.netns.links import RTMGRP_LINK, veth_link
 from engine.netns.netlink import enlarge_receive_buffer, messages, rtnl_socket
@@ -28,7 +27,6 @@ from engine.sources.netns import RUNTIME_NETNS_DIRS
 
 POLL = 0.1  # seconds between looks at the stop flag
 RTMGRP_TC = 0x8
-_TCMSG = struct.Struct("=BxxxiIII")  # struct tcmsg: family, ifindex, handle, parent, info
 
 
 @attrs.define
@@ -77,8 +75,8 @@ def _read(times: HostTimes, links: int, files: Inotify, stop: threading.Event) -
             except OSError:
                 continue  # ENOBUFS (messages lost: their veths have no time) or none waiting
             for message in messages(data):
-                if message.kind == RTM_NEWTFILTER and len(message.payload) >= _TCMSG.size:
-                    ifindex = _TCMSG.unpack_from(message.payload)[1]
+                if message.kind == RTM_NEWTFILTER and len(message.payload) >= TCMSG.size:
+                    ifindex = TCMSG.unpack_from(message.payload)[1]
                     times.filters.setdefault(ifindex, []).append(now)
                 veth = veth_link(message.kind, message.payload)
                 if veth is not None and not veth.deleted and veth.bridge_port:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -20,51 +19,31 @@ from benchmarks.churn import GADGET
 from benchmarks.results import Figure
 from benchmarks.timeline import Timeline, follow
 from engine.engine import open_engine
-from tests.support.kernel_state import socket_families
+from tests.support import kernel_state
 
 DOCKER_POOLS = 25  # docker-py's DEFAULT_NUM_POOLS
 
 
 def fd_kinds(pid: int | None = None) -> dict[str, int]:
-    """The process's open fds by kind: bpf-prog, bpf-link, bpf-map, socket:FAMILY, other.
-
-    A socket made in a container's netns is not listed in ours: its family shows as "other-netns".
-    """
-    base = Path(f"/proc/{pid or os.getpid()}/fd")
-    families = socket_families(pid or "self")
+    """The process's open fds by kind: bpf-prog, bpf-link, bpf-map, socket:FAMILY, other
+    (kernel_state.fd_kinds, its kinds folded). A socket made in a container's netns is not
+    listed in ours: its family shows as "other-netns"."""
     counts: dict[str, int] = defaultdict(int)
-    for fd in base.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue  # closed while we looked (the listing's own fd, for one)
-        if target.startswith("anon_inode:bpf-"):
-            counts[target.removeprefix("anon_inode:")] += 1
-        elif target.startswith("socket:["):
-            inode = target.removeprefix("socket:[").rstrip("]")
-            counts[f"socket:{families.get(inode, 'other-netns')}"] += 1
+    for kind, n in kernel_state.fd_kinds(pid or "self").items():
+        if kind.startswith("anon_inode:bpf-"):
+            counts[kind.removeprefix("anon_inode:")] += n
+        elif kind.startswith("socket ("):
+            family = kind.removeprefix("socket (").removesuffix(")")
+            counts[f"socket:{'other-netns' if family == 'other' else family}"] += n
         else:
-            counts["other"] += 1
+            counts["other"] += n
     return dict(counts)
 
 
 def tc_filters() -> int:
-    """tc filters on the host's devices (ingress and egress), ours or anyone's."""
-    links = subprocess.run(
-        ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
-    ).stdout
-    total = 0
-    for line in links.splitlines():
-        dev = line.split(":", 2)[1].strip().split("@", 1)[0]
-        for parent in ("ingress", "egress"):
-            shown = subprocess.run(
-                ["tc", "filter", "show", "dev", dev, parent],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
-            total += sum(1 for x in shown.splitlines() if x.startswith("filter") and "handle" in x)
-    return total
+    """tc filters on the host's devices (ingress and egress), ours or anyone's: the lines
+    with a handle (a priority's header line has none)."""
+    return sum("handle" in line for line in kernel_state.tc_filters())
 
 
 def _snapshot() -> dict[str, Any]:

@@ -31,7 +31,7 @@ TCA_BPF_FLAG_ACT_DIRECT = 1
 TC_H_CLSACT = 0xFFFFFFF1
 TC_H_CLSACT_HANDLE = 0xFFFF0000
 ETH_P_ALL = 0x0003
-_TCMSG = struct.Struct("=BxxxiIII")
+TCMSG = struct.Struct("=BxxxiIII")
 
 
 @attrs.frozen
@@ -45,7 +45,7 @@ class FilterInfo:
 
 
 def _tcmsg(ifindex: int, handle: int, parent: int, info: int) -> bytes:
-    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, info)
+    return TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, info)
 
 
 def _info(prio: int) -> int:
@@ -70,10 +70,10 @@ def list_filters(sock: RtnlSocket, ifindex: int, parent: int) -> list[FilterInfo
     """The filters on one hook of one device (the kernel lists that device's only)."""
     out = []
     for m in sock.dump(RTM_GETTFILTER, _tcmsg(ifindex, 0, parent, 0), "tc filters"):
-        if m.kind != RTM_NEWTFILTER or len(m.payload) < _TCMSG.size:
+        if m.kind != RTM_NEWTFILTER or len(m.payload) < TCMSG.size:
             continue
-        _family, _ifindex, handle, _parent, info = _TCMSG.unpack_from(m.payload)
-        top = attr_map(m.payload, _TCMSG.size)
+        _family, _ifindex, handle, _parent, info = TCMSG.unpack_from(m.payload)
+        top = attr_map(m.payload, TCMSG.size)
         options = attr_map(top.get(TCA_OPTIONS, b""))
         name = as_str(options.get(TCA_BPF_NAME))
         out.append(FilterInfo(info >> 16, handle, as_str(top.get(TCA_KIND)), name))

@@ -135,10 +135,12 @@ class LoadedGadget:
     outputs: dict[str, OutputMap] = attrs.Factory(dict)
     # Whether its records keep their padding members (engine.events.decode).
     padding: bool = False
+    # Per iterator record map, its decoder (engine.events.iter_decode): built on first use.
+    iter_decoders: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     # Its parameters' values: the defaults until written to their map (engine/bcc/params.py).
     params: dict[str, Value] = attrs.Factory(lambda self: self.gadget.defaults(), takes_self=True)
     lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False, repr=False)
-    # The calls hold ``lock`` one at a time anyway: one worker thread of the gadget's own, so
+    # The calls hold ``lock`` one at a time anyway: a thread limiter of the gadget's own, so
     # that none waits for a place in trio's shared limiter. An application that filled that
     # one (a benchmark's 100 `docker run`s did) held the selection maps' update after each
     # new container, and with it the engine's world, for seconds.

@@ -18,7 +18,7 @@ records are few and go through json directly.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -47,20 +47,48 @@ class _EventLine(msgspec.Struct, tag_field="type", tag="event"):
     origin: Any
 
 
+def _run(items: Sequence[Any], fallback: Iterable[bytes], parts: list[bytes | memoryview]) -> None:
+    """A run of events (``_EventLine``s or their JSON objects) in one msgspec call; where
+    msgspec would write otherwise than json, ``fallback`` (their lines through json)."""
+    try:
+        text = msgspec.json.format(_ENCODER.encode(items), indent=0)
+    except (TypeError, OverflowError, msgspec.EncodeError):
+        parts += fallback
+        return
+    if not text.isascii() or b"\x7f" in text:
+        parts += fallback
+        return
+    # Without the array's brackets, uncopied: the final join copies once.
+    parts += (memoryview(text.replace(_BETWEEN, _NEWLINE_BETWEEN))[1:-1], b"\n")
+
+
 def _events(events: Sequence[Event], parts: list[bytes | memoryview]) -> None:
     lines = [
         _EventLine(e.gadget, e.source, e.program, e.data, e.container, e.origin) for e in events
     ]
-    try:
-        text = msgspec.json.format(_ENCODER.encode(lines), indent=0)
-    except (TypeError, OverflowError, msgspec.EncodeError):
-        parts += (json_line(e) for e in events)
-        return
-    if not text.isascii() or b"\x7f" in text:
-        parts += (json_line(e) for e in events)
-        return
-    # Without the array's brackets, uncopied: the final join copies once.
-    parts += (memoryview(text.replace(_BETWEEN, _NEWLINE_BETWEEN))[1:-1], b"\n")
+    _run(lines, (json_line(e) for e in events), parts)
+
+
+def _object_line(shown: Mapping[str, Any]) -> bytes:
+    return (json.dumps(shown, default=str) + "\n").encode()
+
+
+def encode_shown(shown: Sequence[Mapping[str, Any]]) -> bytes:
+    """``encode`` of records whose JSON objects are already made (``--fields`` applied, or
+    made for observers): the same bytes as json gives them, events a run at a time."""
+    parts: list[bytes | memoryview] = []
+    run: list[Mapping[str, Any]] = []
+    for item in shown:
+        if item.get("type") == "event":
+            run.append(item)
+            continue
+        if run:
+            _run(run, map(_object_line, run), parts)
+            run = []
+        parts.append(_object_line(item))
+    if run:
+        _run(run, map(_object_line, run), parts)
+    return b"".join(parts)
 
 
 def encode(records: Sequence[Record]) -> bytes:

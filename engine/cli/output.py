@@ -4,7 +4,6 @@ observer beside them (Prometheus metrics, exports), each given the record's JSON
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -45,16 +44,11 @@ class Output:
         # A run of records (everything waiting) becomes one buffer and one write.
         write = _binary_writer(self.out)
         async for records in engine.runs():
-            if self.fields is not None:
-                lines = (json.dumps(self.take(r), default=str) + "\n" for r in records)
-                write("".join(lines).encode())
-                continue
-            if self.observers:
-                for record in records:
-                    self.take(record)
-            else:
+            if self.fields is None and not self.observers:
                 self.records += len(records)
-            write(jsonlines.encode(records))
+                write(jsonlines.encode(records))
+            else:  # each record's JSON object is made once, for observers and the line
+                write(jsonlines.encode_shown([self.take(r) for r in records]))
 
     async def show_table(self, engine: Engine, table: LiveTable) -> None:
         out = self.out

@@ -10,7 +10,7 @@ from typing import Any
 
 from engine.bcc import libbcc
 from engine.bcc.loader import LoadedGadget, LoadedProgram
-from engine.events.decode import build_decoder, fields_from_bcc
+from engine.events.decode import RecordDecoder, build_decoder, fields_from_bcc
 from engine.gadget.maps import iter_record_map
 
 
@@ -21,7 +21,10 @@ def decode_iter_output(
     if record_map is None:
         text = raw.decode("utf-8", "replace")
         return [{"line": line} for line in text.splitlines() if line]
-    fields = fields_from_bcc(libbcc.lib(), loaded.bpf.module, record_map)
-    decoder = build_decoder(fields, padding=loaded.padding)
+    # Built once: a decoder compiles its builder, which costs far more than a decode.
+    decoder: RecordDecoder | None = loaded.iter_decoders.get(record_map)
+    if decoder is None:
+        fields = fields_from_bcc(libbcc.lib(), loaded.bpf.module, record_map)
+        decoder = loaded.iter_decoders[record_map] = build_decoder(fields, padding=loaded.padding)
     size = decoder.struct.size
     return [decoder.decode(raw[i : i + size]) for i in range(0, len(raw) - size + 1, size)]

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
 PERF_WAKEUP_EVENTS = 64
+PERF_PAGE_COUNT = 256  # pages per CPU of each perf buffer, by default
 # Records read one by one where no run starts (a record across the end of a perf buffer, a
 # perf loss report, a discarded or other-sized record): a few, and the next read is a run.
 BETWEEN_RUNS = 64
@@ -105,7 +106,7 @@ class BufferPump:
     on_batch: Batch
     on_tick: Callable[[], None] | None = None
     tick_interval: float = 1.0
-    page_count: int = 256
+    page_count: int = PERF_PAGE_COUNT
     batch: int = 4096  # records per wake-up: a fast producer cannot starve the consumers
     # Where runs of records of one size go (the records that are not in one: ``on_batch``).
     on_run: Run | None = None

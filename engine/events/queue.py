@@ -58,9 +58,10 @@ class RecordQueue:
 
     async def take(self) -> list[Record]:
         """Everything waiting, once something is; ``[]`` once closed and empty."""
+        if self._records or self._closed:
+            await trio.lowlevel.checkpoint()  # a consumer that never waits still yields
         while not self._records and not self._closed:
-            await self._ready.wait()
-        await trio.lowlevel.checkpoint()  # a consumer that never waits still yields
+            await self._ready.wait()  # a scheduler pass of its own
         return self.take_nowait()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import attrs
 from engine.errors import GadgetError, GadgetParseError, SectionError
 from engine.gadget.bcc_names import CONVENTIONS, section_of_name
 from engine.gadget.params import Param, Value, find_params
-from engine.gadget.scanner import SourceScan
+from engine.gadget.scanner import STRING_LITERAL, SourceScan
 from engine.gadget.sections import ACCEPTED_FORMS, Kind, Section, SectionSyntaxError, parse_section
 
 
@@ -122,7 +122,6 @@ class Gadget:
         return {p.name: p.default for p in self.params}
 
 
-_SEC_LITERAL = re.compile(r'\s*"((?:[^"\\\n]|\\.)*)"\s*')
 _FUNCTION = re.compile(r"\s*((?:[A-Za-z_]\w*[\s*]+)+?)([A-Za-z_]\w*)\s*\(")
 _BODY = re.compile(r"\s*\{")
 _FORMS = ", ".join(ACCEPTED_FORMS)
@@ -160,7 +159,9 @@ def _sec_programs(scan: SourceScan, path: str, problems: list[SectionError]) -> 
     seen: dict[str, int] = {}
     for call in scan.calls("SEC"):
         line = scan.line_of(call.start)
-        literal = _SEC_LITERAL.fullmatch(scan.text, *call.args[0]) if len(call.args) == 1 else None
+        literal = (
+            STRING_LITERAL.fullmatch(scan.text, *call.args[0]) if len(call.args) == 1 else None
+        )
         if literal is None:
             problems.append(
                 SectionError(

@@ -23,14 +23,12 @@ from collections.abc import Iterator
 import attrs
 
 from engine.errors import SectionError
-from engine.gadget.scanner import SourceScan
+from engine.gadget.scanner import IDENTIFIER, STRING_LITERAL, SourceScan
 
 DECLARE = "ENGINE_PARAM"
 GET = "ENGINE_PARAM_GET"
 Value = int | bool
 
-_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
-_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
 # C's spellings of an integer the engine reads the same as the compiler: decimal (no leading
 # zero: C reads that as octal) or hexadecimal, with an optional sign and integer suffix.
 _INTEGER = re.compile(r"([+-]?)\s*(0[xX][0-9a-fA-F]+|0|[1-9][0-9]*)([uU]?[lL]{0,2}|[lL]{1,2}[uU])")
@@ -167,7 +165,7 @@ def _declarations(scan: SourceScan) -> Iterator[tuple[int, str | None, Param | s
         name = None
         if len(call.args) >= 2:
             text = scan.code[call.args[1][0] : call.args[1][1]].strip()
-            name = text if _IDENTIFIER.fullmatch(text) else None
+            name = text if IDENTIFIER.fullmatch(text) else None
         if scan.definition_at(call.start) is not None:
             yield line, name, "declare parameters at file scope, not inside a function"
         elif len(call.args) != 4:
@@ -183,9 +181,9 @@ def _declaration(scan: SourceScan, args: tuple[tuple[int, int], ...], line: int)
     kind = TYPES.get(type_text)
     if kind is None:
         return f"type {type_text!r} is not supported (one of: {', '.join(TYPES)})"
-    if not _IDENTIFIER.fullmatch(name):
+    if not IDENTIFIER.fullmatch(name):
         return f"{name!r} is not a C identifier"
-    description = _STRING.fullmatch(scan.text[args[3][0] : args[3][1]].strip())
+    description = STRING_LITERAL.fullmatch(scan.text, *args[3])
     if description is None:
         return "the description must be one string literal"
     try:

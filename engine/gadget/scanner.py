@@ -28,7 +28,9 @@ Span = tuple[int, int]
 
 _NOT_NEWLINE = re.compile(r"[^\n]")
 _OPEN, _CLOSE = "([{", ")]}"
-_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+# One C string literal, with the white space around it (no concatenation, no newline inside).
+STRING_LITERAL = re.compile(r'\s*"((?:[^"\\\n]|\\.)*)"\s*')
 _TOP_LEVEL_NAME = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
 _STATIC = re.compile(r"\bstatic\b")
 
@@ -156,7 +158,7 @@ class SourceScan:
                 continue
             pattern, count = macro
             args = [self.code[a:b].strip() for a, b in self._arguments(match.end(), close)][:count]
-            if len(args) == count and all(_IDENTIFIER.fullmatch(a) for a in args):
+            if len(args) == count and all(IDENTIFIER.fullmatch(a) for a in args):
                 yield Definition(pattern.format(*args), match.start(), params, body, False, name)
 
     def _declared_static(self, at: int) -> bool:

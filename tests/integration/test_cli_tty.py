@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.support.commands import free_port
 from tests.support.constants import EXAMPLES, ROOT
 from tests.support.process import ENGINE, engine_process
 from tests.support.terminal import on_terminal
@@ -97,12 +98,6 @@ async def test_sigint_stops_with_a_summary_line(root: None, tmp_path: Path) -> N
     assert not any("Traceback" in line for line in engine.stderr)
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _scrape(port: int) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -113,7 +108,7 @@ def _scrape(port: int) -> str:
 
 
 async def test_metrics_endpoint_serves_counters(root: None, tmp_path: Path) -> None:
-    port = _free_loopback_port()
+    port = free_port()
     with trio.fail_after(60):
         async with engine_process(EXECSNOOP, "--metrics", f"127.0.0.1:{port}") as engine:
             await engine.line(rf"metrics on http://127\.0\.0\.1:{port}/metrics")

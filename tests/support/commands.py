@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import trio
@@ -26,3 +27,10 @@ def docker(*args: str, check: bool = True) -> str:
 
 async def adocker(*args: str, check: bool = True) -> str:
     return await arun("docker", *args, check=check)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,7 +4,6 @@ the same port (a collector that goes away and comes back)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -20,11 +19,7 @@ from opentelemetry.proto.collector.metrics.v1 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.commands import free_port
 
 
 def _plain(value: AnyValue) -> Any:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import engine.cli.jsonlines
 import engine.records
 from engine import records
-from engine.cli.jsonlines import encode, json_line
+from engine.cli.jsonlines import encode, encode_shown, json_line
 from engine.errors import AttachError
 from engine.events.decode import Field, build_decoder
 from engine.netns import NetnsId
@@ -118,6 +118,19 @@ def test_events_that_the_fast_encoder_would_write_differently_fall_back() -> Non
     for record in odd:
         assert encode([record]) == json_line(record)
     assert encode(odd) == b"".join(json_line(r) for r in odd)
+
+
+def test_records_json_objects_already_made_are_written_the_same() -> None:
+    # What `engine run` writes when observers (or --fields) made each record's JSON object.
+    records = every_record_type()
+    odd = [
+        event({"comm": "caf\u00e9", "pid": 1}),
+        event({"big": 2**100}),
+        event({"arr": [], "m": {}}, None),
+    ]
+    mixed = [records[0], records[0], records[1], *odd, records[8], records[0]]
+    for run in (records, mixed, odd):
+        assert encode_shown([r.to_json() for r in run]) == encode(run)
 
 
 @given(st.lists(st.binary(min_size=0, max_size=DECODER.struct.size), min_size=1, max_size=20))

@@ -227,12 +227,17 @@ def _add_at_free_prio(
     raise OSError(errno.EBUSY, f"tc priorities kept being taken ({ADD_ATTEMPTS} tries)")
 
 
+# What deleting a filter says when it is gone already (its interface deleted, or someone
+# removed it): no error.
+_GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.EINVAL})
+
+
 def _delete_filter(sock: RtnlSocket, ifindex: int, parent: int, prio: int, handle: int) -> bool:
     """False when it was gone already (interface deleted, filter removed by someone)."""
     try:
         delete_bpf_filter(sock, ifindex, parent, prio, handle)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+        if exc.errno in _GONE:
             return False
         raise
     return True
@@ -245,7 +250,7 @@ def _remove_all(sock: RtnlSocket, filters: list[TcFilter]) -> None:
         *(delete_filter_request(f.host_ifindex, f.parent, f.prio, FILTER_HANDLE) for f in filters)
     )
     for f, (code, _) in zip(filters, answers, strict=True):
-        if code not in (0, errno.ENOENT, errno.ENODEV, errno.EINVAL):
+        if code != 0 and code not in _GONE:
             logger.warning("cannot remove tc filter %s: %s", f, os.strerror(code))
 
 

@@ -30,13 +30,16 @@ def kernel_selection(world: World) -> tuple[int, dict[int, int]]:
     return (2 if world.follows_containers else 1), known
 
 
-async def sync_filter(loaded: LoadedGadget, world: World) -> None:
-    """Make the gadget's selection maps say what the world says.
+async def sync_filter(
+    loaded: LoadedGadget, world: World, selection: tuple[int, dict[int, int]] | None = None
+) -> None:
+    """Make the gadget's selection maps say what the world says (``selection``: the
+    world's ``kernel_selection``, when the caller has worked it out for several gadgets).
 
     Worked out on the trio thread, written in a worker thread under the gadget's lock: bcc's
     tables are not safe to touch while a hook or an attach uses the same ``BPF`` object.
     """
-    mode, known = kernel_selection(world)
+    mode, known = kernel_selection(world) if selection is None else selection
     wanted = (mode, frozenset(known.items()))
     # Called at every change of the world: most (a netns come or gone) leave it as it is.
     if wanted == loaded.selection_written:

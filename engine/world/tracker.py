@@ -34,7 +34,7 @@ from engine.records import (
 from engine.sources.netns import NetnsSource
 from engine.sources.runtimes import Runtimes, start_all
 from engine.world.held import Held, Taken
-from engine.world.kernel_filter import sync_filter
+from engine.world.kernel_filter import kernel_selection, sync_filter
 from engine.world.state import Identified, Verdict, World, preattached_key
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,9 @@ class Tracker:
 
     async def _sync_filters(self) -> None:
         """Every gadget's kernel selection as the world says (a no-op when unchanged)."""
+        selection = kernel_selection(self.world)  # one pass over the containers for all
         for loaded in self.loaded:
-            await sync_filter(loaded, self.world)
+            await sync_filter(loaded, self.world, selection)
 
     def _release(self, identified: Identified) -> None:
         """Hand over what a netns held while pending: named if kept, else dropped."""

@@ -21,33 +21,33 @@ from tests.support.constants import EXAMPLES, ROOT
 
 pytestmark = pytest.mark.integration
 
+
+def _program(section: str, body: str = "return 0;") -> str:
+    """A gadget of one program `f` in `section`; its body starts on line 4."""
+    return f'SEC("{section}")\nint f(void *ctx)\n{{\n    {body}\n}}\n'
+
+
+GETPPID = "tracepoint/syscalls/sys_enter_getppid"
 CASES = {
     "compile": (
-        'SEC("tracepoint/syscalls/sys_enter_getppid")\nint f(void *ctx)\n{\n'
-        "    return undeclared_thing;\n}\n",
+        _program(GETPPID, "return undeclared_thing;"),
         [r"bad\.c:4:\d+: error: use of undeclared identifier 'undeclared_thing'"],
     ),
     "verifier": (
-        'SEC("tracepoint/syscalls/sys_enter_getppid")\nint f(void *ctx)\n{\n'
-        "    u64 *p = (u64 *)0x1234;\n    return *p;\n}\n",
+        _program(GETPPID, "u64 *p = (u64 *)0x1234;\n    return *p;"),
         [r"program 'f' was rejected by the kernel \(errno 13\)", r"invalid mem access"],
     ),
-    "tracepoint": (
-        'SEC("tracepoint/syscalls/sys_enter_no_such_call")\nint f(void *ctx) { return 0; }\n',
-        [r"bad\.c:1: program 'f'", r"sys_enter_no_such_call"],
-    ),
-    "library": (
-        'SEC("uprobe/libno_such_library:malloc")\nint f(void *ctx) { return 0; }\n',
-        [r"bad\.c:1: program 'f'", r"libno_such_library"],
-    ),
-    "symbol": (
-        'SEC("uprobe/libc:no_such_symbol_here")\nint f(void *ctx) { return 0; }\n',
-        [r"bad\.c:1: program 'f'", r"no_such_symbol_here"],
-    ),
-    "usdt": (
-        'SEC("usdt/libstdcxx:libstdcxx:no_such_probe")\nint f(void *ctx) { return 0; }\n',
-        [r"bad\.c:1: program 'f'", r"no_such_probe"],
-    ),
+}
+# A target that does not exist: refused at the program's SEC line, naming what is missing.
+MISSING = {
+    "tracepoint": ("tracepoint/syscalls/sys_enter_no_such_call", "sys_enter_no_such_call"),
+    "library": ("uprobe/libno_such_library:malloc", "libno_such_library"),
+    "symbol": ("uprobe/libc:no_such_symbol_here", "no_such_symbol_here"),
+    "usdt": ("usdt/libstdcxx:libstdcxx:no_such_probe", "no_such_probe"),
+}
+CASES |= {
+    case: (_program(section), [r"bad\.c:1: program 'f'", missing])
+    for case, (section, missing) in MISSING.items()
 }
 
 

@@ -13,16 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from engine.records import (
-    ContainerAdded,
-    ContainerEvent,
-    ContainerPaused,
-    ContainerRemoved,
-    ContainerRenamed,
-    ContainerUnpaused,
-    SourceDisconnected,
-    SourceReconnected,
-)
+import engine.records as rec
 from engine.sources.containers import Container
 from engine.sources.docker import DockerSource, default_client
 from tests.support.commands import adocker
@@ -39,14 +30,14 @@ async def started(containers: Containers, role: str, *options: str) -> str:
     return await containers.inspect(name, "{{.Id}}")
 
 
-def added(records: Sequence[ContainerEvent], name: str) -> Container | None:
+def added(records: Sequence[rec.ContainerEvent], name: str) -> Container | None:
     for record in records:
-        if isinstance(record, ContainerAdded) and record.container.name == name:
+        if isinstance(record, rec.ContainerAdded) and record.container.name == name:
             return record.container
     return None
 
 
-def kinds(records: Sequence[ContainerEvent]) -> list[str]:
+def kinds(records: Sequence[rec.ContainerEvent]) -> list[str]:
     return [r.TYPE for r in records]
 
 
@@ -104,19 +95,19 @@ async def test_pause_unpause_rename(containers: Containers) -> None:
         await adocker("unpause", p)
         await adocker("rename", p, containers.name("renamed"))
         await records.until(
-            lambda: any(isinstance(r, ContainerRenamed) for r in records.seen), 10, "rename"
+            lambda: any(isinstance(r, rec.ContainerRenamed) for r in records.seen), 10, "rename"
         )
         ours = [r for r in records.seen if hasattr(r, "container") and r.container.id]
         ours = [r for r in ours if r.container.name.startswith(containers.prefix)]
         assert [type(r) for r in ours] == [
-            ContainerAdded,
-            ContainerPaused,
-            ContainerUnpaused,
-            ContainerRenamed,
+            rec.ContainerAdded,
+            rec.ContainerPaused,
+            rec.ContainerUnpaused,
+            rec.ContainerRenamed,
         ]
         assert ours[1].container.paused and not ours[2].container.paused
         last = ours[3]
-        assert isinstance(last, ContainerRenamed)
+        assert isinstance(last, rec.ContainerRenamed)
         assert last.old_name == p
         assert last.container.name == containers.name("renamed")
 
@@ -207,7 +198,7 @@ async def test_absent_daemon_is_not_an_error() -> None:
         with trio.fail_after(10):
             await retried.wait()
         assert kinds(records.seen) == ["source_disconnected"]
-        assert isinstance(records.seen[0], SourceDisconnected)
+        assert isinstance(records.seen[0], rec.SourceDisconnected)
         assert "cannot connect" in records.seen[0].error
 
 
@@ -255,7 +246,7 @@ async def test_daemon_restart_loses_nothing(containers: Containers, restores_doc
         gate.close()
         await stop_dockerd()
         await records.until(
-            lambda: any(isinstance(r, SourceDisconnected) for r in records.seen),
+            lambda: any(isinstance(r, rec.SourceDisconnected) for r in records.seen),
             10,
             "disconnection",
         )
@@ -269,7 +260,7 @@ async def test_daemon_restart_loses_nothing(containers: Containers, restores_doc
         await containers.run("in-gap")
         gate.open()
         await records.until(
-            lambda: any(isinstance(r, SourceReconnected) for r in records.seen),
+            lambda: any(isinstance(r, rec.SourceReconnected) for r in records.seen),
             30,
             "reconnection",
         )
@@ -280,7 +271,7 @@ async def test_daemon_restart_loses_nothing(containers: Containers, restores_doc
         # reconnection.
         assert kinds(records.about(killed)) == ["container_added", "container_removed"]
         removed = records.about(killed)[1]
-        assert isinstance(removed, ContainerRemoved)
+        assert isinstance(removed, rec.ContainerRemoved)
         assert removed.container == added(records.seen, killed)
         assert kinds(records.about(doomed)) == ["container_added", "container_removed"]
         assert kinds(records.about(restarting)) == [
@@ -289,7 +280,7 @@ async def test_daemon_restart_loses_nothing(containers: Containers, restores_doc
             "container_added",
         ]
         again = records.about(restarting)[2]
-        assert isinstance(again, ContainerAdded)
+        assert isinstance(again, rec.ContainerAdded)
         assert again.container.pid != first_restarting.pid
         assert_matches_the_kernel(again.container)
         assert kinds(records.about(in_gap)) == ["container_added"]

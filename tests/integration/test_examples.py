@@ -249,31 +249,45 @@ async def test_tc_bytes_table_per_container(containers: Containers) -> None:
     assert final[pinger][3] >= 4 * 98  # four 98-byte echo requests at least
 
 
-async def run_python_as(comm: str, code: str, tmp_path: Path) -> int:
-    """Run ``code`` in /usr/bin/python3.11 under the process name ``comm``; its pid."""
+async def run_python_as(prefix: str, code: str, tmp_path: Path) -> tuple[str, int]:
+    """Run ``code`` in /usr/bin/python3.11 under a process name of its own that begins with
+    ``prefix``: that name and the pid."""
+    comm = f"{prefix}-{uuid.uuid4().hex[:6]}"
     alias = tmp_path / comm
     alias.symlink_to("/usr/bin/python3.11")
     done = await trio.run_process(
         [str(alias), "-c", f"import os; print(os.getpid())\n{code}"], capture_stdout=True
     )
-    return int(done.stdout.split()[0])
+    return comm, int(done.stdout.split()[0])
+
+
+# Numeric only: no lookup leaves the machine.
+LOOKUPS = """\
+import socket
+socket.getaddrinfo('127.0.0.1', 80, flags=socket.AI_NUMERICHOST)
+try:
+    socket.getaddrinfo('not-a-number', 80, flags=socket.AI_NUMERICHOST)
+except socket.gaierror:
+    pass
+"""
+
+# CPython 3.11 fires the probe only while profiling is on; engine_key is on line 3 (line 1
+# prints the pid).
+PROFILED_SORT = """\
+import sys
+def engine_key(x):
+    return -x
+sys.setprofile(lambda *args: None)
+sorted(range(200), key=engine_key)
+"""
 
 
 async def test_getaddrinfo_lookups_and_outcomes(root: None, tmp_path: Path) -> None:
-    comm = f"gai-{uuid.uuid4().hex[:6]}"
-    code = (
-        "import socket\n"
-        "socket.getaddrinfo('127.0.0.1', 80, flags=socket.AI_NUMERICHOST)\n"
-        "try:\n"
-        "    socket.getaddrinfo('not-a-number', 80, flags=socket.AI_NUMERICHOST)\n"
-        "except socket.gaierror:\n"
-        "    pass\n"
-    )  # numeric only: no lookup leaves the machine
     with trio.fail_after(30):
         async with example("getaddrinfo_uprobe.c", "getaddrinfo_uprobe_hook.py") as run:
             await run.until(attached(run, "lookup_start"))
             await run.until(attached(run, "lookup_done"))
-            pid = await run_python_as(comm, code, tmp_path)
+            comm, pid = await run_python_as("gai", LOOKUPS, tmp_path)
             await run.until(lambda: len(run.lines(rf"\(pid {pid}\)")) >= 2)
             assert await run.stop() == 0, run.stderr
     ours = [(e["data"]["host"], e["data"]["ret"]) for e in run.events() if e["data"]["pid"] == pid]
@@ -286,21 +300,12 @@ async def test_getaddrinfo_lookups_and_outcomes(root: None, tmp_path: Path) -> N
 
 
 async def test_python_usdt_counts_calls_per_process(root: None, tmp_path: Path) -> None:
-    comm = f"usdt-{uuid.uuid4().hex[:6]}"
-    # CPython 3.11 fires the probe only while profiling is on.
-    code = (
-        "import sys\n"
-        "def engine_key(x):\n"
-        "    return -x\n"
-        "sys.setprofile(lambda *args: None)\n"
-        "sorted(range(200), key=engine_key)\n"
-    )
     with trio.fail_after(40):
         async with example(
             "python_usdt.c", "python_usdt_hook.py", env={"PYTHON_USDT_INTERVAL": "0.5"}
         ) as run:
             await run.until(attached(run, "on_python_call"))
-            pid = await run_python_as(comm, code, tmp_path)
+            _, pid = await run_python_as("usdt", PROFILED_SORT, tmp_path)
             await run.until(lambda: run.lines(rf"^python_usdt: pid {pid}: engine_key=200 "))
             assert await run.stop() == 0, run.stderr
     keys = [
@@ -308,9 +313,7 @@ async def test_python_usdt_counts_calls_per_process(root: None, tmp_path: Path) 
         for e in run.events("calls")
         if e["data"]["pid"] == pid and e["data"]["function"] == "engine_key"
     ]
-    assert len(keys) == 200 and {(k["file"], k["line"]) for k in keys} == {
-        ("<string>", 3)
-    }  # line 1 prints the pid
+    assert len(keys) == 200 and {(k["file"], k["line"]) for k in keys} == {("<string>", 3)}
     final = run.lines(rf"^python_usdt: pid {pid}: ")[-1]
     assert final.startswith(f"python_usdt: pid {pid}: engine_key=200 (<string>)"), final
 

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from engine import Event, HookError, HookFailed, Lost, SelectionChanged, open_engine
+from tests.support.recorder import first
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +79,7 @@ async def test_hook_that_raises_gives_hook_failed_and_engine_keeps_running(
                     five.set()
 
             await _calls(1)
-            records = eng.events()
-            failed = None
-            async for record in records:
-                if isinstance(record, HookFailed):
-                    failed = record
-                    break
-            assert failed is not None
+            failed = await first(eng.events(), HookFailed)
             assert failed.to_json() == {
                 "type": "hook_failed",
                 "hook": "picky",
@@ -112,15 +107,9 @@ async def test_slow_hook_drops_are_counted_and_records_still_flow(flood_gadget: 
             await _calls(calls)
             # The hook is stuck; the consumer still gets events and lifecycle records.
             eng.set_selection(["name=web*"], host=True)
-            events = 0
-            changed = None
-            async for record in eng.events():
-                if isinstance(record, Event):
-                    events += 1
-                elif isinstance(record, SelectionChanged):
-                    changed = record
-                    break
-            assert changed is not None
+            before: list[object] = []
+            changed = await first(eng.events(), SelectionChanged, before=before)
+            events = sum(isinstance(record, Event) for record in before)
             assert changed.to_json() == {
                 "type": "selection_changed",
                 "select": ["name=web*"],
@@ -135,14 +124,10 @@ async def test_slow_hook_drops_are_counted_and_records_still_flow(flood_gadget: 
             assert received - stats.dropped <= 8 + 1  # the buffer, and the one the hook holds
 
             release.set()
-            lost: list[Lost] = []
-            async for record in eng.events():
-                if isinstance(record, Lost) and record.where == "hook:slow":
-                    lost.append(record)
-                    break
-            assert lost[0].source == "calls"
-            assert lost[0].gadget == "flood"
-            assert lost[0].count == stats.dropped
+            lost = await first(eng.events(), Lost, lambda record: record.where == "hook:slow")
+            assert lost.source == "calls"
+            assert lost.gadget == "flood"
+            assert lost.count == stats.dropped
 
             # A stuck hook does not hold the engine up when it stops.
             release = trio.Event()

@@ -169,13 +169,11 @@ async def test_tc_counts_exactly_what_enters_and_leaves(
     c1, c2 = pair
     with trio.fail_after(30):
         async with NetnsHandle.from_pid(c1.pid) as handle:
-            started = trio.current_time()
             (peer,) = await find_host_peers(handle, "tc_ingress")
             async with (
                 attach_classifier(ingress, "tc_ingress", peer, Direction.INGRESS),
                 attach_classifier(egress, "tc_egress", peer, Direction.EGRESS),
             ):
-                print(f"\nfind peers + 2 tc attaches: {trio.current_time() - started:.4f} s")
                 assert len(await bpf_filters(peer.host_ifname)) == 2
                 await ping(c1, BRIDGE, 5)  # 5 requests leave c1, 5 replies enter it
                 await ping(c2, c1.ip, 3)  # 3 requests enter c1, 3 replies leave it
@@ -192,9 +190,7 @@ async def test_socket_filter_counts_its_netns_only(counters: Any, pair: list[Con
     c1, c2 = pair
     with trio.fail_after(30):
         async with NetnsHandle.from_pid(c1.pid) as handle:
-            started = trio.current_time()
             async with attach_socket_filter(prog, "sock_count", handle) as sock:
-                print(f"\nsocket filter attach: {trio.current_time() - started:.4f} s")
                 assert sock.fileno() >= 0
                 await ping(c1, c2.ip, 4)  # c1 sees 4 requests out and 4 replies in
                 await ping(c2, BRIDGE, 3)  # not c1's netns: unseen

@@ -68,22 +68,15 @@ class Received:
             return [attributes for _, attributes in self.logs]
 
 
-class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, received: Received) -> None:
-        self.received = received
+def _servicer(base: type[Any], take: Callable[[Any], None], response: type[Any]) -> Any:
+    """A collector service (`base`) whose Export hands each request to `take`."""
 
-    def Export(self, request: Any, context: Any) -> Any:
-        self.received.take_logs(request)
-        return logs_service_pb2.ExportLogsServiceResponse()
+    class Servicer(base):  # type: ignore[misc]
+        def Export(self, request: Any, context: Any) -> Any:
+            take(request)
+            return response()
 
-
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, received: Received) -> None:
-        self.received = received
-
-    def Export(self, request: Any, context: Any) -> Any:
-        self.received.take_metrics(request)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
+    return Servicer()
 
 
 @attrs.define
@@ -97,8 +90,18 @@ class Receiver:
         # The package's generated gRPC code has no type annotations.
         add_logs = logs_service_pb2_grpc.add_LogsServiceServicer_to_server
         add_metrics = metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server
-        add_logs(_Logs(self.received), server)  # type: ignore[no-untyped-call]
-        add_metrics(_Metrics(self.received), server)  # type: ignore[no-untyped-call]
+        logs = _servicer(
+            logs_service_pb2_grpc.LogsServiceServicer,
+            self.received.take_logs,
+            logs_service_pb2.ExportLogsServiceResponse,
+        )
+        metrics = _servicer(
+            metrics_service_pb2_grpc.MetricsServiceServicer,
+            self.received.take_metrics,
+            metrics_service_pb2.ExportMetricsServiceResponse,
+        )
+        add_logs(logs, server)  # type: ignore[no-untyped-call]
+        add_metrics(metrics, server)  # type: ignore[no-untyped-call]
         if server.add_insecure_port(f"127.0.0.1:{self.port}") != self.port:
             raise RuntimeError(f"the receiver cannot listen on 127.0.0.1:{self.port}")
         server.start()

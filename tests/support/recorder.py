@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -14,6 +14,7 @@ from engine.engine import Engine, open_engine
 from tests.support.waiting import Changes
 
 Record = dict[str, Any]
+T = TypeVar("T")
 LIFECYCLE = ("attached", "detached", "attach_failed")
 # How a program's story in one netns ends: refused at once, or attached and then detached.
 ENDINGS = (["attach_failed"], ["attached", "detached"])
@@ -47,6 +48,23 @@ def unpaired(records: list[Record]) -> Counter[tuple[Any, ...]]:
 
     attached, detached = of("attached"), of("detached")
     return (attached - detached) + (detached - attached)
+
+
+async def first(
+    records: AsyncIterable[object],
+    kind: type[T],
+    where: Callable[[T], bool] = lambda _: True,
+    *,
+    before: list[object] | None = None,
+) -> T:
+    """The first of `records` that is a `kind` and matches `where`; those read before it are
+    appended to `before`."""
+    async for record in records:
+        if isinstance(record, kind) and where(record):
+            return record
+        if before is not None:
+            before.append(record)
+    raise AssertionError(f"the records ended with no {kind.__name__}")
 
 
 @attrs.define

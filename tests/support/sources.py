@@ -5,23 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol
 
 import attrs
 import trio
 
 from engine.records import ContainerAdded, ContainerEvent, ContainerRemoved, SourceDisconnected
 from engine.sources.containers import Container
+from engine.sources.runtimes import ContainerSource
 from tests.support.waiting import Changes
-
-
-class Source(Protocol):
-    async def run(
-        self,
-        send_channel: trio.abc.SendChannel[ContainerEvent],
-        *,
-        task_status: trio.TaskStatus[list[ContainerEvent]] = ...,
-    ) -> None: ...
 
 
 @attrs.define
@@ -60,7 +51,7 @@ class Records(Changes):
 
 
 @asynccontextmanager
-async def running(source: Source, *, buffer: int = 0) -> AsyncIterator[Records]:
+async def running(source: ContainerSource, *, buffer: int = 0) -> AsyncIterator[Records]:
     """The source running, its records collected; stopped when the block ends."""
     records = Records()
     send, receive = trio.open_memory_channel[ContainerEvent](buffer)

@@ -145,36 +145,41 @@ def problems(source: str) -> list[str]:
     return [str(p) for p in caught.value.problems]
 
 
-def test_a_function_run_by_packet_and_tracing_programs_is_refused_at_its_line() -> None:
-    source = """\
-struct e { u32 n; };
+def emitter(parameter: str, record: str) -> str:
+    """A gadget's first lines: a ring buffer and a helper that writes `record` (line 6)."""
+    return f"""\
+struct e {{ u32 n; }};
 BPF_RINGBUF_OUTPUT(out, 16);
-static __always_inline void emit(struct __sk_buff *skb)
-{
-    struct e x = {};
+static __always_inline void emit({parameter})
+{{
+    struct e x = {record};
     out.ringbuf_output(&x, sizeof(x), 0);
-}
+}}
+"""
+
+
+def test_a_function_run_by_packet_and_tracing_programs_is_refused_at_its_line() -> None:
+    source = (
+        emitter("struct __sk_buff *skb", "{}")
+        + """\
 SEC("socket")
 int s(struct __sk_buff *skb) { emit(skb); return 0; }
 SEC("tracepoint/a/b")
 int t(void *ctx) { emit(0); return 0; }
 """
+    )
     [problem] = problems(source)
     assert problem.startswith("g.c:6: function 'emit' runs in packet programs and in others")
 
 
 def test_a_packet_write_needs_the_packet() -> None:
-    source = """\
-struct e { u32 n; };
-BPF_RINGBUF_OUTPUT(out, 16);
-static __always_inline void emit(u32 n)
-{
-    struct e x = {.n = n};
-    out.ringbuf_output(&x, sizeof(x), 0);
-}
+    source = (
+        emitter("u32 n", "{.n = n}")
+        + """\
 SEC("classifier/egress/e")
 int c(struct __sk_buff *skb) { emit(1); return TC_ACT_UNSPEC; }
 """
+    )
     [problem] = problems(source)
     assert problem.startswith("g.c:6: out.ringbuf_output in 'emit', which a packet program runs")
 

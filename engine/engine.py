@@ -33,10 +33,7 @@ from engine.attach.per_netns import PerNetns
 from engine.attach.preattach import PreAttacher
 from engine.attach.startup import GadgetFailure, Startup, parse_gadgets, start_gadgets
 from engine.bcc.loader import LoadedGadget, Supported, probed_support
-from engine.errors import (
-    EngineStoppedError,
-    sole_exception,
-)
+from engine.errors import EngineStoppedError, sole_exception
 from engine.events.batches import BatchStream
 from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
@@ -52,7 +49,7 @@ from engine.hooks.methods import HookMethods
 from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.layers import Layers, run_work
 from engine.netns import LinkWatcher
-from engine.records import GadgetFailed, ProgramAttached, Record
+from engine.records import GadgetFailed, Record
 from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
 from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
 from engine.sources.runtimes import Runtimes
@@ -332,16 +329,8 @@ async def _running(
         )
         host_iters = await stack.enter_async_context(host_iterators(loaded_all))
         runner = HostIteratorRunner(host_iters, outlet.deliver, options.iter_interval)
-        for it in host_iters:
-            spec = it.program.spec
-            outlet.put(
-                ProgramAttached(
-                    gadget=it.loaded.gadget.name,
-                    program=spec.function,
-                    kind="iter",
-                    target=spec.target,
-                )
-            )
+        for record in runner.attached():
+            outlet.put(record)
         await work.start(runner.run)
         map_output = MapOutput.of(
             loaded_all, outlet, world, interval=options.maps, clear=options.maps_clear

@@ -20,7 +20,7 @@ from engine.errors import AttachError
 from engine.events.iter_decode import decode_iter_output
 from engine.gadget.maps import iter_source
 from engine.gadget.sections import Kind
-from engine.records import Event, Record
+from engine.records import Event, ProgramAttached, Record
 
 DEFAULT_INTERVAL = 10.0
 
@@ -42,6 +42,18 @@ class HostIteratorRunner:
     deliver: Deliver
     interval: float = DEFAULT_INTERVAL
     _lock: trio.Lock = attrs.Factory(trio.Lock)
+
+    def attached(self) -> list[ProgramAttached]:
+        """One ``attached`` record per host iterator: its link is made when it is opened."""
+        return [
+            ProgramAttached(
+                gadget=it.loaded.gadget.name,
+                program=it.program.spec.function,
+                kind="iter",
+                target=it.program.spec.target,
+            )
+            for it in self.iterators
+        ]
 
     async def run_once(self) -> None:
         """Run each iterator to its end and deliver its events; returns when all are done."""

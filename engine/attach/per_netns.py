@@ -76,7 +76,8 @@ class PerNetns:
     # tens of milliseconds under churn; one thread made every attach queue behind each wait
     # (at 100 netns/s the queue grew by seconds). Removals on threads of their own, so that
     # attaches never queue behind them.
-    rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl(threads=RTNL_THREADS))
+    # At the trio thread's priority (engine/netns/priority.py): on the attach path too.
+    rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl(threads=RTNL_THREADS, callers_priority=True))
     detach_rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl("host rtnetlink detach", threads=2))
     iter_worker: Worker = attrs.Factory(lambda: Worker("netns iterators"))
     closer: Closer = attrs.Factory(Closer)

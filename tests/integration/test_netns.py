@@ -23,7 +23,8 @@ from engine.netns import (
     in_netns,
     run_in_netns,
 )
-from engine.netns.worker import setns_current_thread
+from engine.netns.priority import raised
+from engine.netns.worker import Worker, setns_current_thread
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
 from engine.sources.netns import NetnsSource
 from tests.support.commands import arun, run
@@ -149,6 +150,33 @@ async def test_call_inside_that_cannot_come_back_says_so(
         setns_current_thread(home_fd)
         os.close(home_fd)
     assert _thread_netns() == host_netns_id()
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_attach_priority_is_for_the_attach_path_only(root: None) -> None:
+    """The trio thread raised for the block and then as it was; workers on the attach path
+    follow it; any other thread it starts begins at nice 0."""
+    assert _nice() == 0
+    followers = Worker("follows", callers_priority=True)
+    others = Worker("others")
+    started: list[int] = []
+    try:
+        with raised(-7):
+            assert _nice() == -7
+            assert await followers.run(_nice) == -7
+            assert await others.run(_nice) == 0
+            thread = threading.Thread(target=lambda: started.append(_nice()))
+            thread.start()
+            thread.join()
+            assert await trio.to_thread.run_sync(_nice) == 0
+        assert _nice() == 0
+    finally:
+        await followers.join()
+        await others.join()
+    assert started == [0]
 
 
 async def test_handle_never_creates_a_netns(root: None, tmp_path: object) -> None:

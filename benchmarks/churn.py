@@ -243,6 +243,13 @@ def measure_churn(
                         False,
                     ),
                     (
+                        "socket_attach_after_netns_mounted",
+                        "socket attach p99 after the netns is mounted on its file (host's clock)",
+                        f"; Docker mounted it {d['netns_file_to_mounted']['p50_ms']:.1f} ms (p50,"
+                        f" p99 {d['netns_file_to_mounted']['p99_ms']:.1f}) after making the file",
+                        False,
+                    ),
+                    (
                         "tc_filters_after_veth_on_bridge",
                         "TC filters added p99 after the host veth is on the bridge (host's clock)",
                         f"; Docker put it there {-d['netns_file_to_veth_on_bridge']['p50_ms']:.0f}"

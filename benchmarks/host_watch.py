@@ -4,8 +4,10 @@ The engine's own records say when it saw a netns, and a pre-attached classifier'
 record comes when the filter is handed to the netns's task, not when it was added
 (docs/events.md). This watcher reads the host's link and tc messages (RTMGRP_LINK, RTMGRP_TC)
 and inotify on Docker's netns folder in a thread of its own and stamps each with the wall clock
-as it arrives: when a netns file was made, when a veth was put on a bridge (when TC pre-attach
-can begin: engine/attach/preattach.py), and when filters were added to a host interface.
+as it arrives: when a netns file was made, when the netns was bind-mounted on it (the mount
+table's changes, /proc/self/mountinfo's POLLPRI: nothing can be attached before, the file is
+empty), when a veth was put on a bridge (when TC pre-attach can begin:
+engine/attach/preattach.py), and when filters were added to a host interface.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ RTMGRP_TC = 0x8
 @attrs.define
 class HostTimes:
     netns_files: dict[str, float] = attrs.Factory(dict)  # path -> made
+    netns_mounted: dict[str, float] = attrs.Factory(dict)  # path -> a netns mounted on it
     on_bridge: dict[str, float] = attrs.Factory(dict)  # host-side veth name -> on a bridge
     ifindexes: dict[str, int] = attrs.Factory(dict)  # host-side veth name -> its index
     filters: dict[int, list[float]] = attrs.Factory(dict)  # ifindex -> each filter added
@@ -53,7 +56,9 @@ def watching() -> Iterator[HostTimes]:
         files = stack.enter_context(closing(Inotify()))
         folder = RUNTIME_NETNS_DIRS[0]
         files.watch(folder, IN_CREATE)
-        thread = threading.Thread(target=_read, args=(times, links.fileno(), files, stop))
+        mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        stack.callback(os.close, mounts)
+        thread = threading.Thread(target=_read, args=(times, links.fileno(), files, mounts, stop))
         thread.start()
         try:
             yield times
@@ -62,13 +67,32 @@ def watching() -> Iterator[HostTimes]:
             thread.join()
 
 
-def _read(times: HostTimes, links: int, files: Inotify, stop: threading.Event) -> None:
+def _read(times: HostTimes, links: int, files: Inotify, mounts: int, stop: threading.Event) -> None:
+    nsfs = os.stat("/proc/self/ns/net").st_dev
+    unmounted: set[str] = set()
     while not stop.is_set():
-        ready, _, _ = select.select([links, files.fileno()], [], [], POLL)
+        # A change of the mount table is an "exceptional condition" (POLLPRI) on mountinfo.
+        ready, _, changed = select.select([links, files.fileno()], [], [mounts], POLL)
         now = time.time()
         if files.fileno() in ready:
             for event in files.read_nowait():
-                times.netns_files.setdefault(os.path.join(event.directory, event.name), now)
+                path = os.path.join(event.directory, event.name)
+                times.netns_files.setdefault(path, now)
+                unmounted.add(path)
+        if changed:
+            os.lseek(mounts, 0, os.SEEK_SET)
+            while os.read(mounts, 1 << 16):
+                pass  # read to the end: the next change is reported anew
+        if changed or files.fileno() in ready:
+            for path in list(unmounted):
+                try:
+                    mounted = os.stat(path).st_dev == nsfs
+                except OSError:
+                    unmounted.discard(path)
+                    continue
+                if mounted:
+                    times.netns_mounted[path] = now
+                    unmounted.discard(path)
         if links in ready:
             try:
                 data = os.read(links, 1 << 16)

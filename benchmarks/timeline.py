@@ -138,13 +138,21 @@ def host_latencies(timeline: Timeline, host: HostTimes, names: Sequence[str]) ->
     the netns file was made: the socket filter (its record), the classifiers' filters added
     (tc messages: pre-attached ones are in place before their record, which comes at
     hand-over) and every program in place; the classifiers also after the host-side veth was
-    put on the bridge (they cannot come sooner), and Docker's own time between the two."""
+    put on the bridge (they cannot come sooner), and Docker's own time between the two; the
+    socket filter also after the netns was mounted on its file (it cannot come sooner), and
+    Docker's time from making the file to mounting the netns on it."""
     socket, tc, both, tc_bridge, docker_veth = [], [], [], [], []
+    socket_mounted, docker_mount = [], []
     for name in names:
         netns = timeline.netns_of.get(name)
         records = timeline.attach_records.get(netns or 0, [])
         made = host.netns_files.get(timeline.netns_paths.get(netns or 0, ""))
+        mounted = host.netns_mounted.get(timeline.netns_paths.get(netns or 0, ""))
         sock = next((r["at"] for r in records if r["program"] == "seen_by_socket"), None)
+        if mounted is not None and sock is not None:
+            socket_mounted.append(sock - mounted)
+        if mounted is not None and made is not None:
+            docker_mount.append(mounted - made)
         interface = next((r["interface"] for r in records if r["interface"]), None)
         filters = host.filters_added(interface or "", len(CLASSIFIERS))
         bridged = host.on_bridge.get(interface or "")
@@ -164,6 +172,8 @@ def host_latencies(timeline: Timeline, host: HostTimes, names: Sequence[str]) ->
         "all_in_place_after_netns_file": summary(both),
         "tc_filters_after_veth_on_bridge": summary(tc_bridge),
         "netns_file_to_veth_on_bridge": summary(docker_veth),
+        "socket_attach_after_netns_mounted": summary(socket_mounted),
+        "netns_file_to_mounted": summary(docker_mount),
     }
 
 
@@ -191,6 +201,9 @@ def per_container(
             "docker_start_ms": ms(timeline.started.get(name)),
             "reported_ms": ms(reported[0] if reported else None),
             "netns_file_ms": ms(host.netns_files.get(timeline.netns_paths.get(netns or 0, ""))),
+            "netns_mounted_ms": ms(
+                host.netns_mounted.get(timeline.netns_paths.get(netns or 0, ""))
+            ),
             "attached": [
                 {**r, "at": ms(r["at"]), "arrived": ms(r["arrived"])}
                 for r in timeline.attach_records.get(netns or 0, [])

@@ -48,7 +48,7 @@ from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, Hooks
 from engine.hooks.methods import HookMethods
 from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.layers import Layers, run_work
-from engine.netns import LinkWatcher
+from engine.netns import LinkWatcher, priority
 from engine.records import GadgetFailed, Record
 from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
 from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
@@ -171,6 +171,7 @@ async def open_engine(
     filter: Sequence[str] = (),
     padding: bool = False,
     params: Mapping[str, int | bool | str] | None = None,
+    attach_nice: int | None = priority.ATTACH_NICE,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -204,6 +205,7 @@ async def open_engine(
     Records leave out their structs' padding members unless ``padding=True``.
     ``params`` (``{"NAME" or "GADGET:NAME": value}``, engine.gadget.param_values) are written
     before anything attaches; a bad one raises ``ParamError`` before compiling.
+    The attach path's threads run at nice ``attach_nice`` (None: unchanged; engine.netns.priority).
     Once started, it calls ``gc.freeze()``: the objects that exist then (the process's, the
     engine's start-up) are left out of the garbage collector's passes from then on.
     """
@@ -232,6 +234,7 @@ async def open_engine(
         record_filter,
         padding,
         param_values,
+        attach_nice,
     )
     try:
         async with _running(
@@ -265,6 +268,7 @@ class _Options:
     record_filter: RecordFilter | None = None
     padding: bool = False
     params: Values = attrs.Factory(dict)
+    attach_nice: int | None = None
 
 
 async def _watch_links(
@@ -315,6 +319,7 @@ async def _running(
     hooks = Hooks(outlet.put, strict=strict, buffer=hook_buffer)
     outlet.tap = hooks
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        stack.enter_context(priority.raised(options.attach_nice))
         hooks.bind(nursery)
         # The engine's own work runs in nurseries of its own, so that stop() ends it (and
         # the per-netns detaches report themselves) without cancelling the user's block;

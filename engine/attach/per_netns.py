@@ -69,15 +69,16 @@ class PerNetns:
     # "add_filter", "attached") and the target before that step of an attach, so that
     # tests/faults can kill a container or delete its netns at exactly that point.
     attach_step: AttachStep | None = None
-    # Long-lived, the engine's own: tc requests in the host; socket filters made inside each
-    # netns; iterator runs inside each netns (a slow one never delays an attach).
+    # Long-lived, the engine's own: tc requests in the host; iterator runs inside each netns
+    # (a slow one never delays an attach). Socket filters are made on the trio thread
+    # (engine/attach/socket_filter.py): nothing there blocks.
     # Several threads: each tc request waits on the RTNL lock, which netns teardown holds for
     # tens of milliseconds under churn; one thread made every attach queue behind each wait
     # (at 100 netns/s the queue grew by seconds). Removals on threads of their own, so that
     # attaches never queue behind them.
-    rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl(threads=RTNL_THREADS))
+    # At the trio thread's priority (engine/netns/priority.py): on the attach path too.
+    rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl(threads=RTNL_THREADS, callers_priority=True))
     detach_rtnl: HostRtnl = attrs.Factory(lambda: HostRtnl("host rtnetlink detach", threads=2))
-    attach_worker: Worker = attrs.Factory(lambda: Worker("netns attach"))
     iter_worker: Worker = attrs.Factory(lambda: Worker("netns iterators"))
     closer: Closer = attrs.Factory(Closer)
     nsids: NsidClient = attrs.Factory(NsidClient)
@@ -105,7 +106,6 @@ class PerNetns:
         with trio.CancelScope(shield=True):
             await self.rtnl.aclose()
             await self.detach_rtnl.aclose()
-        await self.attach_worker.aclose()
         await self.iter_worker.aclose()
         await self.closer.aclose()
         for link in self._iter_links.values():
@@ -255,7 +255,6 @@ class PerNetns:
                     program.fd,
                     program.spec.function,
                     handle,
-                    worker=self.attach_worker,
                     closer=self.closer,
                 )
             )

@@ -4,6 +4,8 @@ Capabilities: the engine loads BPF programs (CAP_BPF), attaches tracing programs
 kernel addresses (CAP_PERFMON), adds tc filters (CAP_NET_ADMIN) and enters containers'
 namespaces and writes tracefs through bcc (CAP_SYS_ADMIN). They are read from the effective
 set in /proc/self/status before anything is compiled, and all missing ones are named at once.
+CAP_SYS_NICE is wanted, not required: it raises the attach path's priority
+(engine/netns/priority.py); without it that path runs at the default priority.
 
 Trusted files: the engine runs as root and turns gadget and hook files into kernel and Python
 code. A file that an unprivileged user can change, or replace through a directory they can
@@ -26,15 +28,17 @@ from engine.errors import EnvironmentProblem, MissingCapabilitiesError, Untruste
 
 
 class Capability(enum.IntEnum):
-    """The capabilities the engine needs, by their bit number in CapEff."""
+    """The capabilities the engine uses, by their bit number in CapEff."""
 
     CAP_NET_ADMIN = 12
     CAP_SYS_ADMIN = 21
+    CAP_SYS_NICE = 23
     CAP_PERFMON = 38
     CAP_BPF = 39
 
 
-REQUIRED = tuple(Capability)
+WANTED = (Capability.CAP_SYS_NICE,)
+REQUIRED = tuple(c for c in Capability if c not in WANTED)
 
 
 def effective_capabilities(status: str | None = None) -> int:

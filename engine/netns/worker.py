@@ -29,6 +29,7 @@ import trio
 
 from engine.netns.handle import CLONE_NEWNET, NetnsHandle
 from engine.netns.netlink import RtnlSocket
+from engine.netns.priority import raise_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,18 @@ class Worker(trio.abc.AsyncResource):
     """
 
     def __init__(
-        self, name: str, *, threads: int = 1, on_exit: Callable[[], object] | None = None
+        self,
+        name: str,
+        *,
+        threads: int = 1,
+        on_exit: Callable[[], object] | None = None,
+        callers_priority: bool = False,
     ) -> None:
         self.name = name
+        # The threads at the nice of the thread that starts them (engine/netns/priority.py):
+        # for workers on the attach path, which the trio thread starts.
+        self._callers_priority = callers_priority
+        self._nice: int | None = None
         self._count = threads
         self._on_exit = on_exit
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
@@ -138,6 +148,8 @@ class Worker(trio.abc.AsyncResource):
     def _start(self) -> None:
         if self._threads:
             return
+        if self._callers_priority:
+            self._nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for _ in range(self._count):
@@ -154,6 +166,7 @@ class Worker(trio.abc.AsyncResource):
         # Threads start in their creator's netns: a replacement made by a thread that could
         # not return to the host's must go there first.
         setns_current_thread(host_fd)
+        raise_this_thread(self._nice)
         while (call := self._calls.get()) is not None:
             try:
                 if call.netns_fd is not None:
@@ -264,9 +277,13 @@ class HostRtnl(trio.abc.AsyncResource):
     """rtnetlink requests in the host netns, on threads of their own (see module doc), each
     with its own socket."""
 
-    def __init__(self, name: str = "host rtnetlink", *, threads: int = 1) -> None:
+    def __init__(
+        self, name: str = "host rtnetlink", *, threads: int = 1, callers_priority: bool = False
+    ) -> None:
         self._local = threading.local()  # each thread's socket, made and used there only
-        self._worker = Worker(name, threads=threads, on_exit=self._close_socket)
+        self._worker = Worker(
+            name, threads=threads, on_exit=self._close_socket, callers_priority=callers_priority
+        )
 
     async def call(self, fn: Callable[[RtnlSocket, *Ts], T], *args: *Ts) -> T:
         """``fn(socket, *args)`` on a thread; a cancelled caller waits for it to finish."""

@@ -11,7 +11,20 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from engine.netns import NetnsHandle, NetnsId, host_netns_id, in_netns, run_in_netns
+import engine.netns.thread
+from engine.attach import attach_socket_filter
+from engine.errors import AttachError
+from engine.netns import (
+    NetnsHandle,
+    NetnsId,
+    NetnsNotRestoredError,
+    call_inside,
+    host_netns_id,
+    in_netns,
+    run_in_netns,
+)
+from engine.netns.priority import raised
+from engine.netns.worker import Worker, setns_current_thread
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
 from engine.sources.netns import NetnsSource
 from tests.support.commands import arun, run
@@ -78,6 +91,92 @@ async def test_in_netns_reports_errors(named_netns: str) -> None:
     async with NetnsHandle.open(f"/run/netns/{named_netns}") as handle:
         with pytest.raises(ValueError, match="inside"):
             await in_netns(handle, boom)
+
+
+async def test_call_inside_runs_inside_and_always_comes_back(named_netns: str) -> None:
+    """On the trio thread itself: inside for the call, and home after it whatever failed."""
+    home = _thread_netns()
+    async with NetnsHandle.open(f"/run/netns/{named_netns}") as handle:
+        assert handle.id != home
+        for _ in range(20):
+            assert call_inside(handle, _thread_netns) == handle.id
+            assert _thread_netns() == home
+
+        def boom() -> None:
+            raise ValueError("inside")
+
+        with pytest.raises(ValueError, match="inside"):
+            call_inside(handle, boom)
+        assert _thread_netns() == home
+        # A socket filter whose program cannot be attached (not a BPF program's fd).
+        not_a_program = os.open("/dev/null", os.O_RDONLY)
+        try:
+            with pytest.raises(AttachError, match="cannot open a packet socket"):
+                async with attach_socket_filter(not_a_program, "bad", handle):
+                    pass
+        finally:
+            os.close(not_a_program)
+        assert _thread_netns() == home
+    # Entering fails (a namespace of another kind): nothing entered, nothing to undo.
+    not_a_netns = NetnsHandle("/proc/self/ns/uts", home, os.open("/proc/self/ns/uts", os.O_RDONLY))
+    try:
+        with pytest.raises(OSError, match="setns"):
+            call_inside(not_a_netns, _thread_netns)
+    finally:
+        not_a_netns.close()
+    assert _thread_netns() == home
+
+
+async def test_call_inside_that_cannot_come_back_says_so(
+    named_netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The return refused (as ENOMEM would): the caller is told, never left unaware."""
+    home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    calls: list[int] = []
+
+    def refuse_the_return(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(12, "setns: Cannot allocate memory")
+        setns_current_thread(fd)
+
+    monkeypatch.setattr(engine.netns.thread, "setns_current_thread", refuse_the_return)
+    try:
+        async with NetnsHandle.open(f"/run/netns/{named_netns}") as handle:
+            with pytest.raises(NetnsNotRestoredError):
+                call_inside(handle, _thread_netns)
+            assert _thread_netns() == handle.id
+    finally:
+        setns_current_thread(home_fd)
+        os.close(home_fd)
+    assert _thread_netns() == host_netns_id()
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_attach_priority_is_for_the_attach_path_only(root: None) -> None:
+    """The trio thread raised for the block and then as it was; workers on the attach path
+    follow it; any other thread it starts begins at nice 0."""
+    assert _nice() == 0
+    followers = Worker("follows", callers_priority=True)
+    others = Worker("others")
+    started: list[int] = []
+    try:
+        with raised(-7):
+            assert _nice() == -7
+            assert await followers.run(_nice) == -7
+            assert await others.run(_nice) == 0
+            thread = threading.Thread(target=lambda: started.append(_nice()))
+            thread.start()
+            thread.join()
+            assert await trio.to_thread.run_sync(_nice) == 0
+        assert _nice() == 0
+    finally:
+        await followers.join()
+        await others.join()
+    assert started == [0]
 
 
 async def test_handle_never_creates_a_netns(root: None, tmp_path: object) -> None:

@@ -1,0 +1,77 @@
+"""A higher scheduling priority for the threads on a new netns's attach path.
+
+Under churn on a saturated node (Docker's daemons, the kernel's netns teardown and the
+workloads taking every CPU), each step of an attach that waits for a thread to be woken costs
+one scheduling latency: tens of milliseconds at p99 at nice 0 (benchmarks/README.md). The trio
+thread (the netns source, the link table, the netns tasks, the socket filters) and the tc
+attach workers use little CPU but lie on every new container's first-packet path, so they run
+at ``ATTACH_NICE`` (the engine's ``attach_nice``; the workers take the trio thread's, see
+``Worker``'s ``callers_priority``). It is a weight, not real-time: a busy trio
+thread (an event flood) takes a larger share of one CPU, never a CPU away for good.
+
+Per thread, with SCHED_RESET_ON_FORK: threads these start (trio's thread cache, the engine's
+other workers, bcc's) begin at nice 0, not at the raised value. Lowering a nice value needs
+CAP_SYS_NICE; without it the threads stay as they are and one warning says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+ATTACH_NICE = -10
+
+
+_Before = tuple[int, os.sched_param, int]  # policy (with its flags), its parameter, nice
+
+
+def raise_this_thread(nice: int | None) -> _Before | None:
+    """The calling thread at ``nice`` (None: unchanged); how it was, or None if nothing
+    changed (a thread someone made real-time already is left alone)."""
+    tid = threading.get_native_id()
+    if nice is None or nice == os.getpriority(os.PRIO_PROCESS, tid):
+        return None
+    policy = os.sched_getscheduler(tid)
+    if policy & ~os.SCHED_RESET_ON_FORK != os.SCHED_OTHER:
+        return None
+    before = (policy, os.sched_getparam(tid), os.getpriority(os.PRIO_PROCESS, tid))
+    try:
+        os.sched_setscheduler(tid, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except PermissionError as exc:
+        _restore(tid, before)
+        _warn_once(exc)
+        return None
+    return before
+
+
+def _restore(tid: int, before: _Before) -> None:
+    policy, param, nice = before
+    os.sched_setscheduler(tid, policy, param)
+    os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
+_warned = threading.Event()
+
+
+def _warn_once(exc: OSError) -> None:
+    if not _warned.is_set():
+        _warned.set()
+        log.warning("the attach path stays at its default priority (needs CAP_SYS_NICE): %s", exc)
+
+
+@contextlib.contextmanager
+def raised(nice: int | None) -> Iterator[None]:
+    """The calling thread at ``nice`` for the block, then as it was (the trio thread of an
+    application that embeds the engine is its own again once the engine has stopped)."""
+    before = raise_this_thread(nice)
+    try:
+        yield
+    finally:
+        if before is not None:
+            _restore(threading.get_native_id(), before)

@@ -30,9 +30,10 @@ ATTACH_NICE = -10
 _Before = tuple[int, os.sched_param, int]  # policy (with its flags), its parameter, nice
 
 
-def raise_this_thread(nice: int | None) -> _Before | None:
+def raise_this_thread(nice: int | None, *, warn: bool = False) -> _Before | None:
     """The calling thread at ``nice`` (None: unchanged); how it was, or None if nothing
-    changed (a thread someone made real-time already is left alone)."""
+    changed (a thread someone made real-time already is left alone). ``warn``: say so when
+    the priority cannot be raised (once per engine: its trio thread; the workers are silent)."""
     tid = threading.get_native_id()
     if nice is None or nice == os.getpriority(os.PRIO_PROCESS, tid):
         return None
@@ -41,35 +42,32 @@ def raise_this_thread(nice: int | None) -> _Before | None:
         return None
     before = (policy, os.sched_getparam(tid), os.getpriority(os.PRIO_PROCESS, tid))
     try:
-        os.sched_setscheduler(tid, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
         os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except PermissionError as exc:
-        _restore(tid, before)
-        _warn_once(exc)
+    except PermissionError as exc:  # nothing changed
+        if warn:
+            log.warning(
+                "the attach path stays at its default priority (needs CAP_SYS_NICE): %s", exc
+            )
         return None
+    # Threads started from here on begin at nice 0. Setting the flag is always allowed.
+    os.sched_setscheduler(tid, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
     return before
 
 
 def _restore(tid: int, before: _Before) -> None:
     policy, param, nice = before
-    os.sched_setscheduler(tid, policy, param)
-    os.setpriority(os.PRIO_PROCESS, tid, nice)
-
-
-_warned = threading.Event()
-
-
-def _warn_once(exc: OSError) -> None:
-    if not _warned.is_set():
-        _warned.set()
-        log.warning("the attach path stays at its default priority (needs CAP_SYS_NICE): %s", exc)
+    os.setpriority(os.PRIO_PROCESS, tid, nice)  # a higher nice value is always allowed
+    # Clearing SCHED_RESET_ON_FORK needs CAP_SYS_NICE (a thread raised through RLIMIT_NICE
+    # alone): left set, it only starts this thread's children at nice 0.
+    with contextlib.suppress(PermissionError):
+        os.sched_setscheduler(tid, policy, param)
 
 
 @contextlib.contextmanager
 def raised(nice: int | None) -> Iterator[None]:
     """The calling thread at ``nice`` for the block, then as it was (the trio thread of an
     application that embeds the engine is its own again once the engine has stopped)."""
-    before = raise_this_thread(nice)
+    before = raise_this_thread(nice, warn=True)
     try:
         yield
     finally:

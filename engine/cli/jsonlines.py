@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from engine.events.runs import EventRun, Item
 from engine.records import Event, Record
 
 _ENCODER = msgspec.json.Encoder()
@@ -91,8 +92,9 @@ def encode_shown(shown: Sequence[Mapping[str, Any]]) -> bytes:
     return b"".join(parts)
 
 
-def encode(records: Sequence[Record]) -> bytes:
-    """The lines of ``records``, in order, as one buffer to write."""
+def encode(records: Sequence[Item]) -> bytes:
+    """The lines of ``records``, in order, as one buffer to write; an ``EventRun``'s are
+    written from its values (engine/events/runs.py), without its events."""
     parts: list[bytes | memoryview] = []
     run: list[Event] = []
     for record in records:
@@ -102,7 +104,10 @@ def encode(records: Sequence[Record]) -> bytes:
         if run:
             _events(run, parts)
             run = []
-        parts.append(json_line(record))
+        if isinstance(record, EventRun):
+            parts += record.lines()
+        else:
+            parts.append(json_line(record))
     if run:
         _events(run, parts)
     return b"".join(parts)

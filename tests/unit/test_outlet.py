@@ -7,6 +7,7 @@ import trio.testing
 
 from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
+from engine.events.runs import Item
 from engine.events.stats import Stats
 from engine.records import Event, Lost, Record
 
@@ -46,7 +47,7 @@ async def test_the_queue_hands_over_everything_waiting_and_ends_once_closed_and_
 
 async def test_a_consumer_waiting_on_an_empty_queue_wakes_for_the_next_record() -> None:
     queue = RecordQueue(4)
-    got: list[list[Record]] = []
+    got: list[list[Item]] = []
 
     async def consume() -> None:
         got.append(await queue.take())

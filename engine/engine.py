@@ -42,7 +42,7 @@ from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
-from engine.events.runs import Item, made
+from engine.events.runs import EventRun, Item, made
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
 from engine.gadget.param_values import Values, resolve_values
@@ -96,9 +96,13 @@ class Engine(HookMethods):
 
     async def events(self) -> AsyncIterator[Record]:
         """Every record, in order: gadget events and the engine's own records."""
-        async for run in self.runs():
-            for record in run:
-                yield record
+        async for run in self.unmade_runs():
+            for item in run:
+                if isinstance(item, EventRun):
+                    for event in item.each():  # made as they are taken (EventRun.each)
+                        yield event
+                else:
+                    yield item
 
     async def runs(self) -> AsyncIterator[list[Record]]:
         """What ``events()`` yields, as runs: all the records waiting at each moment, one

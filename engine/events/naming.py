@@ -26,7 +26,7 @@ from engine.bcc.origin_prelude import ORIGIN_TASK
 from engine.events.decode import RecordDecoder
 from engine.events.origin import FORMAT, HEADER, Origin
 from engine.events.ringbuf import RecordRun
-from engine.events.runs import EventRun, Item, RunMaker, Task
+from engine.events.runs import EventRun, Item, Records, RunMaker, Task
 from engine.events.stats import MapStats
 from engine.records import Event, Record, new_event
 from engine.world.held import Held
@@ -111,7 +111,7 @@ class MapNamer:
                 out += self._named(whole.iter_unpack(part), part_raw, now, held, stats)
                 continue
             task = self._origins.get(v[_TGID : _CGROUP + 1]) or self._task(v)
-            out.append(EventRun(self._runs, [*body.iter_unpack(part)], task))
+            out.append(EventRun(self._runs, Records(part, body), task))
         return out
 
     def _layout(self, lead: str, skip: int, stride: int, fields: str) -> struct.Struct:

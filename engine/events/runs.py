@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import json
 import json.encoder
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -36,7 +37,19 @@ _STRINGS_KEPT = 4096  # JSON text of strings kept per map (names, paths come aga
 # allocate, twice, than to write).
 _LINES_AT_ONCE = 128
 
-Values = Sequence[tuple[Any, ...]]
+Values = Iterable[tuple[Any, ...]]
+
+
+@attrs.frozen
+class Records:
+    """Records at a fixed stride: ``layout`` unpacks each one's span of ``spans`` into the
+    gadget's fields (without the origin header)."""
+
+    spans: bytes | memoryview
+    layout: struct.Struct
+
+    def __len__(self) -> int:
+        return len(self.spans) // self.layout.size
 
 
 def _dumps(value: Any) -> str:
@@ -69,25 +82,41 @@ class RunMaker:
     source: str
     program: str | None
     decoder: RecordDecoder
-    _data: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False)
+    _events: Callable[[Values, Any, Any], Iterator[Event]] = attrs.field(init=False)
     _lines: Callable[[Values, str], str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_data", self.decoder.builder(0))
+        object.__setattr__(self, "_events", self._event_maker())
         object.__setattr__(self, "_lines", self._line_maker())
 
-    def events(self, values: Values, task: Task) -> list[Event]:
-        gadget, source, program, data = self.gadget, self.source, self.program, self._data
-        container, origin = task.container, task.origin
-        return [new_event(gadget, source, program, data(v), container, origin) for v in values]
+    def events(self, values: Values, task: Task) -> Iterator[Event]:
+        """The events of unpacked records, each made when the iterator is asked for it."""
+        return self._events(values, task.container, task.origin)
 
-    def lines(self, values: Values, task: Task) -> list[bytes]:
+    def lines(self, records: Records, task: Task) -> list[bytes]:
         """The JSON lines of the events, in pieces of ``_LINES_AT_ONCE`` records."""
-        make, tail = self._lines, task.tail()
+        make, tail, layout = self._lines, task.tail(), records.layout
+        spans, step = records.spans, _LINES_AT_ONCE * layout.size
         return [
-            make(values[i : i + _LINES_AT_ONCE], tail).encode()
-            for i in range(0, len(values), _LINES_AT_ONCE)
+            make(layout.iter_unpack(spans[i : i + step]), tail).encode()
+            for i in range(0, len(spans), step)
         ]
+
+    def _event_maker(self) -> Callable[[Values, Any, Any], Iterator[Event]]:
+        """One generator expression per map, each record's dict display in it (as the
+        decoder's builder makes it): ``new_event`` per record and nothing else."""
+        sources, namespace = self.decoder.value_sources(0)
+        data = "{" + ", ".join(f"{name!r}: {value}" for name, value in sources) + "}"
+        namespace.update(new=new_event, gadget=self.gadget, source=self.source)
+        namespace["program"] = self.program
+        code = (
+            "def events(values, container, origin):\n"
+            f"    return (new(gadget, source, program, {data}, container, origin)"
+            " for v in values)\n"
+        )
+        exec(compile(code, f"<events of {self.source}>", "exec"), namespace)
+        events: Callable[[Values, Any, Any], Iterator[Event]] = namespace["events"]
+        return events
 
     def _line_maker(self) -> Callable[[Values, str], str]:
         """One f-string per map: the constant text between the values, each value as json
@@ -142,21 +171,30 @@ class EventRun:
     ``Event``s the record path makes), ``lines()`` gives their JSON lines."""
 
     maker: RunMaker
-    values: Values
+    records: Records
     task: Task
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.records)
+
+    def each(self) -> Iterator[Event]:
+        """Its events, each made when asked for: a consumer that drops each before taking
+        the next leaves the garbage collector nothing to do (thousands of young events made
+        at once cost it a pass every 700)."""
+        records = self.records
+        return self.maker.events(records.layout.iter_unpack(records.spans), self.task)
 
     def events(self) -> list[Event]:
-        return self.maker.events(self.values, self.task)
+        return [*self.each()]
 
     def lines(self) -> list[bytes]:
-        return self.maker.lines(self.values, self.task)
+        return self.maker.lines(self.records, self.task)
 
     def first(self, n: int) -> EventRun:
         """The first ``n`` of its events, not made yet."""
-        return EventRun(self.maker, self.values[:n], self.task)
+        records = self.records
+        spans = records.spans[: n * records.layout.size]
+        return EventRun(self.maker, Records(spans, records.layout), self.task)
 
 
 Item = Record | EventRun

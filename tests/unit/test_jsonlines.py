@@ -16,7 +16,7 @@ from engine import records
 from engine.cli.jsonlines import encode, encode_shown, json_line
 from engine.errors import AttachError
 from engine.events.decode import Field, RecordDecoder, build_decoder
-from engine.events.runs import EventRun, Item, RunMaker, Task, made
+from engine.events.runs import EventRun, Item, Records, RunMaker, Task, made
 from engine.netns import NetnsId
 from engine.records import Event, Record
 from engine.sources.containers import Container, K8s
@@ -180,8 +180,8 @@ def event_run(
     maker = RunMaker(where["gadget"], where["source"], where["program"], decoder)
     task = Task(ORIGIN, None if container is None else container.to_json())
     size = decoder.struct.size
-    values = [decoder.struct.unpack(raw.ljust(size, b"\0")[:size]) for raw in raws]
-    return EventRun(maker, values, task)
+    spans = b"".join(raw.ljust(size, b"\0")[:size] for raw in raws)
+    return EventRun(maker, Records(spans, decoder.struct), task)
 
 
 def written(items: list[Item]) -> bytes:

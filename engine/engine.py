@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BUFFER = 8192
 # How long stop() lets the work end by itself (detaches reported) before cancelling it.
 STOP_GRACE = 5.0
+EVENTS_BETWEEN_PASSES = 1024  # events() lets the buffers be read after this many events
 
 
 @attrs.define
@@ -98,11 +99,15 @@ class Engine(HookMethods):
         """Every record, in order: gadget events and the engine's own records."""
         async for run in self.unmade_runs():
             for item in run:
-                if isinstance(item, EventRun):
-                    for event in item.each():  # made as they are taken (EventRun.each)
-                        yield event
-                else:
+                if not isinstance(item, EventRun):
                     yield item
+                    continue
+                for piece in item.pieces(EVENTS_BETWEEN_PASSES):
+                    for event in piece.each():  # made as they are taken (EventRun.each)
+                        yield event
+                    # The buffers are read meanwhile: a consumer working through thousands
+                    # of waiting events would otherwise leave them to fill for milliseconds.
+                    await trio.lowlevel.checkpoint()
 
     async def runs(self) -> AsyncIterator[list[Record]]:
         """What ``events()`` yields, as runs: all the records waiting at each moment, one

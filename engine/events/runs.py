@@ -192,9 +192,14 @@ class EventRun:
 
     def first(self, n: int) -> EventRun:
         """The first ``n`` of its events, not made yet."""
+        return next(self.pieces(n))
+
+    def pieces(self, n: int) -> Iterator[EventRun]:
+        """Its events in runs of ``n`` (the last one shorter), not made yet."""
         records = self.records
-        spans = records.spans[: n * records.layout.size]
-        return EventRun(self.maker, Records(spans, records.layout), self.task)
+        spans, layout, step = records.spans, records.layout, n * records.layout.size
+        for i in range(0, len(spans), step):
+            yield EventRun(self.maker, Records(spans[i : i + step], layout), self.task)
 
 
 Item = Record | EventRun

@@ -42,7 +42,7 @@ from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
-from engine.events.runs import EventRun, Item, made
+from engine.events.runs import Item, each_record, made
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
 from engine.gadget.param_values import Values, resolve_values
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BUFFER = 8192
 # How long stop() lets the work end by itself (detaches reported) before cancelling it.
 STOP_GRACE = 5.0
-EVENTS_BETWEEN_PASSES = 1024  # events() lets the buffers be read after this many events
 
 
 @attrs.define
@@ -95,19 +94,9 @@ class Engine(HookMethods):
             await self._host_iterators.run_once()
         await self.per_netns.run_iterators()
 
-    async def events(self) -> AsyncIterator[Record]:
+    def events(self) -> AsyncIterator[Record]:
         """Every record, in order: gadget events and the engine's own records."""
-        async for run in self.unmade_runs():
-            for item in run:
-                if not isinstance(item, EventRun):
-                    yield item
-                    continue
-                for piece in item.pieces(EVENTS_BETWEEN_PASSES):
-                    for event in piece.each():  # made as they are taken (EventRun.each)
-                        yield event
-                    # The buffers are read meanwhile: a consumer working through thousands
-                    # of waiting events would otherwise leave them to fill for milliseconds.
-                    await trio.lowlevel.checkpoint()
+        return each_record(self.unmade_runs())
 
     async def runs(self) -> AsyncIterator[list[Record]]:
         """What ``events()`` yields, as runs: all the records waiting at each moment, one

@@ -22,16 +22,18 @@ import functools
 import json
 import json.encoder
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
+import trio
 
 from engine.events.decode import RecordDecoder
 from engine.records import Event, Record, new_event
 
 _escape: Callable[[str], str] = json.encoder.encode_basestring_ascii
 _STRINGS_KEPT = 4096  # JSON text of strings kept per map (names, paths come again and again)
+EVENTS_BETWEEN_PASSES = 1024  # each_record lets the buffers be read after this many events
 
 # Lines made into one string at a time: tens of kB (a whole run's megabyte cost more to
 # allocate, twice, than to write).
@@ -219,3 +221,19 @@ def made(items: Iterable[Item]) -> list[Record]:
         else:
             out.append(item)
     return out
+
+
+async def each_record(runs: AsyncIterator[Sequence[Item]]) -> AsyncIterator[Record]:
+    """The records of ``runs``, one by one (``Engine.events()``): a run's events made as they
+    are taken (``EventRun.each``)."""
+    async for run in runs:
+        for item in run:
+            if not isinstance(item, EventRun):
+                yield item
+                continue
+            for piece in item.pieces(EVENTS_BETWEEN_PASSES):
+                for event in piece.each():
+                    yield event
+                # The buffers are read meanwhile: a consumer working through thousands of
+                # waiting events would otherwise leave them to fill for milliseconds.
+                await trio.lowlevel.checkpoint()

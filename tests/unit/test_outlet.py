@@ -4,7 +4,7 @@ runs of events not made yet count as their records."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 import trio.testing
@@ -12,7 +12,16 @@ import trio.testing
 from engine.events.decode import Field, build_decoder
 from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
-from engine.events.runs import EventRun, Item, Records, RunMaker, Task, made
+from engine.events.runs import (
+    EVENTS_BETWEEN_PASSES,
+    EventRun,
+    Item,
+    Records,
+    RunMaker,
+    Task,
+    each_record,
+    made,
+)
 from engine.events.stats import Stats
 from engine.records import Event, Lost, Record
 
@@ -118,3 +127,29 @@ def test_hooks_and_the_filter_get_a_runs_events_made_and_the_queue_the_same_even
     outlet = Outlet(queue, Stats(), keeps=lambda e: e.data["n"] != 1)
     outlet.deliver("g", "m", [event_run(3)])
     assert [r.data["n"] for r in queue.take_nowait() if isinstance(r, Event)] == [0, 2]
+
+
+async def test_each_record_makes_a_runs_events_in_order_and_lets_the_readers_run() -> None:
+    lost = Lost("g", "m", 1, "kernel")
+    long = event_run(2 * EVENTS_BETWEEN_PASSES + 5)
+    passes = [0]
+
+    async def runs() -> AsyncIterator[list[Item]]:
+        yield [lost, long]
+        yield [event_run(2), lost]
+
+    async def reader() -> None:  # stands for the buffers' pump
+        while True:
+            await trio.lowlevel.checkpoint()
+            passes[0] += 1
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.lowlevel.checkpoint()
+            before = passes[0]
+            got = [r async for r in each_record(runs())]
+            during = passes[0] - before
+            nursery.cancel_scope.cancel()
+    assert got == [lost, *long.events(), *event_run(2).events(), lost]
+    assert during >= 3  # after each piece of a long run, not only between runs

@@ -26,14 +26,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
-import trio
 
 from engine.events.decode import RecordDecoder
 from engine.records import Event, Record, new_event
 
 _escape: Callable[[str], str] = json.encoder.encode_basestring_ascii
 _STRINGS_KEPT = 4096  # JSON text of strings kept per map (names, paths come again and again)
-EVENTS_BETWEEN_PASSES = 1024  # each_record lets the buffers be read after this many events
 
 # Lines made into one string at a time: tens of kB (a whole run's megabyte cost more to
 # allocate, twice, than to write).
@@ -194,14 +192,9 @@ class EventRun:
 
     def first(self, n: int) -> EventRun:
         """The first ``n`` of its events, not made yet."""
-        return next(self.pieces(n))
-
-    def pieces(self, n: int) -> Iterator[EventRun]:
-        """Its events in runs of ``n`` (the last one shorter), not made yet."""
         records = self.records
-        spans, layout, step = records.spans, records.layout, n * records.layout.size
-        for i in range(0, len(spans), step):
-            yield EventRun(self.maker, Records(spans[i : i + step], layout), self.task)
+        spans = records.spans[: n * records.layout.size]
+        return EventRun(self.maker, Records(spans, records.layout), self.task)
 
 
 Item = Record | EventRun
@@ -231,9 +224,5 @@ async def each_record(runs: AsyncIterator[Sequence[Item]]) -> AsyncIterator[Reco
             if not isinstance(item, EventRun):
                 yield item
                 continue
-            for piece in item.pieces(EVENTS_BETWEEN_PASSES):
-                for event in piece.each():
-                    yield event
-                # The buffers are read meanwhile: a consumer working through thousands of
-                # waiting events would otherwise leave them to fill for milliseconds.
-                await trio.lowlevel.checkpoint()
+            for event in item.each():
+                yield event

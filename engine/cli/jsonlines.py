@@ -12,7 +12,8 @@ event ends and the next begins (``}, {"type": "event", ``: a ``{"`` pair never o
 JSON string, whose quotes are escaped, and no event holds a list of objects). What msgspec
 would write otherwise (non-ASCII or DEL characters, which json escapes; an integer over 64
 bits, which it refuses) sends that run through json, record by record. The engine's own
-records are few and go through json directly.
+records are few and go through json directly. A run of one task's events not made yet
+(``EventRun``, engine/events/runs.py) writes its own lines, from its values, without events.
 """
 
 from __future__ import annotations

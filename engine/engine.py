@@ -39,6 +39,7 @@ from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
 from engine.events.outlet import Outlet
 from engine.events.queue import RecordQueue
+from engine.events.runs import Item, each_record, made
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
 from engine.gadget.param_values import Values, resolve_values
@@ -90,15 +91,20 @@ class Engine(HookMethods):
             await self._host_iterators.run_once()
         await self.per_netns.run_iterators()
 
-    async def events(self) -> AsyncIterator[Record]:
+    def events(self) -> AsyncIterator[Record]:
         """Every record, in order: gadget events and the engine's own records."""
-        async for run in self.runs():
-            for record in run:
-                yield record
+        return each_record(self.unmade_runs())
 
     async def runs(self) -> AsyncIterator[list[Record]]:
         """What ``events()`` yields, as runs: all the records waiting at each moment, one
-        scheduler pass per run (``engine run --output json`` encodes a run at a time)."""
+        scheduler pass per run."""
+        async for run in self.unmade_runs():
+            yield made(run)
+
+    async def unmade_runs(self) -> AsyncIterator[list[Item]]:
+        """``runs()`` with the events of a buffer's run of one task not made yet: an
+        ``EventRun`` stands for them (engine/events/runs.py), for a writer that needs only
+        their JSON lines (``engine run --output json``)."""
         take = self._queue.take
         while run := await take():
             yield run
@@ -120,7 +126,7 @@ class Engine(HookMethods):
 
     def leftover(self) -> list[Record]:
         """Records still buffered once the engine has stopped (the last detach records)."""
-        return self._queue.take_nowait()
+        return made(self._queue.take_nowait())
 
     def stop(self) -> None:
         """Stop the engine's work: detach per-netns programs, stop reading buffers.

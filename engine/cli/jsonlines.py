@@ -12,7 +12,8 @@ event ends and the next begins (``}, {"type": "event", ``: a ``{"`` pair never o
 JSON string, whose quotes are escaped, and no event holds a list of objects). What msgspec
 would write otherwise (non-ASCII or DEL characters, which json escapes; an integer over 64
 bits, which it refuses) sends that run through json, record by record. The engine's own
-records are few and go through json directly.
+records are few and go through json directly. A run of one task's events not made yet
+(``EventRun``, engine/events/runs.py) writes its own lines, from its values, without events.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from engine.events.runs import EventRun, Item
 from engine.records import Event, Record
 
 _ENCODER = msgspec.json.Encoder()
@@ -91,8 +93,9 @@ def encode_shown(shown: Sequence[Mapping[str, Any]]) -> bytes:
     return b"".join(parts)
 
 
-def encode(records: Sequence[Record]) -> bytes:
-    """The lines of ``records``, in order, as one buffer to write."""
+def encode(records: Sequence[Item]) -> bytes:
+    """The lines of ``records``, in order, as one buffer to write; an ``EventRun``'s are
+    written from its values (engine/events/runs.py), without its events."""
     parts: list[bytes | memoryview] = []
     run: list[Event] = []
     for record in records:
@@ -102,7 +105,10 @@ def encode(records: Sequence[Record]) -> bytes:
         if run:
             _events(run, parts)
             run = []
-        parts.append(json_line(record))
+        if isinstance(record, EventRun):
+            parts += record.lines()
+        else:
+            parts.append(json_line(record))
     if run:
         _events(run, parts)
     return b"".join(parts)

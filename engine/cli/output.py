@@ -17,6 +17,7 @@ from engine.cli.fields import FieldChoice
 from engine.cli.sections import SortKey
 from engine.cli.table import HIDE_CURSOR, SHOW_CURSOR, LiveTable
 from engine.engine import Engine
+from engine.events.runs import count
 from engine.records import Record
 
 REFRESH_SECONDS = 0.5
@@ -43,12 +44,14 @@ class Output:
     async def write_json(self, engine: Engine) -> None:
         # A run of records (everything waiting) becomes one buffer and one write.
         write = _binary_writer(self.out)
+        if self.fields is None and not self.observers:
+            async for items in engine.unmade_runs():  # runs' lines without their events
+                self.records += count(items)
+                write(jsonlines.encode(items))
+            return
         async for records in engine.runs():
-            if self.fields is None and not self.observers:
-                self.records += len(records)
-                write(jsonlines.encode(records))
-            else:  # each record's JSON object is made once, for observers and the line
-                write(jsonlines.encode_shown([self.take(r) for r in records]))
+            # Each record's JSON object is made once, for observers and the line.
+            write(jsonlines.encode_shown([self.take(r) for r in records]))
 
     async def show_table(self, engine: Engine, table: LiveTable) -> None:
         out = self.out

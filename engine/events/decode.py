@@ -166,8 +166,19 @@ class RecordDecoder:
         Generated once per map, as one dict display: a loop over the plan per record cost
         as much as the unpacking itself.
         """
-        items = []
-        converters: dict[str, Converter] = {}
+        values, namespace = self.value_sources(first)
+        items = ", ".join(f"{name!r}: {value}" for name, value in values)
+        source = "def build(v):\n    return {" + items + "}\n"
+        exec(compile(source, f"<decoder of {len(self.plan)} fields>", "exec"), namespace)
+        build: Callable[[tuple[Any, ...]], dict[str, Any]] = namespace["build"]
+        return build
+
+    def value_sources(self, first: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        """Each field's name and the Python expression of its value in the unpacked values
+        ``v`` (the record's own from index ``first``), and the namespace of the converters
+        the expressions call: the parts of generated decoders."""
+        values: list[tuple[str, str]] = []
+        converters: dict[str, Any] = {}
         for i, (name, at, count, convert) in enumerate(self.plan):
             if count == 1:
                 value = f"v[{first + at}]"
@@ -176,12 +187,8 @@ class RecordDecoder:
             if convert is not None:
                 converters[f"c{i}"] = convert
                 value = f"c{i}({value})"
-            items.append(f"{name!r}: {value}")
-        source = "def build(v):\n    return {" + ", ".join(items) + "}\n"
-        namespace: dict[str, Any] = dict(converters)
-        exec(compile(source, f"<decoder of {len(self.plan)} fields>", "exec"), namespace)
-        build: Callable[[tuple[Any, ...]], dict[str, Any]] = namespace["build"]
-        return build
+            values.append((name, value))
+        return values, converters
 
 
 def _converter(name: str, base: str, count: int, fmt: str) -> Converter | None:

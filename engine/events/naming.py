@@ -13,16 +13,20 @@ that both ways agree.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
+import numpy as np
 
 from engine.bcc.origin_prelude import ORIGIN_TASK
 from engine.events.decode import RecordDecoder
 from engine.events.origin import FORMAT, HEADER, Origin
 from engine.events.ringbuf import RecordRun
+from engine.events.runs import EventRun, Item, Records, RunMaker, Task
 from engine.events.stats import MapStats
 from engine.records import Event, Record, new_event
 from engine.world.held import Held
@@ -36,7 +40,8 @@ _ORIGINS_KEPT = 4096
 # Values 0-5 of the unpacked header: kind, tgid, mntns, netns, cgroup, ifindex (then flags).
 _KIND, _TGID, _MNTNS, _NETNS, _CGROUP = range(5)
 _FIRST = len(struct.Struct(FORMAT).unpack(bytes(HEADER)))
-_Known = tuple[dict[str, int], Mapping[str, Any] | None]
+# Each record's task in a run: kind and tgid, mntns and netns, cgroup, as three u64 columns.
+_TASK_COLUMNS = (0, 8, 16)
 
 
 @attrs.define
@@ -51,12 +56,13 @@ class MapNamer:
     _size: int = attrs.field(init=False)
     _format: str = attrs.field(init=False)  # of the origin header and the struct, no "<"
     _unpack: Callable[[bytes], tuple[Any, ...]] = attrs.field(init=False)
-    # Per record layout of a run (the buffer's header size, the stride): its struct.
-    _layouts: dict[tuple[int, int], struct.Struct] = attrs.Factory(dict)
+    # Per record layout of a run (what is skipped, the buffer's header size, the stride).
+    _layouts: dict[tuple[str, int, int], struct.Struct] = attrs.Factory(dict)
     _build: Callable[[tuple[Any, ...]], dict[str, Any]] = attrs.field(init=False)
     reads_fields: bool = attrs.field(init=False)  # the struct has a field naming a container
     # Per task (tgid, mntns, netns, cgroup): its origin object and its container's object.
-    _origins: dict[tuple[int, ...], _Known] = attrs.Factory(dict)
+    _origins: dict[tuple[int, ...], Task] = attrs.Factory(dict)
+    _runs: RunMaker = attrs.field(init=False)
     _generation: int = -1  # the world's, when _origins was filled
 
     def __attrs_post_init__(self) -> None:
@@ -66,6 +72,7 @@ class MapNamer:
         self._unpack = whole.unpack_from
         self._build = self.decoder.builder(_FIRST)
         self.reads_fields = any(f.name in _NAMING_FIELDS for f in self.decoder.fields)
+        self._runs = RunMaker(self.gadget, self.source, self.program, self.decoder)
 
     def name(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
         """The events of ``batch`` that reach consumers now; held ones go to ``held``,
@@ -76,9 +83,11 @@ class MapNamer:
         values = [unpack(raw) if len(raw) >= size else None for raw in batch]
         return self._named(values, batch.__getitem__, now, held, stats)
 
-    def name_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> list[Record]:
+    def name_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> list[Item]:
         """``name`` for a buffer's run of records of one size (``RingReader.read_run``,
-        ``PerfReader.read_run``), unpacked in one pass over its bytes: no slice per record."""
+        ``PerfReader.read_run``), unpacked in one pass over its bytes: no slice per record.
+        Consecutive records of one task whose container is the task's become one
+        ``EventRun`` (engine/events/runs.py): their events are made when a consumer asks."""
         blob, skip, count = run.data, run.skip, run.count
         stride = len(blob) // count
 
@@ -86,13 +95,40 @@ class MapNamer:
             return blob[i * stride + skip : (i + 1) * stride]
 
         if self.world.filters_tasks or stride < skip + self._size:
-            return self.name([raw(i) for i in range(count)], now, held, stats)
-        layout = self._layouts.get((skip, stride))
+            return [*self.name([raw(i) for i in range(count)], now, held, stats)]
+        whole = self._layout(f"{skip}x", skip, stride, self._format)
+        if self.reads_fields:
+            return [*self._named(whole.iter_unpack(blob), raw, now, held, stats)]
+        self._refresh()
+        body = self._layout(f"{skip + HEADER}x", skip, stride, self.decoder.struct.format[1:])
+        view = memoryview(blob)
+        out: list[Item] = []
+        for lo, hi in _task_spans(blob, skip, stride, count):
+            part = view[lo * stride : hi * stride]
+            v = whole.unpack_from(part)
+            if v[_KIND] != ORIGIN_TASK:
+                part_raw = functools.partial(_shifted, raw, lo)
+                out += self._named(whole.iter_unpack(part), part_raw, now, held, stats)
+                continue
+            task = self._origins.get(v[_TGID : _CGROUP + 1]) or self._task(v)
+            out.append(EventRun(self._runs, Records(part, body), task))
+        return out
+
+    def _layout(self, lead: str, skip: int, stride: int, fields: str) -> struct.Struct:
+        """The struct of one record's span in a run: ``lead`` skipped, ``fields``, then the
+        rest of the ``stride`` (kept per layout)."""
+        key = (lead, skip, stride)
+        layout = self._layouts.get(key)
         if layout is None:
-            layout = self._layouts[skip, stride] = struct.Struct(
-                f"<{skip}x{self._format}{stride - skip - self._size}x"
-            )
-        return self._named(layout.iter_unpack(blob), raw, now, held, stats)
+            tail = stride - skip - self._size
+            layout = self._layouts[key] = struct.Struct(f"<{lead}{fields}{tail}x")
+        return layout
+
+    def _refresh(self) -> None:
+        """Forget the tasks' containers once containers came or went."""
+        if self._generation != self.world.generation:
+            self._generation = self.world.generation
+            self._origins.clear()
 
     def _named(
         self,
@@ -108,40 +144,36 @@ class MapNamer:
         gadget, source, program = self.gadget, self.source, self.program
         build, origins = self._build, self._origins
         out: list[Record] = []
-        if self._generation != world.generation:  # containers came or went
-            self._generation = world.generation
-            origins.clear()
+        self._refresh()
         for i, v in enumerate(values):
             if v is None or v[_KIND] != ORIGIN_TASK:
                 out += self._placed([raw(i)], now, held, stats)
                 continue
             data = build(v)
-            key = v[_TGID : _CGROUP + 1]
-            known = origins.get(key)
-            if known is None:
-                known = self._task(v, origins)
-            origin, container = known
+            task = origins.get(v[_TGID : _CGROUP + 1])
+            if task is None:
+                task = self._task(v)
+            container = task.container
             if container is None and self.reads_fields:
                 found = world.container_for(data)
                 container = None if found is None else world.container_json(found)
-            out.append(new_event(gadget, source, program, data, container, origin))
+            out.append(new_event(gadget, source, program, data, container, task.origin))
         return out
 
-    def _task(self, v: tuple[Any, ...], origins: dict[tuple[int, ...], _Known]) -> _Known:
+    def _task(self, v: tuple[Any, ...]) -> Task:
         """A task's origin object and its container's (by mount namespace, else cgroup),
         kept for the task's next records."""
-        world = self.world
+        world, origins = self.world, self._origins
         container = world.find("mntns_inode", v[_MNTNS])
         if container is None and v[_CGROUP] > 1:  # 1: the v2 root (placement.py)
             container = world.find("cgroup_id", v[_CGROUP])
         if len(origins) >= _ORIGINS_KEPT:
             origins.clear()
         origin = {"mntns": v[_MNTNS], "netns": v[_NETNS], "cgroup": v[_CGROUP], "tgid": v[_TGID]}
-        known = origins[v[_TGID : _CGROUP + 1]] = (
-            origin,
-            None if container is None else world.container_json(container),
+        task = origins[v[_TGID : _CGROUP + 1]] = Task(
+            origin, None if container is None else world.container_json(container)
         )
-        return known
+        return task
 
     def _placed(self, batch: list[bytes], now: float, held: Held, stats: MapStats) -> list[Record]:
         out: list[Record] = []
@@ -170,3 +202,30 @@ class MapNamer:
             origin.to_json(world.host_netns, world.host_ifindexes),
         )
         return verdict, key, event
+
+
+def _shifted(raw: Callable[[int], bytes], first: int, i: int) -> bytes:
+    return raw(first + i)
+
+
+def _task_spans(blob: bytes, skip: int, stride: int, count: int) -> list[tuple[int, int]]:
+    """Where a run's consecutive records come from one task (the same kind, tgid, mount
+    namespace, netns and cgroup): (first, end) pairs, found on the run's bytes at once."""
+    columns = np.ndarray(
+        (count,),
+        np.dtype(
+            {
+                "names": ["a", "b", "c"],
+                "formats": ["<u8"] * 3,
+                "offsets": [skip + at for at in _TASK_COLUMNS],
+                "itemsize": stride,
+            }
+        ),
+        blob,
+    )
+    changed = np.zeros(count - 1, bool)
+    for name in ("a", "b", "c"):
+        column = columns[name]
+        changed |= column[1:] != column[:-1]
+    starts = [0, *(np.flatnonzero(changed) + 1).tolist(), count]
+    return list(itertools.pairwise(starts))

@@ -9,6 +9,7 @@ import attrs
 
 from engine.events.batches import Batch, BatchHub
 from engine.events.queue import RecordQueue
+from engine.events.runs import Item, count, made
 from engine.events.stats import Stats
 from engine.records import Event, Lost, Record
 
@@ -19,6 +20,10 @@ class Tap(Protocol):
     def dispatch(self, record: Record) -> None: ...
 
     def dispatch_many(self, records: Sequence[Record]) -> None: ...
+
+    def listening(self) -> bool:
+        """Whether anything (a hook, a waiter) is there to see records now."""
+        ...
 
 
 @attrs.define
@@ -52,17 +57,23 @@ class Outlet:
             self.tap.dispatch(record)
         return self.queue.put(record, leave=leave)
 
-    def deliver(self, gadget: str, source: str, records: list[Record]) -> None:
+    def deliver(self, gadget: str, source: str, records: Sequence[Item]) -> None:
+        """Queue a batch of one map's events; runs of events not made yet (``EventRun``)
+        stay so unless the filter or a hook needs the events now."""
         self._report_lost(gadget, source)
-        keeps = self.keeps
-        if keeps is not None:
-            kept = [r for r in records if not isinstance(r, Event) or keeps(r)]
-            self.stats.for_map(gadget, source).filtered += len(records) - len(kept)
-            records = kept
-        if self.tap is not None:
-            self.tap.dispatch_many(records)
+        keeps, tap = self.keeps, self.tap
+        listening = tap is not None and tap.listening()
+        if keeps is not None or listening:
+            events = made(records)
+            if keeps is not None:
+                kept = [r for r in events if not isinstance(r, Event) or keeps(r)]
+                self.stats.for_map(gadget, source).filtered += len(events) - len(kept)
+                events = kept
+            if tap is not None and listening:
+                tap.dispatch_many(events)
+            records = events
         delivered = self.queue.put_many(records, leave=self.reserve)
-        self._count(gadget, source, delivered, len(records) - delivered)
+        self._count(gadget, source, delivered, count(records) - delivered)
 
     def deliver_batch(self, batch: Batch) -> None:
         """Offer ``batch`` to the ``batches()`` consumers; a consumer that is behind loses

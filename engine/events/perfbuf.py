@@ -83,16 +83,27 @@ class PerfReader:
 
     def read_run(self, limit: int) -> RecordRun | None:
         """Up to ``limit`` samples with the first one's header (so of one size), up to the end
-        of the data area, in one copy; None when the first record is not a sample, or
-        nothing waits."""
+        of the data area, in one copy; None when the first sample is not such (read it with
+        ``read``), or nothing waits.
+
+        Records that are not samples in front of it (loss reports) are passed over: once the
+        buffer has been full, the kernel writes one wherever space is freed, and a run that
+        stopped at each would leave the ring in pieces of the size ``read`` reads.
+        """
         tail = self._tail.value
         head = _U64.unpack_from(self._map, HEAD)[0]
-        at = tail & (self.size - 1)
-        if tail >= head or at + 8 > self.size:
-            return None
-        first = _U64.unpack_from(self._map, self._base + at)[0]
-        kind, size = first & 0xFFFFFFFF, first >> 48
+        while True:
+            at = tail & (self.size - 1)
+            if tail >= head or at + 8 > self.size:
+                self._tail.value = tail
+                return None
+            first = _U64.unpack_from(self._map, self._base + at)[0]
+            kind, size = first & 0xFFFFFFFF, first >> 48
+            if kind == RECORD_SAMPLE or not size:
+                break
+            tail += size
         if kind != RECORD_SAMPLE or size % 8:
+            self._tail.value = tail
             return None
         count = min(limit, (head - tail) // size, (self.size - at) // size)
         if count == 0:

@@ -1,9 +1,10 @@
 """Reading a gadget's ring and perf buffers from trio: no threads, no polling loops.
 
-Each buffer's file descriptor is waited on with ``trio.lowlevel.wait_readable``; when the
-kernel says records are waiting, they are read in one batch and handed on as one run of records
-of one size (one copy; decoded without a slice per record), or as raw bytes when the first
-record waiting starts no such run: ring buffers from their own mmap (engine/events/ringbuf.py),
+Each buffer is read a batch per scheduler pass while records wait, and its file descriptor
+waited on with ``trio.lowlevel.wait_readable`` once none do (a perf buffer that is full wakes
+nobody: its writes fail). A batch is handed on as one run of records of one size (one copy;
+decoded without a slice per record), or as raw bytes when the first record waiting starts no
+such run: ring buffers from their own mmap (engine/events/ringbuf.py),
 perf buffers from a mapping of each CPU's ring that libbcc opened (engine/events/perfbuf.py).
 ``on_tick`` runs between reading a batch and handing it on, every ``tick_interval`` seconds,
 and once when the pump ends: the reader reads the kernel's counts of lost and refused records
@@ -214,24 +215,31 @@ class BufferPump:
             interval = PERF_FLUSH_INTERVAL if any(found) else min(2 * interval, PERF_FLUSH_IDLE)
 
     async def _watch(self, name: str, reader: Reader) -> None:
+        """Read ``reader`` while records wait, a batch per scheduler pass; wait for the
+        kernel to say there are more only once a read finds none."""
         while True:
-            if isinstance(reader, PerfReader):
-                async with trio.open_nursery() as nursery:
-                    # A perf fd reports each wake-up once (its poll clears the flag), and trio
-                    # re-arms epoll with EPOLL_CTL_MOD, which polls: a wake-up that came since
-                    # the last read is used up there and epoll_wait then finds nothing,
-                    # leaving records unread until the next one. So read once more after
-                    # arming: wait_readable arms before it sleeps, and this task runs then.
-                    nursery.start_soon(self._read_soon, name, reader)
-                    await trio.lowlevel.wait_readable(reader.fd)
-            else:
-                # Readable while records wait: after a partial read this returns at once.
-                await trio.lowlevel.wait_readable(reader.fd)
-            self._read(name, reader)
+            if not self._read(name, reader):
+                await self._wait(name, reader)
             await trio.lowlevel.checkpoint()
 
-    async def _read_soon(self, name: str, reader: Reader) -> None:
-        self._read(name, reader)
+    async def _wait(self, name: str, reader: Reader) -> None:
+        if not isinstance(reader, PerfReader):
+            # Readable while records wait: a record that came since the read returns at once.
+            await trio.lowlevel.wait_readable(reader.fd)
+            return
+        async with trio.open_nursery() as nursery:
+            # A perf fd reports each wake-up once (its poll clears the flag), and trio re-arms
+            # epoll with EPOLL_CTL_MOD, which polls: a wake-up that came since the last read
+            # is used up there and epoll_wait then finds nothing, leaving records unread
+            # until the next one, which never comes while the buffer is full. So read once
+            # more after arming (wait_readable arms before it sleeps, and this task runs
+            # then); what it finds ends the wait.
+            nursery.start_soon(self._read_soon, name, reader, nursery.cancel_scope)
+            await trio.lowlevel.wait_readable(reader.fd)
+
+    async def _read_soon(self, name: str, reader: Reader, wait: trio.CancelScope) -> None:
+        if self._read(name, reader):
+            wait.cancel()
 
     def close(self) -> None:
         """Release the readers; idempotent. Call after the ``run`` task has ended."""

@@ -4,7 +4,8 @@ A trio memory channel costs a scheduler pass per ``receive()`` and a method call
 both ends; the pump writes a whole batch at once and the consumer can read everything that
 waits at once, so the queue hands over runs: ``put_many`` appends what fits, ``take`` waits
 until something is there and returns all of it (one scheduler pass per run, not per record).
-The bound is in records, as the channel's was.
+The bound is in records, as the channel's was; a run of events not made yet (``EventRun``,
+engine/events/runs.py) counts as the records it stands for, and is cut where the bound falls.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from engine.records import Record
+from engine.events.runs import EventRun, Item, count
 
 
 @attrs.define
@@ -23,44 +24,49 @@ class RecordQueue:
     """At most ``size`` records; ``close()`` ends the consumer once it has taken the rest."""
 
     size: int
-    _records: collections.deque[Record] = attrs.Factory(collections.deque)
+    _items: collections.deque[Item] = attrs.Factory(collections.deque)
+    _count: int = 0  # the records the items stand for
     _ready: trio.Event = attrs.Factory(trio.Event)
     _closed: bool = False
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
     def free(self) -> int:
-        return self.size - len(self._records)
+        return self.size - self._count
 
-    def put_many(self, records: Sequence[Record], *, leave: int = 0) -> int:
-        """Append as many of ``records`` (from the first) as leave ``leave`` places free;
-        how many were appended."""
+    def put_many(self, items: Sequence[Item], *, leave: int = 0) -> int:
+        """Append as many of the records ``items`` stand for (from the first) as leave
+        ``leave`` places free; how many were appended."""
         if self._closed:
             return 0
-        room = max(0, self.size - leave - len(self._records))
-        taken = records if len(records) <= room else records[:room]
-        if taken:
-            self._records.extend(taken)
+        room = max(0, self.size - leave - self._count)
+        wanted = count(items)
+        if wanted > room:
+            items, wanted = _first(items, room), room
+        if wanted:
+            self._items.extend(items)
+            self._count += wanted
             self._ready.set()
-        return len(taken)
+        return wanted
 
-    def put(self, record: Record, *, leave: int = 0) -> bool:
+    def put(self, record: Item, *, leave: int = 0) -> bool:
         return self.put_many((record,), leave=leave) == 1
 
-    def take_nowait(self) -> list[Record]:
+    def take_nowait(self) -> list[Item]:
         """Everything waiting now (maybe nothing)."""
-        out = list(self._records)
-        self._records.clear()
+        out = list(self._items)
+        self._items.clear()
+        self._count = 0
         if not self._closed:
             self._ready = trio.Event()
         return out
 
-    async def take(self) -> list[Record]:
+    async def take(self) -> list[Item]:
         """Everything waiting, once something is; ``[]`` once closed and empty."""
-        if self._records or self._closed:
+        if self._items or self._closed:
             await trio.lowlevel.checkpoint()  # a consumer that never waits still yields
-        while not self._records and not self._closed:
+        while not self._items and not self._closed:
             await self._ready.wait()  # a scheduler pass of its own
         return self.take_nowait()
 
@@ -68,3 +74,18 @@ class RecordQueue:
         """No more records: the consumer takes what is left, then gets ``[]``."""
         self._closed = True
         self._ready.set()
+
+
+def _first(items: Sequence[Item], records: int) -> list[Item]:
+    """The items that stand for the first ``records`` records of ``items``."""
+    out: list[Item] = []
+    for item in items:
+        if records <= 0:
+            break
+        if not isinstance(item, EventRun):
+            out.append(item)
+            records -= 1
+            continue
+        out.append(item if len(item) <= records else item.first(records))
+        records -= len(item)
+    return out

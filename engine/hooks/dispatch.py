@@ -124,9 +124,13 @@ class Hooks:
                 with contextlib.suppress(trio.WouldBlock):  # matched before: the first counts
                     send.send_nowait(record)
 
+    def listening(self) -> bool:
+        """Whether a hook or a waiter would see a record now."""
+        return bool(self._registrations or self._waiters)
+
     def dispatch_many(self, records: Sequence[Record]) -> None:
         """``dispatch`` each of a batch of buffer events; nothing to do without hooks."""
-        if self._registrations or self._waiters:
+        if self.listening():
             for record in records:
                 self.dispatch(record)
 

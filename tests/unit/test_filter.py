@@ -150,6 +150,9 @@ class _Tapped:
     def dispatch_many(self, records: Sequence[Record]) -> None:
         self.records.extend(records)
 
+    def listening(self) -> bool:
+        return True
+
 
 def test_the_outlet_hands_on_only_kept_events_to_hooks_and_the_queue() -> None:
     queue = RecordQueue(16)

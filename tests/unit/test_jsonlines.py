@@ -15,7 +15,8 @@ import engine.records
 from engine import records
 from engine.cli.jsonlines import encode, encode_shown, json_line
 from engine.errors import AttachError
-from engine.events.decode import Field, build_decoder
+from engine.events.decode import Field, RecordDecoder, build_decoder
+from engine.events.runs import EventRun, Item, Records, RunMaker, Task, made
 from engine.netns import NetnsId
 from engine.records import Event, Record
 from engine.sources.containers import Container, K8s
@@ -154,3 +155,76 @@ def test_plain_events_take_the_batch_path(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(engine.cli.jsonlines, "json_line", refuse)
     assert encode([event({"pid": n, "comm": "sh"}) for n in range(3)]) == b"".join(expected)
+
+
+# --- runs of one task's events, written from their values (engine/events/runs.py) -------
+
+ODD_FIELDS = [
+    Field("flags", "bool[2]"),
+    Field("bytes", "u8[4]"),
+    Field("name", "char[12]"),
+    Field("ipv4", "__be32"),
+    Field("big", "__int128"),
+]
+ODD_NAMES = [b"caf\xc3\xa9", b"a\x7fb", b'"q\\', b"", b"\xff\xfe", b"tab\there", b"\x01"]
+ORIGIN = {"mntns": 4026532002, "netns": 4026532001, "cgroup": 9876, "tgid": 4242}
+ODD_CONTAINER = Container(
+    "c" * 64, 'caf\u00e9 "x"', "img", 1, labels=(("k", "v\u00e9\x7f"),), netns_inode=1
+)
+
+
+def event_run(
+    decoder: RecordDecoder, raws: list[bytes], container: Container | None = WEB, **names: Any
+) -> EventRun:
+    where = {"gadget": "flood", "source": "events", "program": "on_call", **names}
+    maker = RunMaker(where["gadget"], where["source"], where["program"], decoder)
+    task = Task(ORIGIN, None if container is None else container.to_json())
+    size = decoder.struct.size
+    spans = b"".join(raw.ljust(size, b"\0")[:size] for raw in raws)
+    return EventRun(maker, Records(spans, decoder.struct), task)
+
+
+def written(items: list[Item]) -> bytes:
+    """What json wrote for the records ``items`` stand for."""
+    return b"".join(json_line(r) for r in made(items))
+
+
+def test_a_runs_events_are_the_events_the_record_path_makes() -> None:
+    raws = [os.urandom(DECODER.struct.size) for _ in range(5)]
+    run = event_run(DECODER, raws)
+    assert run.events() == [event(DECODER.decode(raw)) for raw in raws]
+    assert len(run) == 5 and len(run.first(2)) == 2 and run.first(2).events() == run.events()[:2]
+
+
+@given(st.lists(st.binary(min_size=0, max_size=DECODER.struct.size), min_size=1, max_size=20))
+def test_a_runs_lines_are_what_json_dumps_wrote(raws: list[bytes]) -> None:
+    for container in (WEB, None, ODD_CONTAINER):
+        run = event_run(DECODER, raws, container)
+        assert encode([run]) == written([run])
+
+
+def test_every_kind_of_value_and_name_in_a_run_is_written_as_json_dumps_wrote_it() -> None:
+    odd = build_decoder(ODD_FIELDS)
+    raws = [
+        struct.pack("<2?4B12sI16s", i % 2 == 0, True, 0, 255, i, 7, name, 0x0100007F, big)
+        for i, name in enumerate(ODD_NAMES)
+        for big in (bytes(16), b"\xff" * 16, (2**100).to_bytes(16, "little"))
+    ]
+    names: list[dict[str, Any]] = [
+        {"program": None},
+        {"gadget": 'g "quoted" \u00e9', "source": "m\\ap", "program": "{x}"},
+    ]
+    for where in names:
+        run = event_run(odd, raws, ODD_CONTAINER, **where)
+        assert encode([run]) == written([run])
+        assert encode([run]) == b"".join(json_line(r) for r in run.events())
+    assert b"\\u00e9" in encode([run]) and b"\\u007f" in encode([run])
+
+
+def test_runs_mixed_with_records_and_longer_than_one_piece_keep_their_order() -> None:
+    records = every_record_type()
+    long = event_run(DECODER, [os.urandom(DECODER.struct.size) for _ in range(300)])
+    short = event_run(DECODER, [bytes(DECODER.struct.size)], None)
+    items: list[Item] = [records[1], long, records[0], short, long, records[8], short]
+    assert encode(items) == written(items)
+    assert encode(items).count(b"\n") == len(made(items)) == 605

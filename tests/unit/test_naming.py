@@ -10,6 +10,7 @@ from engine.events.decode import Field, build_decoder
 from engine.events.naming import MapNamer
 from engine.events.origin import HEADER, Origin
 from engine.events.ringbuf import RecordRun
+from engine.events.runs import EventRun, made
 from engine.events.stats import MapStats
 from engine.records import Event, Record
 from engine.sources.containers import Container
@@ -109,17 +110,29 @@ def test_a_selection_drops_and_counts_what_is_not_selected() -> None:
     assert stats.unselected >= 1
 
 
+@pytest.mark.parametrize("fields", [PLAIN, NAMING], ids=["plain", "naming fields"])
 @pytest.mark.parametrize("skip", [8, 12], ids=["ring buffer", "perf buffer"])
 @pytest.mark.parametrize("select", [(), ("name=web",)], ids=["everything", "selection"])
-def test_a_run_is_named_as_its_records_are(skip: int, select: tuple[str, ...]) -> None:
+def test_a_run_is_named_as_its_records_are(
+    fields: list[Field], skip: int, select: tuple[str, ...]
+) -> None:
     """``name_run`` (a buffer's run of one size, unpacked in one pass) gives what ``name``
-    gives for the same records, each cut from the run as a reader would."""
+    gives for the same records, each cut from the run as a reader would; consecutive
+    records of one task stay one ``EventRun`` whose events are those same events."""
     world = make_world(*select)
-    namer = MapNamer("g", "events", "prog", build_decoder(PLAIN), world)
-    full = [r for r in batch_for(PLAIN) if len(r) == len(batch_for(PLAIN)[0])]
+    namer = MapNamer("g", "events", "prog", build_decoder(fields), world)
+    batch = batch_for(fields)
+    full = [r for r in batch if len(r) == len(batch[0])]
     stride = (skip + len(full[0]) + 7) & ~7
-    spans = [b"\xff" * skip + r + b"\0" * (stride - skip - len(r)) for r in full]
+    # Each record three times in a row (a task's run), then all of them once more.
+    spans = [b"\xff" * skip + r + b"\0" * (stride - skip - len(r)) for r in full for _ in "abc"]
+    spans += spans[::3]
     got = namer.name_run(RecordRun(b"".join(spans), len(spans), skip), 0.0, Held(), MapStats())
     expected = namer.name([s[skip:] for s in spans], 0.0, Held(), MapStats())
-    assert got == expected
-    assert len(events(got)) == (1 if select else len(full))
+    assert made(got) == expected
+    assert len(events(expected)) == (1 if select else len(full)) * 4
+    runs = [len(r) for r in got if isinstance(r, EventRun)]
+    if select or fields is NAMING:  # every record through place, or its own fields read
+        assert runs == []
+    else:
+        assert runs == [3, 3, 3, 3, 1, 1, 1, 1]

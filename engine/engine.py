@@ -29,8 +29,8 @@ import attrs
 import trio
 
 from engine.attach.host_iterators import HostIteratorRunner, host_iterators
+from engine.attach.link_watch import watch_links
 from engine.attach.per_netns import PerNetns
-from engine.attach.preattach import PreAttacher
 from engine.attach.startup import GadgetFailure, Startup, parse_gadgets, start_gadgets
 from engine.bcc.loader import LoadedGadget, Supported, probed_support
 from engine.errors import EngineStoppedError, sole_exception
@@ -43,13 +43,12 @@ from engine.events.runs import Item, each_record, made
 from engine.events.stats import Stats
 from engine.gadget.model import Gadget
 from engine.gadget.param_values import Values, resolve_values
-from engine.gadget.sections import Kind
 from engine.gadget.tc_returns import tc_return_warnings
 from engine.hooks.dispatch import DEFAULT_HOOK_BUFFER, Hooks
 from engine.hooks.methods import HookMethods
 from engine.kernel.security import check_all_trusted, require_capabilities
 from engine.layers import Layers, run_work
-from engine.netns import LinkWatcher, priority
+from engine.netns import priority
 from engine.records import GadgetFailed, Record
 from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
 from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
@@ -277,27 +276,6 @@ class _Options:
     attach_nice: int | None = None
 
 
-async def _watch_links(
-    per_netns: PerNetns, tracker: Tracker, sources: trio.Nursery, options: _Options
-) -> None:
-    """With classifiers: follow the host's links, so that they attach as soon as a veth is
-    in its netns, and (when containers are followed) pre-attach to new veths."""
-    classifiers = [p for _, p in per_netns.programs() if p.spec.kind is Kind.CLASSIFIER]
-    if not classifiers:
-        return
-    per_netns.links = LinkWatcher()
-    if options.containers:
-        per_netns.preattach = PreAttacher(
-            classifiers,
-            sources,
-            tracker.world,
-            settled=tracker.preattach_settled,
-            rtnl=per_netns.rtnl,
-        )
-        per_netns.links.on_veth = per_netns.preattach.on_veth
-    await sources.start(per_netns.links.run)
-
-
 @contextlib.asynccontextmanager
 async def _running(
     parsed: Sequence[Gadget | GadgetFailure],
@@ -363,7 +341,7 @@ async def _running(
             runtimes=options.runtimes,
         )
         sources = layers.sources
-        await _watch_links(per_netns, tracker, sources, options)
+        await watch_links(per_netns, tracker, sources, follow_containers=options.containers)
         if options.containers:
             await sources.start(tracker.run)
         engine = Engine(

@@ -25,7 +25,7 @@ from engine.attach.tcmsg import RTM_NEWTFILTER, TCMSG
 from engine.netns.inotify import IN_CREATE, Inotify
 from engine.netns.links import RTMGRP_LINK, veth_link
 from engine.netns.netlink import enlarge_receive_buffer, messages, rtnl_socket
-from engine.sources.netns import RUNTIME_NETNS_DIRS
+from engine.sources.netns_paths import RUNTIME_NETNS_DIRS
 
 POLL = 0.1  # seconds between looks at the stop flag
 RTMGRP_TC = 0x8

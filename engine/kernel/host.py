@@ -13,7 +13,7 @@ import attrs
 from engine.bcc.targets import TRACEFS
 from engine.kernel.headers import MODULES_DIR, SOURCES_DIR
 from engine.sources import containerd_api, podman
-from engine.sources.netns import NAMED_NETNS_DIR, RUNTIME_NETNS_DIRS
+from engine.sources.netns_paths import NAMED_NETNS_DIR, RUNTIME_NETNS_DIRS
 
 BPFFS = "/sys/fs/bpf"
 

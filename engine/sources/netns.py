@@ -43,18 +43,13 @@ import trio
 from engine.netns.handle import NetnsId, host_netns_id, open_netns_fd, reaches
 from engine.netns.inotify import Inotify
 from engine.netns.mounts import MountWatcher
-from engine.netns.rtnl import (
-    NETNSA_NSID_NOT_ASSIGNED,
-    NsidClient,
-    open_event_socket,
-)
+from engine.netns.rtnl import NETNSA_NSID_NOT_ASSIGNED, NsidClient, open_event_socket
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
+from engine.sources.netns_paths import NAMED_NETNS_DIR, RUNTIME_NETNS_DIRS
 from engine.sources.netns_wake import Feeds, Wake, next_wake
 
 logger = logging.getLogger(__name__)
 
-NAMED_NETNS_DIR = "/run/netns"
-RUNTIME_NETNS_DIRS = ("/run/docker/netns",)
 NAMING_WAIT = 1.0
 # Netns that lost their last file are looked for among the processes together, this long
 # after the first: one look at /proc for a burst of removals.

@@ -16,36 +16,17 @@ until the runtime says whose it is (``settle``).
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
 from engine.sources.containers import Container
+from engine.sources.netns_paths import is_runtime_netns
 from engine.world.mntns import PendingMntns
 from engine.world.selection import Selection
 
-# Where container runtimes put the netns files of their containers (bind mounts): Docker's
-# folder, and named netns (`ip netns` folder) that CNI made for a CRI pod sandbox ("cni-<uuid>",
-# containerd's cri plugin) or podman for a container ("netns-<uuid>").
-RUNTIME_NETNS_DIRS = ("/run/docker/netns/", "/var/run/docker/netns/")
-NAMED_NETNS_DIRS = ("/run/netns/", "/var/run/netns/")
-RUNTIME_NETNS_NAMES = ("cni-", "netns-")
 DEFAULT_IDENTIFY_TIMEOUT = 5.0
-_PROCESS_NETNS = re.compile(r"/proc/\d+/ns/net")
-
-
-def is_runtime_netns(path: str) -> bool:
-    """Whether a netns reached by ``path`` may be a container's that the runtime has not
-    reported yet: a runtime's netns file, or a process's netns. Under load the netns source
-    often finds a new container's netns through its first process, before the runtime's bind
-    mount is in place (seen with 11 containers started at once: 3 of them). Other ``ip netns
-    add`` names are never a container's."""
-    if path.startswith(RUNTIME_NETNS_DIRS) or _PROCESS_NETNS.fullmatch(path) is not None:
-        return True
-    folder, _, name = path.rpartition("/")
-    return folder + "/" in NAMED_NETNS_DIRS and name.startswith(RUNTIME_NETNS_NAMES)
 
 
 @attrs.frozen

@@ -8,8 +8,9 @@ import attrs
 import pytest
 
 from engine.sources.containers import Container, K8s
+from engine.sources.netns_paths import is_runtime_netns
 from engine.world.selection import Selection
-from engine.world.state import Verdict, World, is_runtime_netns, preattached_key
+from engine.world.state import Verdict, World, preattached_key
 from tests.support.requirements import unavailable
 
 HOST_NETNS = 4026531840

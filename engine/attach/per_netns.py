@@ -211,7 +211,10 @@ class PerNetns:
                 )
             pending.clear()
             return
-        async with contextlib.AsyncExitStack() as stack:
+        # The classifiers' stack closes last: by then the handle and the sockets that kept the
+        # netns alive are closed, and the filters of a gone netns go with its veth
+        # (engine/attach/netns_tc.py).
+        async with contextlib.AsyncExitStack() as tc_stack, contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(handle.aclose)
             if handle.id.inode != target.inode:
                 self.records.failed_all(
@@ -230,7 +233,9 @@ class PerNetns:
             await self._step("attach", state.target)
             async with trio.open_nursery() as nursery:
                 if classifiers:
-                    nursery.start_soon(self._attach_tc, stack, classifiers, handle, state, pending)
+                    nursery.start_soon(
+                        self._attach_tc, tc_stack, classifiers, handle, state, pending
+                    )
                 for _, program in programs:
                     if program.spec.kind is Kind.SOCKET:
                         await self._attach_socket(stack, program, handle, state)

@@ -119,6 +119,7 @@ class NetnsClassifiers:
                 netns=target.label,
                 rtnl=self.rtnl,
                 detach_rtnl=self.detach_rtnl,
+                clsact_there=len(rest) < len(programs),
                 left_over=lambda filters: self._left_over(filters, target.path, netns),
             )
         )

@@ -6,10 +6,12 @@ rtnetlink request: each request waits on the RTNL lock, which netns teardown hol
 milliseconds at a time, so one round trip per veth instead of one per program.
 
 Detaching asks for nothing when it need not: a netns that is gone takes its veth pair with it,
-and the host veth's filters with the device. So once its netns task has closed everything that
-kept the netns alive (its handle and sockets: the netns task's own stack, closed first), the
-filters of a netns no longer reachable at its path wait up to ``VANISH_WAIT`` for the host's
-link table to say the veth is gone, and are reported `detached` then. Only a veth still there
+and the host veth's filters with the device. So the filters are owned by a stack of their own
+(``filters``), closed after the netns task's ``stack``: that one writes the `detached`
+records (while the netns, and so its inode, is still held: a new netns given the same inode
+cannot mix its story with this one's) and closes what kept the netns alive (its handle and
+sockets). Then the filters of a netns no longer reachable at its path wait up to
+``VANISH_WAIT`` for the host's link table to say the veth is gone. Only a veth still there
 after that (one that outlives its netns), or the filters of a netns that lives on (a container
 no longer selected) or of a stopping engine, are removed by request, at once, through a worker
 of their own. Each removal would take the RTNL lock that attaches wait on.
@@ -66,13 +68,15 @@ class NetnsClassifiers:
     async def attach(  # noqa: PLR0917 - the netns task's own state, passed straight through
         self,
         stack: contextlib.AsyncExitStack,
+        filters: contextlib.AsyncExitStack,
         programs: list[LoadedProgram],
         handle: NetnsHandle,
         target: NetnsTarget,
         report: Report,
         step: Step,
     ) -> None:
-        """Every program on each host-side peer, owned by ``stack``; each outcome reported."""
+        """Every program on each host-side peer, owned by ``filters``; each outcome reported
+        (the `detached` records go on ``stack``)."""
         try:
             peers = await self._wait_for_peers(handle, programs[0], target)
         except AttachError as exc:
@@ -85,7 +89,7 @@ class NetnsClassifiers:
             # this netns, never pass as nobody's.
             self.world.host_ifindexes[peer.host_ifindex] = target.inode
             stack.callback(self.world.forget_ifindex, peer.host_ifindex)
-            results = await self._on_peer(stack, programs, peer, target, handle.id)
+            results = await self._on_peer(filters, programs, peer, target, handle.id)
             for program in programs:
                 report(program, peer.host_ifname, results.get(program.fd))
 

@@ -211,10 +211,10 @@ class PerNetns:
                 )
             pending.clear()
             return
-        # The classifiers' stack closes last: by then the handle and the sockets that kept the
-        # netns alive are closed, and the filters of a gone netns go with its veth
-        # (engine/attach/netns_tc.py).
-        async with contextlib.AsyncExitStack() as tc_stack, contextlib.AsyncExitStack() as stack:
+        # The classifiers' filters close last: by then the records are written and the handle
+        # and sockets that kept the netns alive closed, and the filters of a gone netns go
+        # with its veth (engine/attach/netns_tc.py).
+        async with contextlib.AsyncExitStack() as filters, contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(handle.aclose)
             if handle.id.inode != target.inode:
                 self.records.failed_all(
@@ -234,7 +234,7 @@ class PerNetns:
             async with trio.open_nursery() as nursery:
                 if classifiers:
                     nursery.start_soon(
-                        self._attach_tc, tc_stack, classifiers, handle, state, pending
+                        self._attach_tc, (stack, filters), classifiers, handle, state, pending
                     )
                 for _, program in programs:
                     if program.spec.kind is Kind.SOCKET:
@@ -270,7 +270,7 @@ class PerNetns:
 
     async def _attach_tc(
         self,
-        stack: contextlib.AsyncExitStack,
+        stacks: tuple[contextlib.AsyncExitStack, contextlib.AsyncExitStack],
         programs: list[LoadedProgram],
         handle: NetnsHandle,
         state: NetnsState,
@@ -287,6 +287,7 @@ class PerNetns:
             self.nsid_of,
         )
         netns: NetnsId = handle.id
+        stack, filters = stacks  # the records', closed first; the filters'
 
         def report(
             program: LoadedProgram, interface: str | None, error: AttachError | None
@@ -304,7 +305,7 @@ class PerNetns:
         async def step(name: str) -> None:
             await self._step(name, state.target)
 
-        await classifiers.attach(stack, programs, handle, state.target, report, step)
+        await classifiers.attach(stack, filters, programs, handle, state.target, report, step)
 
     async def _iterate(
         self,

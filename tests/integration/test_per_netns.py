@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import trio
+import trio.testing
 
 from engine.engine import Engine
 from engine.gadget.model import Gadget
@@ -327,9 +328,9 @@ int gone_out(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
 
 
 async def test_filters_of_a_gone_netns_go_with_its_veth(root: None) -> None:
-    """A netns that dies takes its veth and the veth's filters: `detached` once the veth is
-    gone, and no removal asked for. One that lives on (another mount holds it) after its file
-    is deleted keeps its veth: its filters are removed by request, after a short wait."""
+    """A netns that dies takes its veth and the veth's filters: no removal asked for. One that
+    lives on (another mount holds it) after its file is deleted keeps its veth: its filters
+    are removed by request, after a short wait. Each story: attached, then detached."""
     dying, living = NamedNetns.named(), NamedNetns.named()
     programs = {"gone_in", "gone_out"}
     try:
@@ -350,17 +351,27 @@ async def test_filters_of_a_gone_netns_go_with_its_veth(root: None) -> None:
                 await rec.until(attached, 20, lambda: f"{story(dying)}, {story(living)}")
                 for netns in (dying, living):
                     assert len(engine_filters(netns.host_if)) == 2
-                # Nothing keeps it alive: the kernel deletes the veth pair with it.
+                gone = trio.Path(f"/sys/class/net/{dying.host_if}")
+                ifindex = int(await (gone / "ifindex").read_text())
+                # Nothing keeps it alive once the engine lets go: the kernel deletes the veth
+                # pair with it.
                 run("ip", "netns", "del", dying.name)
                 run("umount", dying.staging)
                 await rec.until(lambda: complete(story(dying), programs), 20, "dying")
-                assert not await trio.Path(f"/sys/class/net/{dying.host_if}").exists()
+                links = eng.per_netns.links
+                assert links is not None
+                with trio.fail_after(10):
+                    await links.wait_gone(ifindex, dying.host_if)
+                assert not await gone.exists()
+                await trio.testing.wait_all_tasks_blocked(0.05)
                 assert not eng.per_netns.detach_rtnl.started
-                # Its staging mount keeps it alive: so do its veth and filters.
+                # Its staging mount keeps it alive: so do its veth and filters, till removed.
                 run("ip", "netns", "del", living.name)
                 await rec.until(lambda: complete(story(living), programs), 20, "living")
+                with trio.fail_after(10):
+                    while engine_filters(living.host_if):  # noqa: ASYNC110 - kernel state, no event
+                        await trio.sleep(0.05)
                 assert eng.per_netns.detach_rtnl.started
-                assert engine_filters(living.host_if) == []
     finally:
         for netns in (dying, living):
             netns.remove()

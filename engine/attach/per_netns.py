@@ -211,10 +211,7 @@ class PerNetns:
                 )
             pending.clear()
             return
-        # The classifiers' filters close last: by then the records are written and the handle
-        # and sockets that kept the netns alive closed, and the filters of a gone netns go
-        # with its veth (engine/attach/netns_tc.py).
-        async with contextlib.AsyncExitStack() as filters, contextlib.AsyncExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(handle.aclose)
             if handle.id.inode != target.inode:
                 self.records.failed_all(
@@ -233,9 +230,7 @@ class PerNetns:
             await self._step("attach", state.target)
             async with trio.open_nursery() as nursery:
                 if classifiers:
-                    nursery.start_soon(
-                        self._attach_tc, (stack, filters), classifiers, handle, state, pending
-                    )
+                    nursery.start_soon(self._attach_tc, stack, classifiers, handle, state, pending)
                 for _, program in programs:
                     if program.spec.kind is Kind.SOCKET:
                         await self._attach_socket(stack, program, handle, state)
@@ -270,7 +265,7 @@ class PerNetns:
 
     async def _attach_tc(
         self,
-        stacks: tuple[contextlib.AsyncExitStack, contextlib.AsyncExitStack],
+        stack: contextlib.AsyncExitStack,
         programs: list[LoadedProgram],
         handle: NetnsHandle,
         state: NetnsState,
@@ -287,7 +282,6 @@ class PerNetns:
             self.nsid_of,
         )
         netns: NetnsId = handle.id
-        stack, filters = stacks  # the records', closed first; the filters'
 
         def report(
             program: LoadedProgram, interface: str | None, error: AttachError | None
@@ -305,7 +299,7 @@ class PerNetns:
         async def step(name: str) -> None:
             await self._step(name, state.target)
 
-        await classifiers.attach(stack, filters, programs, handle, state.target, report, step)
+        await classifiers.attach(stack, programs, handle, state.target, report, step)
 
     async def _iterate(
         self,

@@ -24,7 +24,7 @@ import enum
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import attrs
@@ -266,7 +266,7 @@ async def attach_classifiers(
     owner: str | None = None,
     rtnl: HostRtnl | None = None,
     detach_rtnl: HostRtnl | None = None,
-    left_over: Callable[[list[TcFilter]], Awaitable[list[TcFilter]]] | None = None,
+    still_there: Callable[[TcFilter], bool] | None = None,
     clsact_there: bool = False,
 ) -> AsyncIterator[list[TcFilter | AttachError]]:
     """Attach loaded SCHED_CLS programs (direct-action) for one container interface, in one
@@ -275,8 +275,8 @@ async def attach_classifiers(
     for.
 
     Always removes the filters on exit, also on cancellation, through ``detach_rtnl`` (else
-    ``rtnl``): removals never queue in front of attaches. ``left_over`` (awaited shielded)
-    says which of them still need removing: not those whose veth is gone (they went with it).
+    ``rtnl``): removals never queue in front of attaches. A filter whose veth is gone
+    (``still_there`` says False: it went with it) is not asked for again.
     """
     who = owner or current_owner()
     wanted = [
@@ -301,9 +301,9 @@ async def attach_classifiers(
         try:
             yield results
         finally:
-            with trio.CancelScope(shield=True):
-                left = await left_over(ours) if left_over is not None and ours else ours
-                if left:
+            left = [f for f in ours if still_there is None or still_there(f)]
+            if left:
+                with trio.CancelScope(shield=True):
                     await (detach_rtnl or worker).call(_remove_all, left)
             logger.debug("classifiers detached: %s", ours)
 

@@ -130,21 +130,14 @@ class LinkWatcher:
         self._by_nsid: dict[int, dict[int, VethLink]] = {}
         self._sock: socket.socket | None = None
         self._lost = False  # messages were dropped: the run loop fills the table again
-        self._vanished: dict[int, trio.Event] = {}  # by ifindex: set when that veth goes
         self._waiting = trio.CancelScope()
 
     def has(self, ifindex: int, ifname: str) -> bool:
-        """Whether the veth ``ifname`` is still there (under that index)."""
+        """Whether the veth ``ifname`` is still there (under that index), as of every message
+        the kernel has sent so far: a removal is not asked for when its answer is known."""
+        self._read_waiting()
         veth = self._veths.get(ifindex)
         return veth is not None and veth.ifname == ifname
-
-    async def wait_gone(self, ifindex: int, ifname: str) -> None:
-        """Return once the veth ``ifname`` (under that index) is gone from the table."""
-        while self.has(ifindex, ifname):
-            gone = self._vanished.get(ifindex)
-            if gone is None:
-                gone = self._vanished[ifindex] = trio.Event()
-            await gone.wait()
 
     def peers_of(self, nsid: int) -> list[VethLink]:
         """The host-side veths whose peer is in the netns of id ``nsid``, as of every message
@@ -201,8 +194,6 @@ class LinkWatcher:
         self._by_nsid.clear()
         for veth in veths:
             self._note(veth)
-        for ifindex in [i for i in self._vanished if i not in self._veths]:
-            self._vanished.pop(ifindex).set()
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
@@ -233,9 +224,6 @@ class LinkWatcher:
             if not peers:
                 self._by_nsid.pop(old.peer_nsid, None)
         if veth.deleted:
-            gone = self._vanished.pop(veth.ifindex, None)
-            if gone is not None:
-                gone.set()
             return
         self._veths[veth.ifindex] = veth
         if veth.peer_nsid is not None and veth.peer_nsid >= 0:

@@ -285,11 +285,6 @@ class HostRtnl(trio.abc.AsyncResource):
             name, threads=threads, on_exit=self._close_socket, callers_priority=callers_priority
         )
 
-    @property
-    def started(self) -> bool:
-        """Whether any request has been made."""
-        return self._worker.started
-
     async def call(self, fn: Callable[[RtnlSocket, *Ts], T], *args: *Ts) -> T:
         """``fn(socket, *args)`` on a thread; a cancelled caller waits for it to finish."""
         return await self._worker.run(self._with_socket, fn, args)

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import trio
-import trio.testing
 
 from engine.engine import Engine
 from engine.gadget.model import Gadget
@@ -24,8 +23,7 @@ from tests.support.commands import adocker, docker, run
 from tests.support.constants import BRIDGE, EXAMPLES
 from tests.support.docker import Containers
 from tests.support.gadget_c import IS_ICMP
-from tests.support.kernel_state import bpf_programs, engine_filters
-from tests.support.netns import NamedNetns
+from tests.support.kernel_state import bpf_programs
 from tests.support.recorder import ENDINGS, complete, lifecycles, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -316,62 +314,3 @@ async def test_netns_deleted_mid_attach(root: None) -> None:
     finally:
         for name in (early, late, kept):
             run("ip", "netns", "del", name, check=False)
-
-
-TC_ONLY = r"""
-SEC("classifier/ingress/gone_in")
-int gone_in(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
-
-SEC("classifier/egress/gone_out")
-int gone_out(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
-"""
-
-
-async def test_filters_of_a_gone_netns_go_with_its_veth(root: None) -> None:
-    """A netns that dies takes its veth and the veth's filters: no removal asked for. One that
-    lives on (another mount holds it) after its file is deleted keeps its veth: its filters
-    are removed by request, after a short wait. Each story: attached, then detached."""
-    dying, living = NamedNetns.named(), NamedNetns.named()
-    programs = {"gone_in", "gone_out"}
-    try:
-        with trio.fail_after(60):
-            async with recorded(Gadget.from_source(TC_ONLY, "gone.c")) as (eng, rec):
-                for netns in (dying, living):
-                    netns.create()
-                inodes = {n.name: n.inode for n in (dying, living)}
-
-                def story(netns: NamedNetns) -> dict[str, list[str]]:
-                    return lifecycles(rec.records, netns=inodes[netns.name])
-
-                def attached() -> bool:
-                    return all(
-                        story(n) == {p: ["attached"] for p in programs} for n in (dying, living)
-                    )
-
-                await rec.until(attached, 20, lambda: f"{story(dying)}, {story(living)}")
-                for netns in (dying, living):
-                    assert len(engine_filters(netns.host_if)) == 2
-                gone = trio.Path(f"/sys/class/net/{dying.host_if}")
-                ifindex = int(await (gone / "ifindex").read_text())
-                # Nothing keeps it alive once the engine lets go: the kernel deletes the veth
-                # pair with it.
-                run("ip", "netns", "del", dying.name)
-                run("umount", dying.staging)
-                await rec.until(lambda: complete(story(dying), programs), 20, "dying")
-                links = eng.per_netns.links
-                assert links is not None
-                with trio.fail_after(10):
-                    await links.wait_gone(ifindex, dying.host_if)
-                assert not await gone.exists()
-                await trio.testing.wait_all_tasks_blocked(0.05)
-                assert not eng.per_netns.detach_rtnl.started
-                # Its staging mount keeps it alive: so do its veth and filters, till removed.
-                run("ip", "netns", "del", living.name)
-                await rec.until(lambda: complete(story(living), programs), 20, "living")
-                with trio.fail_after(10):
-                    while engine_filters(living.host_if):  # noqa: ASYNC110 - kernel state, no event
-                        await trio.sleep(0.05)
-                assert eng.per_netns.detach_rtnl.started
-    finally:
-        for netns in (dying, living):
-            netns.remove()

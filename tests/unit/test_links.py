@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import struct
 
-import trio
-import trio.testing
-
 from engine.netns.links import (
     IFLA_IFNAME,
     IFLA_INFO_KIND,
     IFLA_LINK,
     IFLA_LINK_NETNSID,
     IFLA_LINKINFO,
-    RTM_DELLINK,
     RTM_NEWLINK,
     LinkWatcher,
 )
@@ -47,27 +43,3 @@ def test_an_id_given_again_names_only_the_new_netns_veth() -> None:
     links._take(nsid_gone(5) + new_veth(11, "new-h", 2, 5))
     assert [v.ifindex for v in links.peers_of(5)] == [11]
     assert links.has(10, "old-h")  # still there until its RTM_DELLINK
-
-
-def del_veth(ifindex: int, name: str) -> bytes:
-    body = (
-        _IFINFO.pack(0, 1, ifindex, 0, 0)
-        + pack_str(IFLA_IFNAME, name)
-        + pack_attr(IFLA_LINKINFO, pack_str(IFLA_INFO_KIND, "veth"))
-    )
-    return pack_message(RTM_DELLINK, 0, 0, body)
-
-
-async def test_wait_gone_returns_when_the_veth_is_deleted() -> None:
-    links = LinkWatcher()
-    links._take(new_veth(10, "a-h", 2, 5) + new_veth(11, "b-h", 2, 6))
-    with trio.fail_after(1):
-        await links.wait_gone(12, "never-here")  # not in the table: gone already
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(links.wait_gone, 10, "a-h")
-            await trio.testing.wait_all_tasks_blocked()
-            links._take(del_veth(11, "b-h"))  # another veth's deletion does not end the wait
-            await trio.testing.wait_all_tasks_blocked()
-            assert len(nursery.child_tasks) == 1
-            links._take(del_veth(10, "a-h"))
-    assert not links.has(10, "a-h")

@@ -108,6 +108,7 @@ class NetnsClassifiers:
                 netns=target.label,
                 rtnl=self.rtnl,
                 detach_rtnl=self.detach_rtnl,
+                clsact_there=len(rest) < len(programs),
                 still_there=self._veth_still_there,
             )
         )

@@ -136,7 +136,12 @@ class PreAttacher:
             try:
                 await stack.enter_async_context(
                     attach_classifier(
-                        program.fd, program.spec.function, peer, direction, rtnl=self.rtnl
+                        program.fd,
+                        program.spec.function,
+                        peer,
+                        direction,
+                        rtnl=self.rtnl,
+                        clsact_there=bool(held.stacks.keys() - {program.fd}),
                     )
                 )
             except AttachError as exc:

@@ -161,27 +161,30 @@ class Classifier:
 
 
 def _add_filters(
-    sock: RtnlSocket, peer: HostPeer, wanted: list[tuple[int, int, str]]
+    sock: RtnlSocket, peer: HostPeer, wanted: list[tuple[int, int, str]], clsact: bool
 ) -> list[TcFilter | OSError]:
     """Add each (program fd, parent, name) filter at the lowest free priority of our range;
-    for each, its filter or why it could not be added.
+    for each, its filter or why it could not be added. The clsact qdisc first, unless
+    ``clsact`` says the caller knows it is there.
 
     The usual case, a veth that nobody else filters: the qdisc and every filter at the first
     priority of our range, in one datagram. Each request waits on the RTNL lock, which netns
     teardown holds for milliseconds at a time: one round trip per veth, not one per program
-    (nor a listing first).
+    (nor a listing first), and no request whose answer is known.
     """
     ifindex = peer.host_ifindex
+    qdisc = [clsact_request(ifindex)] if clsact else []
     answers = sock.batch(
-        clsact_request(ifindex),
+        *qdisc,
         *(
             bpf_filter_request(ifindex, parent, PRIO_FIRST, FILTER_HANDLE, fd, name)
             for fd, parent, name in wanted
         ),
     )
-    check_clsact(answers[0][0])
+    if qdisc:
+        check_clsact(answers.pop(0)[0])
     out: list[TcFilter | OSError] = []
-    for (fd, parent, name), (code, _) in zip(wanted, answers[1:], strict=True):
+    for (fd, parent, name), (code, _) in zip(wanted, answers, strict=True):
         if code == 0:
             out.append(TcFilter(ifindex, peer.host_ifname, parent, PRIO_FIRST, name))
         elif code in (errno.EEXIST, errno.EINVAL):
@@ -264,9 +267,12 @@ async def attach_classifiers(
     rtnl: HostRtnl | None = None,
     detach_rtnl: HostRtnl | None = None,
     still_there: Callable[[TcFilter], bool] | None = None,
+    clsact_there: bool = False,
 ) -> AsyncIterator[list[TcFilter | AttachError]]:
     """Attach loaded SCHED_CLS programs (direct-action) for one container interface, in one
     request through ``rtnl`` (else a worker of its own); for each, its filter or its error.
+    ``clsact_there``: the caller has filters on that veth already, so its qdisc is not asked
+    for.
 
     Always removes the filters on exit, also on cancellation, through ``detach_rtnl`` (else
     ``rtnl``): removals never queue in front of attaches. A filter whose veth is gone
@@ -279,7 +285,7 @@ async def attach_classifiers(
     async with _rtnl(rtnl) as worker:
         try:
             # A cancelled caller waits for the answer: the filters are then removed below.
-            added = await worker.call(_add_filters, peer, wanted)
+            added = await worker.call(_add_filters, peer, wanted, not clsact_there)
         except OSError as exc:
             added = [exc] * len(classifiers)
         results: list[TcFilter | AttachError] = [
@@ -312,10 +318,16 @@ async def attach_classifier(
     netns: str | None = None,
     owner: str | None = None,
     rtnl: HostRtnl | None = None,
+    clsact_there: bool = False,
 ) -> AsyncIterator[TcFilter]:
     """One classifier (``attach_classifiers``); AttachError when it cannot be added."""
     async with attach_classifiers(
-        [Classifier(prog_fd, program, direction)], peer, netns=netns, owner=owner, rtnl=rtnl
+        [Classifier(prog_fd, program, direction)],
+        peer,
+        netns=netns,
+        owner=owner,
+        rtnl=rtnl,
+        clsact_there=clsact_there,
     ) as (result,):
         if isinstance(result, AttachError):
             raise result

@@ -133,7 +133,9 @@ class LinkWatcher:
         self._waiting = trio.CancelScope()
 
     def has(self, ifindex: int, ifname: str) -> bool:
-        """Whether the veth ``ifname`` is still there (under that index)."""
+        """Whether the veth ``ifname`` is still there (under that index), as of every message
+        the kernel has sent so far: a removal is not asked for when its answer is known."""
+        self._read_waiting()
         veth = self._veths.get(ifindex)
         return veth is not None and veth.ifname == ifname
 

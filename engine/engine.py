@@ -176,7 +176,7 @@ async def open_engine(
     filter: Sequence[str] = (),
     padding: bool = False,
     params: Mapping[str, int | bool | str] | None = None,
-    attach_nice: int | None = priority.ATTACH_NICE,
+    attach_nice: int | None = None,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -210,7 +210,8 @@ async def open_engine(
     Records leave out their structs' padding members unless ``padding=True``.
     ``params`` (``{"NAME" or "GADGET:NAME": value}``, engine.gadget.param_values) are written
     before anything attaches; a bad one raises ``ParamError`` before compiling.
-    The attach path's threads run at nice ``attach_nice`` (None: unchanged; engine.netns.priority).
+    ``attach_nice`` (e.g. ``priority.ATTACH_NICE``): the attach path's threads at that nice
+    value (None, the default: unchanged; engine.netns.priority says what it costs).
     Once started, it calls ``gc.freeze()``: the objects that exist then (the process's, the
     engine's start-up) are left out of the garbage collector's passes from then on.
     """

@@ -9,6 +9,14 @@ at ``ATTACH_NICE`` (the engine's ``attach_nice``; the workers take the trio thre
 ``Worker``'s ``callers_priority``). It is a weight, not real-time: a busy trio
 thread (an event flood) takes a larger share of one CPU, never a CPU away for good.
 
+Off by default (``open_engine(attach_nice=None)``): the trio thread is also the one that reads
+the buffers and runs hooks, so a traced workload yields its CPU to the engine's event reading
+too. Measured in the throughput benchmark (4 runs each at 346 k records/s): at nice -10 the
+engine lost 6-30 k records a run that it does not lose at nice 0 (the paced generator, pushed
+off its CPU, caught up in bursts faster than any reader); at 100 netns/s the churn tail was
+lower in 4 of 7 interleaved pairs (benchmarks/README.md). Worth it on a node whose pods come
+and go faster than it traces events, not as a default.
+
 Per thread, with SCHED_RESET_ON_FORK: threads these start (trio's thread cache, the engine's
 other workers, bcc's) begin at nice 0, not at the raised value. Lowering a nice value needs
 CAP_SYS_NICE; without it the threads stay as they are and one warning says so.
@@ -24,7 +32,7 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
-ATTACH_NICE = -10
+ATTACH_NICE = -10  # what open_engine(attach_nice=ATTACH_NICE) asks for
 
 
 _Before = tuple[int, os.sched_param, int]  # policy (with its flags), its parameter, nice

@@ -85,6 +85,9 @@ class World:
     # they had: their records still in the buffers must not reach consumers. Forgotten with
     # the netns.
     _rejected: set[int] = attrs.Factory(set)
+    # Netns the source saw go while containers still claim them: their paths lead nowhere,
+    # and a second attach there would give its programs a second story.
+    _gone: set[int] = attrs.Factory(set)
     _rejected_ifindexes: dict[int, int] = attrs.Factory(dict)
     _unselected_netns: tuple[Selection, frozenset[int]] | None = None
     # Whether a runtime source says whose namespaces are whose (``open_engine(containers=)``):
@@ -115,6 +118,8 @@ class World:
         self._touch(container.netns_inode)
         self.containers[container.key] = container
         inode = container.netns_inode
+        if old is None:
+            self._gone.discard(inode)  # a new container's netns is alive: an inode reused
         if inode in self._rejected and self.selection.matches(container):
             # Reported after its netns timed out pending (its runtime was away longer than
             # the identify timeout): what comes from that netns is the user's again.
@@ -127,6 +132,7 @@ class World:
         removed = self.containers.pop(container.key, None)
         self._touch(None if removed is None else removed.netns_inode)
         self._reindex()
+        self._gone &= self._members.keys()
         return removed
 
     def _reindex(self) -> None:
@@ -159,6 +165,7 @@ class World:
         before: nothing is pending then.
         """
         self.netns_paths[inode] = path
+        self._gone.discard(inode)
         self._touch(inode)
         if (
             not self.selection.selects_everything
@@ -172,6 +179,8 @@ class World:
     def remove_netns(self, inode: int) -> None:
         self.netns_paths.pop(inode, None)
         self._dirty[inode] = True
+        if inode in self._members:
+            self._gone.add(inode)
         if self._pending.pop(inode, None) is not None:
             self._vanished.append(inode)
         self._rejected.discard(inode)
@@ -329,7 +338,7 @@ class World:
 
     def _target(self, inode: int) -> NetnsTarget | None:
         """``desired_netns``'s entry for one netns."""
-        if inode == self.host_netns:
+        if inode == self.host_netns or inode in self._gone:
             return None
         members = tuple(self._members.get(inode, ()))
         chosen = [c for c in members if self.selection.matches(c)]

@@ -333,3 +333,24 @@ def test_desired_changes_follow_what_changed_only() -> None:
     w.selection = Selection.parse([], (), False)  # everything: every netns looked at again
     assert {i for i, t, _ in w.desired_changes() if t is not None} == {110, 111}
     assert w.desired_changes() == []
+
+
+def test_a_netns_gone_under_its_container_is_not_traced_again() -> None:
+    """The netns source said the netns is gone while the runtime still lists its container:
+    the container's path leads nowhere, and a second attach there would give each program a
+    second story (seen as two attach_failed in tests/faults/test_attach_races.py)."""
+    w = selecting("web")
+    web = attrs.evolve(container("web", 120, 220), netns_path=RUNTIME + "iii")
+    w.add_container(web)
+    w.add_netns(120, RUNTIME + "iii", now=0.0)
+    assert [(i, t is not None) for i, t, _ in w.desired_changes()] == [(120, True)]
+    w.remove_netns(120)
+    assert w.desired_changes() == [(120, None, True)]
+    assert 120 not in w.desired_netns()
+    # Its inode given to a new netns: traced again, as soon as the source sees it.
+    w.add_netns(120, RUNTIME + "jjj", now=1.0)
+    ((inode, target, _),) = w.desired_changes()
+    assert inode == 120 and target is not None and target.path == RUNTIME + "jjj"
+    w.remove_netns(120)
+    w.remove_container(web)
+    assert not w._gone  # nothing kept once no container claims the inode

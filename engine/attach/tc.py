@@ -161,11 +161,11 @@ class Classifier:
 
 
 def _add_filters(
-    sock: RtnlSocket, peer: HostPeer, wanted: list[tuple[int, int, str]], clsact: bool
+    sock: RtnlSocket, peer: HostPeer, wanted: list[tuple[int, int, str]], clsact_there: bool
 ) -> list[TcFilter | OSError]:
     """Add each (program fd, parent, name) filter at the lowest free priority of our range;
     for each, its filter or why it could not be added. The clsact qdisc first, unless
-    ``clsact`` says the caller knows it is there.
+    ``clsact_there`` says the caller knows it is there.
 
     The usual case, a veth that nobody else filters: the qdisc and every filter at the first
     priority of our range, in one datagram. Each request waits on the RTNL lock, which netns
@@ -173,7 +173,7 @@ def _add_filters(
     (nor a listing first), and no request whose answer is known.
     """
     ifindex = peer.host_ifindex
-    qdisc = [clsact_request(ifindex)] if clsact else []
+    qdisc = [] if clsact_there else [clsact_request(ifindex)]
     answers = sock.batch(
         *qdisc,
         *(
@@ -285,7 +285,7 @@ async def attach_classifiers(
     async with _rtnl(rtnl) as worker:
         try:
             # A cancelled caller waits for the answer: the filters are then removed below.
-            added = await worker.call(_add_filters, peer, wanted, not clsact_there)
+            added = await worker.call(_add_filters, peer, wanted, clsact_there)
         except OSError as exc:
             added = [exc] * len(classifiers)
         results: list[TcFilter | AttachError] = [

@@ -11,9 +11,10 @@ formatter (``indent=0``) puts in json's separators, and the array splits into li
 event ends and the next begins (``}, {"type": "event", ``: a ``{"`` pair never occurs inside a
 JSON string, whose quotes are escaped, and no event holds a list of objects). What msgspec
 would write otherwise (non-ASCII or DEL characters, which json escapes; an integer over 64
-bits, which it refuses) sends that run through json, record by record. The engine's own
-records are few and go through json directly. A run of one task's events not made yet
-(``EventRun``, engine/events/runs.py) writes its own lines, from its values, without events.
+bits or a lone surrogate, which it refuses) sends that run through json, record by record.
+The engine's own records are few and go through json directly. A run of one task's events
+not made yet (``EventRun``, engine/events/runs.py) writes its own lines, from its values,
+without events.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _run(items: Sequence[Any], fallback: Iterable[bytes], parts: list[bytes | me
     msgspec would write otherwise than json, ``fallback`` (their lines through json)."""
     try:
         text = msgspec.json.format(_ENCODER.encode(items), indent=0)
-    except (TypeError, OverflowError, msgspec.EncodeError):
+    # UnicodeEncodeError: a lone surrogate (os.fsdecode's), which json escapes.
+    except (TypeError, OverflowError, UnicodeEncodeError, msgspec.EncodeError):
         parts += fallback
         return
     if not text.isascii() or b"\x7f" in text:

@@ -121,6 +121,15 @@ def test_events_that_the_fast_encoder_would_write_differently_fall_back() -> Non
     assert encode(odd) == b"".join(json_line(r) for r in odd)
 
 
+def test_a_string_that_json_writes_but_utf8_cannot_encode_falls_back() -> None:
+    # A lone surrogate (os.fsdecode's for a name that is not UTF-8): json escapes it,
+    # msgspec refuses it with UnicodeEncodeError.
+    odd = [event({"pid": 1}), event({"comm": "sh", "path": "a\udcffb"}), event({"pid": 2})]
+    assert encode(odd) == b"".join(json_line(r) for r in odd)
+    assert encode_shown([r.to_json() for r in odd]) == encode(odd)
+    assert b"\\udcff" in encode(odd)
+
+
 def test_records_json_objects_already_made_are_written_the_same() -> None:
     # What `engine run` writes when observers (or --fields) made each record's JSON object.
     records = every_record_type()

@@ -166,12 +166,17 @@ class RecordDecoder:
         Generated once per map, as one dict display: a loop over the plan per record cost
         as much as the unpacking itself.
         """
-        values, namespace = self.value_sources(first)
-        items = ", ".join(f"{name!r}: {value}" for name, value in values)
-        source = "def build(v):\n    return {" + items + "}\n"
+        display, namespace = self.dict_display(first)
+        source = f"def build(v):\n    return {display}\n"
         exec(compile(source, f"<decoder of {len(self.plan)} fields>", "exec"), namespace)
         build: Callable[[tuple[Any, ...]], dict[str, Any]] = namespace["build"]
         return build
+
+    def dict_display(self, first: int) -> tuple[str, dict[str, Any]]:
+        """The record's dict as a Python dict display of the unpacked values ``v`` (see
+        ``value_sources``), and the namespace of the converters it calls."""
+        values, namespace = self.value_sources(first)
+        return "{" + ", ".join(f"{name!r}: {value}" for name, value in values) + "}", namespace
 
     def value_sources(self, first: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         """Each field's name and the Python expression of its value in the unpacked values

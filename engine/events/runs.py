@@ -105,8 +105,7 @@ class RunMaker:
     def _event_maker(self) -> Callable[[Values, Any, Any], Iterator[Event]]:
         """One generator expression per map, each record's dict display in it (as the
         decoder's builder makes it): ``new_event`` per record and nothing else."""
-        sources, namespace = self.decoder.value_sources(0)
-        data = "{" + ", ".join(f"{name!r}: {value}" for name, value in sources) + "}"
+        data, namespace = self.decoder.dict_display(0)
         namespace.update(new=new_event, gadget=self.gadget, source=self.source)
         namespace["program"] = self.program
         code = (

@@ -38,6 +38,8 @@ _STRINGS_KEPT = 4096  # JSON text of strings kept per map (names, paths come aga
 _LINES_AT_ONCE = 128
 
 Values = Iterable[tuple[Any, ...]]
+# A map's generated maker of events: unpacked records' values, their container, their origin.
+MakeEvents = Callable[[Values, Mapping[str, Any] | None, Mapping[str, int]], Iterator[Event]]
 
 
 @attrs.frozen
@@ -63,7 +65,7 @@ class Task:
 
     origin: Mapping[str, int]
     container: Mapping[str, Any] | None
-    _tail: str | None = None
+    _tail: str | None = attrs.field(default=None, init=False)
 
     def tail(self) -> str:
         """The end of the task's JSON lines: container, origin, the closing brace."""
@@ -82,7 +84,7 @@ class RunMaker:
     source: str
     program: str | None
     decoder: RecordDecoder
-    _events: Callable[[Values, Any, Any], Iterator[Event]] = attrs.field(init=False)
+    _events: MakeEvents = attrs.field(init=False)
     _lines: Callable[[Values, str], str] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -102,25 +104,26 @@ class RunMaker:
             for i in range(0, len(spans), step)
         ]
 
-    def _event_maker(self) -> Callable[[Values, Any, Any], Iterator[Event]]:
+    def _event_maker(self) -> MakeEvents:
         """One generator expression per map, each record's dict display in it (as the
         decoder's builder makes it): ``new_event`` per record and nothing else."""
         data, namespace = self.decoder.dict_display(0)
-        namespace.update(new=new_event, gadget=self.gadget, source=self.source)
-        namespace["program"] = self.program
+        namespace.update(
+            new=new_event, gadget=self.gadget, source=self.source, program=self.program
+        )
         code = (
             "def events(values, container, origin):\n"
             f"    return (new(gadget, source, program, {data}, container, origin)"
             " for v in values)\n"
         )
         exec(compile(code, f"<events of {self.source}>", "exec"), namespace)
-        events: Callable[[Values, Any, Any], Iterator[Event]] = namespace["events"]
+        events: MakeEvents = namespace["events"]
         return events
 
     def _line_maker(self) -> Callable[[Values, str], str]:
         """One f-string per map: the constant text between the values, each value as json
         writes it (see the module's docstring)."""
-        sources, namespace = self.decoder.value_sources(0)
+        values, namespace = self.decoder.value_sources(0)
         zeros = self.decoder.decode(b"")  # each field's value type, as decoding gives it
         head = (
             f'{{"type": "event", "gadget": {_dumps(self.gadget)}, "source": '
@@ -129,17 +132,17 @@ class RunMaker:
         namespace.update(head=head, booleans=("false", "true"), escape=_escape, dumps=_dumps)
         pieces: list[str] = []
         for i, ((name, value), (_, _, count, _)) in enumerate(
-            zip(sources, self.decoder.plan, strict=True)
+            zip(values, self.decoder.plan, strict=True)
         ):
             namespace[f"k{i}"] = ("" if i == 0 else ", ") + f"{_dumps(name)}: "
             text = _json_text(type(zeros[name]), count, f"c{i}", value, namespace)
             pieces.append(f"{{k{i}}}{{{text}}}")
         body = "".join(pieces)
-        source = (
+        code = (
             "def lines(values, tail):\n"
             f'    return "".join([f"{{head}}{body}{{tail}}" for v in values])\n'
         )
-        exec(compile(source, f"<JSON lines of {self.source}>", "exec"), namespace)
+        exec(compile(code, f"<JSON lines of {self.source}>", "exec"), namespace)
         lines: Callable[[Values, str], str] = namespace["lines"]
         return lines
 

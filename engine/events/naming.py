@@ -5,8 +5,11 @@ one call, and the record's dict is made by the decoder's generated builder. The 
 decided here without an ``Origin`` object: a task's record while the selection keeps every
 task, whose container is its mount namespace's, else its cgroup's, else the one the gadget's
 own fields name (``World.container_for``; skipped when the struct has none of those fields).
-Its ``origin`` object is shared by the records of one task. Everything else (packets, the
-kernel's own records, a selection that filters tasks, a short record) goes through ``place``
+Its ``origin`` object is shared by the records of one task. In a buffer's run of records of
+one size, consecutive records of one task whose container is the task's (the struct names
+none) have their fields left unpacked: they stay one ``EventRun`` (engine/events/runs.py),
+made into events only when a consumer asks. Everything else (packets, the kernel's own
+records, a selection that filters tasks, a short record) goes through ``place``
 (engine/world/placement.py), the one statement of the rules; tests/unit/test_naming.py checks
 that both ways agree.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -83,7 +86,7 @@ class MapNamer:
         values = [unpack(raw) if len(raw) >= size else None for raw in batch]
         return self._named(values, batch.__getitem__, now, held, stats)
 
-    def name_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> list[Item]:
+    def name_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> Sequence[Item]:
         """``name`` for a buffer's run of records of one size (``RingReader.read_run``,
         ``PerfReader.read_run``), unpacked in one pass over its bytes: no slice per record.
         Consecutive records of one task whose container is the task's become one
@@ -95,10 +98,10 @@ class MapNamer:
             return blob[i * stride + skip : (i + 1) * stride]
 
         if self.world.filters_tasks or stride < skip + self._size:
-            return [*self.name([raw(i) for i in range(count)], now, held, stats)]
+            return self.name([raw(i) for i in range(count)], now, held, stats)
         whole = self._layout(f"{skip}x", skip, stride, self._format)
         if self.reads_fields:
-            return [*self._named(whole.iter_unpack(blob), raw, now, held, stats)]
+            return self._named(whole.iter_unpack(blob), raw, now, held, stats)
         self._refresh()
         body = self._layout(f"{skip + HEADER}x", skip, stride, self.decoder.struct.format[1:])
         view = memoryview(blob)

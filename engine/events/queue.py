@@ -76,16 +76,16 @@ class RecordQueue:
         self._ready.set()
 
 
-def _first(items: Sequence[Item], records: int) -> list[Item]:
-    """The items that stand for the first ``records`` records of ``items``."""
+def _first(items: Sequence[Item], wanted: int) -> list[Item]:
+    """The items that stand for the first ``wanted`` records of ``items``."""
     out: list[Item] = []
     for item in items:
-        if records <= 0:
+        if wanted <= 0:
             break
         if not isinstance(item, EventRun):
             out.append(item)
-            records -= 1
+            wanted -= 1
             continue
-        out.append(item if len(item) <= records else item.first(records))
-        records -= len(item)
+        out.append(item if len(item) <= wanted else item.first(wanted))
+        wanted -= len(item)
     return out

@@ -83,8 +83,8 @@ class PerfReader:
 
     def read_run(self, limit: int) -> RecordRun | None:
         """Up to ``limit`` samples with the first one's header (so of one size), up to the end
-        of the data area, in one copy; None when the first sample is not such (read it with
-        ``read``), or nothing waits.
+        of the data area, in one copy; None when nothing waits or the first sample starts no
+        run (it wraps around the end of the data area, say): read it with ``read``.
 
         Records that are not samples in front of it (loss reports) are passed over: once the
         buffer has been full, the kernel writes one wherever space is freed, and a run that

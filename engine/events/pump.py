@@ -224,7 +224,8 @@ class BufferPump:
 
     async def _wait(self, name: str, reader: Reader) -> None:
         if not isinstance(reader, PerfReader):
-            # Readable while records wait: a record that came since the read returns at once.
+            # A ring buffer's fd is readable while records wait: one that came since the
+            # read ends the wait at once.
             await trio.lowlevel.wait_readable(reader.fd)
             return
         async with trio.open_nursery() as nursery:

@@ -109,10 +109,12 @@ class BatchMaker:
     def from_run(self, run: RecordRun, now: float, held: Held, stats: MapStats) -> Batch | None:
         """A buffer's run of records of one size (``RingReader.read_run``,
         ``PerfReader.read_run``). None when every row was dropped or held."""
-        blob, skip = run.data, run.skip
+        blob, skip, length = run.data, run.skip, run.length
         stride = len(blob) // run.count
-        if stride < skip + self.size:  # short records: padded one by one
-            records = [blob[i * stride + skip : (i + 1) * stride] for i in range(run.count)]
+        if length < self.size:  # short records: padded with zeros one by one, not the span's
+            records = [
+                blob[i * stride + skip : i * stride + skip + length] for i in range(run.count)
+            ]
             return self.from_records(records, now, held, stats)
         return self._batch(blob, skip, stride, now=now, held=held, stats=stats)
 

@@ -91,13 +91,14 @@ class MapNamer:
         ``PerfReader.read_run``), unpacked in one pass over its bytes: no slice per record.
         Consecutive records of one task whose container is the task's become one
         ``EventRun`` (engine/events/runs.py): their events are made when a consumer asks."""
-        blob, skip, count = run.data, run.skip, run.count
+        blob, skip, count, length = run.data, run.skip, run.count, run.length
         stride = len(blob) // count
 
         def raw(i: int) -> bytes:
-            return blob[i * stride + skip : (i + 1) * stride]
+            return blob[i * stride + skip : i * stride + skip + length]
 
-        if self.world.filters_tasks or stride < skip + self._size:
+        # A short record's missing fields are zeros (``name``), not its span's padding.
+        if self.world.filters_tasks or length < self._size:
             return self.name([raw(i) for i in range(count)], now, held, stats)
         whole = self._layout(f"{skip}x", skip, stride, self._format)
         if self.reads_fields:

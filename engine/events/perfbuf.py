@@ -115,7 +115,9 @@ class PerfReader:
             count = int(same.argmin())
         run = self._map[self._base + at : self._base + at + count * size]
         self._tail.value = tail + count * size
-        return RecordRun(run, count, SAMPLE_HEADER)
+        # The raw data's size, as ``read`` gives it: the kernel's, padded to 8 (a sample does
+        # not say how many bytes the program wrote).
+        return RecordRun(run, count, SAMPLE_HEADER, size - SAMPLE_HEADER)
 
     def close(self) -> None:
         if self._map.closed:

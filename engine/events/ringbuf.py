@@ -42,11 +42,14 @@ _U64 = struct.Struct("<Q")
 @attrs.frozen
 class RecordRun:
     """Records of one size read in one copy: ``count`` of them at a fixed stride in ``data``,
-    each one's own bytes ``skip`` bytes into its span (behind the buffer's record header)."""
+    each one's own ``length`` bytes ``skip`` bytes into its span (behind the buffer's record
+    header). A ring's span pads its record to 8 bytes with whatever the ring held there before:
+    not the record's bytes."""
 
     data: bytes
     count: int
     skip: int
+    length: int
 
 
 def record_span(length: int) -> int:
@@ -129,7 +132,7 @@ class RingReader:
             return None
         run = self._producer[at : at + count * span]
         self._position.value = cons + count * span
-        return RecordRun(run, count, HEADER)
+        return RecordRun(run, count, HEADER, first)
 
     def close(self) -> None:
         """Unmap both areas; idempotent."""

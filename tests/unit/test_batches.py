@@ -10,10 +10,18 @@ import pytest
 from engine.events.batches import Batch, BatchMaker
 from engine.events.decode import Field, build_decoder
 from engine.events.naming import MapNamer
-from engine.events.ringbuf import HEADER, RecordRun, record_span
 from engine.events.stats import MapStats
 from engine.world.held import Held
-from tests.unit.test_naming import NAMING, PLAIN, batch_for, events, make_world
+from tests.unit.test_naming import (
+    NAMING,
+    PLAIN,
+    SHORT,
+    as_ring_run,
+    batch_for,
+    events,
+    make_world,
+    short_records,
+)
 
 
 def row(batch: Batch, i: int) -> dict[str, Any]:
@@ -28,15 +36,6 @@ def row(batch: Batch, i: int) -> dict[str, Any]:
         else:
             out[name] = value.item()
     return out
-
-
-def as_ring_run(records: list[bytes]) -> RecordRun:
-    """The records as a ring's run: each behind its 8-byte header, at one stride."""
-    span = record_span(len(records[0]))
-    run = b"".join(
-        (len(r).to_bytes(4, "little") + bytes(4) + r).ljust(span, b"\0") for r in records
-    )
-    return RecordRun(run, len(records), HEADER)
 
 
 @pytest.mark.parametrize("fields", [PLAIN, NAMING], ids=["plain", "naming fields"])
@@ -68,3 +67,18 @@ def test_a_batch_holds_what_the_events_hold(
     ]
     assert origins == [e.origin for e in expected if e.origin and "tgid" in e.origin]
     assert not batch.fields.flags.writeable  # shared by every consumer
+
+
+@pytest.mark.parametrize("cut", [1, 6, 10])
+def test_a_short_record_in_a_ring_run_has_zeros_past_its_end_not_the_rings_old_bytes(
+    cut: int,
+) -> None:
+    """As test_naming's: a batch of a ring's run of short records holds what a batch of the
+    records that ``RingReader.read`` gives holds (found: the span's old bytes were in it)."""
+    records = short_records(cut)
+    maker = BatchMaker(MapNamer("g", "events", "prog", build_decoder(SHORT), make_world()))
+    batch = maker.from_run(as_ring_run(records, b"\xab"), 0.0, Held(), MapStats())
+    expected = maker.from_records(records, 0.0, Held(), MapStats())
+    assert batch is not None and expected is not None and len(batch) == 3
+    assert [row(batch, i) for i in range(3)] == [row(expected, i) for i in range(3)]
+    assert b"\xab" not in batch.fields.tobytes()

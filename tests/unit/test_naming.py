@@ -9,7 +9,8 @@ import pytest
 from engine.events.decode import Field, build_decoder
 from engine.events.naming import MapNamer
 from engine.events.origin import HEADER, Origin
-from engine.events.ringbuf import RecordRun
+from engine.events.ringbuf import HEADER as RING_HEADER
+from engine.events.ringbuf import RecordRun, record_span
 from engine.events.runs import EventRun, made
 from engine.events.stats import MapStats
 from engine.records import Event, Record
@@ -56,6 +57,16 @@ def batch_for(fields: list[Field]) -> list[bytes]:
         raw((KERNEL, 0, 0, 0, 0, 0), body),
         raw((TASK, 7, 201, 101, 301, 0), body[:3]),  # short: padded
     ]
+
+
+def as_ring_run(records: list[bytes], filler: bytes = b"\0") -> RecordRun:
+    """The records as a ring's run: each behind its 8-byte header, at one stride, its span
+    padded with ``filler`` (a ring's padding holds whatever it held before)."""
+    span = record_span(len(records[0]))
+    run = b"".join(
+        (len(r).to_bytes(4, "little") + bytes(4) + r).ljust(span, filler) for r in records
+    )
+    return RecordRun(run, len(records), RING_HEADER, len(records[0]))
 
 
 def events(records: list[Record]) -> list[Event]:
@@ -127,7 +138,8 @@ def test_a_run_is_named_as_its_records_are(
     # Each record three times in a row (a task's run), then all of them once more.
     spans = [b"\xff" * skip + r + b"\0" * (stride - skip - len(r)) for r in full for _ in "abc"]
     spans += spans[::3]
-    got = namer.name_run(RecordRun(b"".join(spans), len(spans), skip), 0.0, Held(), MapStats())
+    run = RecordRun(b"".join(spans), len(spans), skip, len(full[0]))
+    got = namer.name_run(run, 0.0, Held(), MapStats())
     expected = namer.name([s[skip:] for s in spans], 0.0, Held(), MapStats())
     assert made(got) == expected
     assert len(events(expected)) == (1 if select else len(full)) * 4
@@ -136,3 +148,34 @@ def test_a_run_is_named_as_its_records_are(
         assert runs == []
     else:
         assert runs == [3, 3, 3, 3, 1, 1, 1, 1]
+
+
+# 28 bytes: with the origin header, a record of 60 in a span of 72.
+SHORT = [
+    Field("pid", "u32"),
+    Field("comm", "char[16]"),
+    Field("extra", "u32"),
+    Field("more", "u32"),
+]
+
+
+def short_records(cut: int) -> list[bytes]:
+    """Three records of one task, ``cut`` bytes shorter than the struct: in a span of 72 bytes
+    (cut 1: a run's own layout fits) or of 64 (6, 10: it does not)."""
+    body = struct.pack("<I16sII", 7, b"sh", 0x01020304, 0x05060708)[:-cut]
+    return [raw((TASK, 7, 201, 101, 301, 0), body)] * 3
+
+
+@pytest.mark.parametrize("cut", [1, 6, 10])
+def test_a_short_record_in_a_ring_run_has_zeros_past_its_end_not_the_rings_old_bytes(
+    cut: int,
+) -> None:
+    """A ring pads each record's span to 8 bytes with whatever it held there before; a record
+    shorter than its struct is read as zeros past its end, as ``RingReader.read`` gives it to
+    ``name`` (found: the run path decoded the padding's old bytes as the last fields)."""
+    namer = MapNamer("g", "events", "prog", build_decoder(SHORT), make_world())
+    records = short_records(cut)
+    got = namer.name_run(as_ring_run(records, b"\xab"), 0.0, Held(), MapStats())
+    expected = namer.name(records, 0.0, Held(), MapStats())
+    assert made(got) == expected and len(expected) == 3
+    assert all(0xAB not in e.data["more"].to_bytes(4, "little") for e in events(expected))

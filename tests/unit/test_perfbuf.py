@@ -60,6 +60,7 @@ def test_a_run_of_one_size_stops_at_another_record_and_at_the_end_of_the_area() 
     perf.sample(b"z" * 20)
     run = perf.reader.read_run(100)
     assert run is not None and (run.count, run.skip) == (3, SAMPLE_HEADER)
+    assert run.length == 20  # the raw data's size, as read() gives it
     stride = len(run.data) // run.count
     assert [run.data[i * stride + SAMPLE_HEADER :][:20] for i in range(3)] == [
         bytes([n]) * 20 for n in range(3)

@@ -186,6 +186,7 @@ def test_a_run_of_one_length_is_taken_in_one_copy_across_the_wrap() -> None:
     ring.submit(b"y" * 20)
     run = ring.reader.read_run(100)
     assert run is not None and run.skip == HEADER
+    assert run.length == 20  # the record's own length, not its span's
     blob, count = run.data, run.count
     span = record_span(20)
     assert count == 4

@@ -71,7 +71,8 @@ def _read(times: HostTimes, links: int, files: Inotify, mounts: int, stop: threa
     nsfs = os.stat("/proc/self/ns/net").st_dev
     unmounted: set[str] = set()
     while not stop.is_set():
-        # A change of the mount table is an "exceptional condition" (POLLPRI) on mountinfo.
+        # A change of the mount table is an "exceptional condition" (POLLPRI) on mountinfo,
+        # reported once: the poll itself takes it (no read needed before the next one).
         ready, _, changed = select.select([links, files.fileno()], [], [mounts], POLL)
         now = time.time()
         if files.fileno() in ready:
@@ -79,10 +80,6 @@ def _read(times: HostTimes, links: int, files: Inotify, mounts: int, stop: threa
                 path = os.path.join(event.directory, event.name)
                 times.netns_files.setdefault(path, now)
                 unmounted.add(path)
-        if changed:
-            os.lseek(mounts, 0, os.SEEK_SET)
-            while os.read(mounts, 1 << 16):
-                pass  # read to the end: the next change is reported anew
         if changed or files.fileno() in ready:
             for path in list(unmounted):
                 try:

@@ -20,7 +20,8 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +87,28 @@ async def _start_at_rate(names: Sequence[str], rate: float, gateway: str) -> Non
             nursery.start_soon(trio.to_thread.run_sync, containers.start, name, *command)
 
 
-async def _churn(
-    rates: Sequence[float], count: int, timeline: Timeline, details: bool = False
-) -> dict[str, Any]:
+@contextmanager
+def _docker_start_events() -> Iterator[Any]:
+    """Docker's stream of container start events, closed on the way out (after an error
+    too): that ends the thread reading it."""
     import docker  # the SDK the engine uses too; imported here: only the churn needs it here
 
     client = docker.from_env()
     stream = client.events(decode=True, filters={"type": "container", "event": "start"})
+    try:
+        yield stream
+    finally:
+        stream.close()
+        client.close()
+
+
+async def _churn(
+    rates: Sequence[float], count: int, timeline: Timeline, details: bool = False
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     gateway = await trio.to_thread.run_sync(_gateway)
     selection = [f"name={containers.PREFIX}churn-*"]
-    with host_watch.watching() as host:
+    with _docker_start_events() as stream, host_watch.watching() as host:
         async with open_engine(GADGET, select=selection) as engine, trio.open_nursery() as nursery:
             nursery.start_soon(follow, engine, timeline)
             nursery.start_soon(
@@ -105,36 +117,48 @@ async def _churn(
                 )
             )
             for rate in rates:
-                names = [f"{containers.PREFIX}churn-{rate:g}-{i}" for i in range(count)]
-                cpu_before = await trio.to_thread.run_sync(cpu_share.snapshot)
-                try:
-                    await _start_at_rate(names, rate, gateway)
-                    complete = await timeline.until(
-                        functools.partial(timeline.all_attached, names), ATTACH_TIMEOUT
-                    )
-                    await trio.sleep(ECHO_WAIT)
-                    cpu_after = await trio.to_thread.run_sync(cpu_share.snapshot)
-                    addresses = await trio.to_thread.run_sync(_addresses, names)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(containers.remove, list(names))
-                await timeline.until(
-                    functools.partial(timeline.all_detached, names), ATTACH_TIMEOUT
+                out[f"{rate:g}"] = await _one_rate(
+                    rate, count, timeline, host, gateway, details=details
                 )
-                out[f"{rate:g}"] = {
-                    **_latencies(timeline, names, complete),
-                    **host_latencies(timeline, host, names),
-                    "first_packet": first_packets(timeline, addresses, len(names)),
-                    "cpu": cpu_share.used(cpu_before, cpu_after),
-                    "lost": list(timeline.lost),
-                }
-                if details:
-                    out[f"{rate:g}"]["per_container"] = per_container(
-                        timeline, host, names, addresses
-                    )
-            stream.close()
             nursery.cancel_scope.cancel()
     return out
+
+
+async def _one_rate(
+    rate: float,
+    count: int,
+    timeline: Timeline,
+    host: host_watch.HostTimes,
+    gateway: str,
+    *,
+    details: bool,
+) -> dict[str, Any]:
+    """``count`` containers started at ``rate`` and removed: what the records and the host
+    said about them."""
+    names = [f"{containers.PREFIX}churn-{rate:g}-{i}" for i in range(count)]
+    cpu_before = await trio.to_thread.run_sync(cpu_share.snapshot)
+    try:
+        await _start_at_rate(names, rate, gateway)
+        complete = await timeline.until(
+            functools.partial(timeline.all_attached, names), ATTACH_TIMEOUT
+        )
+        await trio.sleep(ECHO_WAIT)
+        cpu_after = await trio.to_thread.run_sync(cpu_share.snapshot)
+        addresses = await trio.to_thread.run_sync(_addresses, names)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(containers.remove, list(names))
+    await timeline.until(functools.partial(timeline.all_detached, names), ATTACH_TIMEOUT)
+    found = {
+        **_latencies(timeline, names, complete),
+        **host_latencies(timeline, host, names),
+        "first_packet": first_packets(timeline, addresses, len(names)),
+        "cpu": cpu_share.used(cpu_before, cpu_after),
+        "lost": list(timeline.lost),
+    }
+    if details:
+        found["per_container"] = per_container(timeline, host, names, addresses)
+    return found
 
 
 def _latencies(timeline: Timeline, names: Sequence[str], complete: bool) -> dict[str, Any]:

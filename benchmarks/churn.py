@@ -1,13 +1,16 @@
 """(1) Attach latency under container churn (leaks over start/stop cycles: benchmarks/leaks.py).
 
-(1) Containers are started at a fixed rate (1, 5, 20 per second) while the engine runs the
-per-netns gadget ``gadgets/per_netns.c`` selected on them. For each container, from the
-engine's own record stream: when its netns appeared (``netns_added``) and when the last of the
-gadget's per-netns programs was attached in it (``attached``: for an attachment made before the
-container was identified, ``"speculative": true``, the record is held until then, so the time
-is the netns's appearance plus the record's ``latency``); from Docker's event stream: its
-``start`` event. Latency from the netns and from the start event, p50/p99/max; the baseline in
-the same run is Docker's start event → netns appearance. All times are wall-clock seconds on
+(1) Containers are started at a fixed rate (1 and 5 per second, and as fast as the daemon
+starts them: ``MAX_RATE``) while the engine runs the per-netns gadget ``gadgets/per_netns.c``
+selected on them. For each container, from the engine's own record stream: when its netns
+appeared (``netns_added``) and when the last of the gadget's per-netns programs was attached in
+it (``attached``: for an attachment made before the container was identified,
+``"speculative": true``, the record is held until then, so the time is the netns's appearance
+plus the record's ``latency``); from Docker's event stream: its ``start`` event. Latency from
+the netns and from the start event, p50/p99/max; the baseline in the same run is Docker's
+start event → netns appearance. From the host's own clock (benchmarks/host_watch.py): when the
+netns file was made and the netns mounted on it, the veth put on the bridge and its filters
+added, against the records (``timeline.host_latencies``). All times are wall-clock seconds on
 this machine (Docker reports ``timeNano``), taken when a record reaches the benchmark's
 consumer, so they include the engine's delivery.
 """

@@ -194,106 +194,113 @@ def measure_churn(
     rates: Sequence[float], count: int, *, per_container: bool = False
 ) -> tuple[list[Figure], dict[str, Any]]:
     details = trio.run(_churn, rates, count, Timeline(), per_container)
-    figures: list[Figure] = []
-    for rate, d in details.items():
-        netns, start, base = (
-            d["attach_after_netns"],
-            d["attach_after_docker_start"],
-            d["docker_start_to_netns"],
-        )
-        first = d["first_packet"]
-        cpu = d["cpu"]
-        note = (
-            f"{d['containers']} containers, achieved {d['achieved_starts_per_s']:.1f}/s; CPU over "
-            f"{cpu['wall_s']:.1f} s: engine process {cpu['engine_process_s']:.1f} s, Docker "
-            f"{cpu['docker_s']:.1f} s, machine {cpu['machine_busy_s']:.1f} of "
-            f"{cpu['cpus'] * cpu['wall_s']:.1f} s"
-        )
-        if not d["all_attached"]:
-            note += ", NOT all attached"
-        figures += [
-            # From the records, as before: a pre-attached classifier's `attached` comes when
-            # it is handed to the netns's task, once Docker has moved the veth in
-            # (docs/events.md); the figures from the host's clock below say when it was added.
-            Figure(
-                f"attach p99 after netns appears (records; TC at hand-over), {rate}/s",
-                netns["p99_ms"],
-                "ms",
-                note=f"{note}; p50 {netns['p50_ms']:.1f}, max {netns['max_ms']:.1f}",
-            ),
-            *(
-                Figure(
-                    f"{label}, {rate}/s",
-                    100 * first[key] / first["containers"],
-                    "%",
-                    target="≥ 99%",
-                    met=first[key] >= 0.99 * first["containers"],
-                    note=note,
-                )
-                for key, label, note in (
-                    (
-                        "both",
-                        "first-packet capture (socket and TC)",
-                        f"socket {first['socket']}, TC {first['tc']} of {first['containers']}",
-                    ),
-                    (
-                        "both_named",
-                        "first packet seen and named with its container (socket and TC)",
-                        "",
-                    ),
-                )
-            ),
-            *(
-                Figure(
-                    f"{label}, {rate}/s",
-                    d[key]["p99_ms"],
-                    "ms",
-                    # Asked for more than the daemon can start: this is its maximum rate.
-                    target="≤ 50 ms at the daemon's maximum" if at_max else "",
-                    met=d[key]["p99_ms"] <= 50 and d[key]["n"] == d["containers"]
-                    if at_max
-                    else None,
-                    note=f"n {d[key]['n']}, p50 {d[key]['p50_ms']:.1f}, "
-                    f"max {d[key]['max_ms']:.1f}{more}",
-                )
-                for key, label, more, at_max in (
-                    (
-                        "all_in_place_after_netns_file",
-                        "all programs in place p99 after the netns file is made (host's clock)",
-                        "; TC: when its filters were added (tc messages)",
-                        rate == MAX_RATE,
-                    ),
-                    (
-                        "socket_attach_after_netns_file",
-                        "socket attach p99 after the netns file is made (host's clock)",
-                        "",
-                        False,
-                    ),
-                    (
-                        "socket_attach_after_netns_mounted",
-                        "socket attach p99 after the netns is mounted on its file (host's clock)",
-                        f"; Docker mounted it {d['netns_file_to_mounted']['p50_ms']:.1f} ms (p50,"
-                        f" p99 {d['netns_file_to_mounted']['p99_ms']:.1f}) after making the file",
-                        False,
-                    ),
-                    (
-                        "tc_filters_after_veth_on_bridge",
-                        "TC filters added p99 after the host veth is on the bridge (host's clock)",
-                        f"; Docker put it there {-d['netns_file_to_veth_on_bridge']['p50_ms']:.0f}"
-                        " ms (p50) before making the netns file",
-                        False,
-                    ),
-                )
-            ),
-            Figure(
-                f"attach p99 after Docker start event, {rate}/s",
-                start["p99_ms"],
-                "ms",
-                note=f"p50 {start['p50_ms']:.1f}, max {start['max_ms']:.1f}; the netns appeared "
-                f"{-base['p50_ms']:.0f} ms (p50) before the start event",
-            ),
-        ]
+    figures = [f for rate, d in details.items() for f in _rate_figures(rate, d)]
     return figures, details
+
+
+def _rate_figures(rate: str, d: dict[str, Any]) -> list[Figure]:
+    """One rate's figures: from the records, first packets, from the host's clock, and from
+    Docker's start event."""
+    netns, start, base = (
+        d["attach_after_netns"],
+        d["attach_after_docker_start"],
+        d["docker_start_to_netns"],
+    )
+    cpu = d["cpu"]
+    note = (
+        f"{d['containers']} containers, achieved {d['achieved_starts_per_s']:.1f}/s; CPU over "
+        f"{cpu['wall_s']:.1f} s: engine process {cpu['engine_process_s']:.1f} s, Docker "
+        f"{cpu['docker_s']:.1f} s, machine {cpu['machine_busy_s']:.1f} of "
+        f"{cpu['cpus'] * cpu['wall_s']:.1f} s"
+    )
+    if not d["all_attached"]:
+        note += ", NOT all attached"
+    return [
+        # From the records, as before: a pre-attached classifier's `attached` comes when it is
+        # handed to the netns's task, once Docker has moved the veth in (docs/events.md); the
+        # figures from the host's clock below say when it was added.
+        Figure(
+            f"attach p99 after netns appears (records; TC at hand-over), {rate}/s",
+            netns["p99_ms"],
+            "ms",
+            note=f"{note}; p50 {netns['p50_ms']:.1f}, max {netns['max_ms']:.1f}",
+        ),
+        *_first_packet_figures(rate, d["first_packet"]),
+        *_host_figures(rate, d),
+        Figure(
+            f"attach p99 after Docker start event, {rate}/s",
+            start["p99_ms"],
+            "ms",
+            note=f"p50 {start['p50_ms']:.1f}, max {start['max_ms']:.1f}; the netns appeared "
+            f"{-base['p50_ms']:.0f} ms (p50) before the start event",
+        ),
+    ]
+
+
+def _first_packet_figures(rate: str, first: dict[str, Any]) -> list[Figure]:
+    rows = (
+        (
+            "both",
+            "first-packet capture (socket and TC)",
+            f"socket {first['socket']}, TC {first['tc']} of {first['containers']}",
+        ),
+        ("both_named", "first packet seen and named with its container (socket and TC)", ""),
+    )
+    return [
+        Figure(
+            f"{label}, {rate}/s",
+            100 * first[key] / first["containers"],
+            "%",
+            target="≥ 99%",
+            met=first[key] >= 0.99 * first["containers"],
+            note=detail,
+        )
+        for key, label, detail in rows
+    ]
+
+
+def _host_figures(rate: str, d: dict[str, Any]) -> list[Figure]:
+    """The figures from the host's clock (benchmarks/host_watch.py)."""
+    mounted, bridged = d["netns_file_to_mounted"], d["netns_file_to_veth_on_bridge"]
+    rows = (
+        (
+            "all_in_place_after_netns_file",
+            "all programs in place p99 after the netns file is made (host's clock)",
+            "; TC: when its filters were added (tc messages)",
+            # Asked for more than the daemon can start: this is its maximum rate.
+            rate == MAX_RATE,
+        ),
+        (
+            "socket_attach_after_netns_file",
+            "socket attach p99 after the netns file is made (host's clock)",
+            "",
+            False,
+        ),
+        (
+            "socket_attach_after_netns_mounted",
+            "socket attach p99 after the netns is mounted on its file (host's clock)",
+            f"; Docker mounted it {mounted['p50_ms']:.1f} ms (p50, p99 {mounted['p99_ms']:.1f})"
+            " after making the file",
+            False,
+        ),
+        (
+            "tc_filters_after_veth_on_bridge",
+            "TC filters added p99 after the host veth is on the bridge (host's clock)",
+            f"; Docker put it there {-bridged['p50_ms']:.0f} ms (p50) before making the netns file",
+            False,
+        ),
+    )
+    return [
+        Figure(
+            f"{label}, {rate}/s",
+            d[key]["p99_ms"],
+            "ms",
+            target="≤ 50 ms at the daemon's maximum" if at_max else "",
+            met=d[key]["p99_ms"] <= 50 and d[key]["n"] == d["containers"] if at_max else None,
+            note=f"n {d[key]['n']}, p50 {d[key]['p50_ms']:.1f}, max {d[key]['max_ms']:.1f}{more}",
+        )
+        for key, label, more, at_max in rows
+    ]
 
 
 def main() -> int:

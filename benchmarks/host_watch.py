@@ -1,23 +1,36 @@
-"""When each Docker netns file, host-side veth and tc filter appeared, seen apart from the engine.
+"""When each Docker netns file was made and mounted, each host-side veth put on a bridge and
+each tc filter added, seen apart from the engine.
 
 The engine's own records say when it saw a netns, and a pre-attached classifier's `attached`
 record comes when the filter is handed to the netns's task, not when it was added
 (docs/events.md). This watcher reads the host's link and tc messages (RTMGRP_LINK, RTMGRP_TC)
-and inotify on Docker's netns folder in a thread of its own and stamps each with the wall clock
-as it arrives: when a netns file was made, when the netns was bind-mounted on it (the mount
-table's changes, /proc/self/mountinfo's POLLPRI: nothing can be attached before, the file is
-empty), when a veth was put on a bridge (when TC pre-attach can begin:
-engine/attach/preattach.py), and when filters were added to a host interface.
+and inotify on Docker's netns folder and stamps each with the wall clock as it arrives: when a
+netns file was made, when the netns was bind-mounted on it (the mount table's changes,
+/proc/self/mountinfo's POLLPRI: nothing can be attached before, the file is empty), when a
+veth was put on a bridge (when TC pre-attach can begin: engine/attach/preattach.py), and when
+filters were added to a host interface.
+
+It is a process of its own (``python -m benchmarks.host_watch``, started by ``watching()``),
+not a thread of the benchmark's: there it shared the GIL with the engine under test, so it
+stamped an event only once the engine's trio thread let it run (in the recorded run of
+8e0e392, at 1/s, a netns's mount was stamped after its socket filter's record had arrived),
+took the GIL from the engine for every link message it parsed, and its CPU counted as the
+engine process's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import select
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, closing, contextmanager
+from pathlib import Path
+from typing import IO, Any
 
 import attrs
 
@@ -27,8 +40,10 @@ from engine.netns.links import RTMGRP_LINK, veth_link
 from engine.netns.netlink import enlarge_receive_buffer, messages, rtnl_socket
 from engine.sources.netns_paths import RUNTIME_NETNS_DIRS
 
-POLL = 0.1  # seconds between looks at the stop flag
 RTMGRP_TC = 0x8
+READY = b"ready\n"
+ROOT = Path(__file__).resolve().parent.parent
+STOP_WAIT = 10.0  # seconds for the watcher to end once its input is closed
 
 
 @attrs.define
@@ -44,45 +59,97 @@ class HostTimes:
         added = self.filters.get(self.ifindexes.get(ifname, 0), [])
         return added[count - 1] if len(added) >= count else None
 
+    def note(self, kind: str, key: str | int, at: float, ifindex: int = 0) -> None:
+        """One of the watcher's events (``encode``)."""
+        if kind == "file":
+            self.netns_files.setdefault(str(key), at)
+        elif kind == "mounted":
+            self.netns_mounted.setdefault(str(key), at)
+        elif kind == "bridge":
+            self.on_bridge.setdefault(str(key), at)
+            self.ifindexes.setdefault(str(key), ifindex)
+        elif kind == "filter":
+            self.filters.setdefault(int(key), []).append(at)
+
+
+def encode(events: Iterable[list[Any]]) -> bytes:
+    """The watcher's lines: one JSON list an event, ``[kind, key, time]`` (``bridge`` adds the
+    veth's index), as ``HostTimes.note`` takes them."""
+    return b"".join(json.dumps(e).encode() + b"\n" for e in events)
+
+
+def take(times: HostTimes, lines: Iterable[bytes]) -> None:
+    """The watcher's lines noted in ``times`` as they come, to the end of its output."""
+    for line in lines:
+        times.note(*json.loads(line))
+
 
 @contextmanager
 def watching() -> Iterator[HostTimes]:
-    """The times, filled in while the block runs."""
+    """The times, filled in while the block runs (the watcher is ready when it begins)."""
     times = HostTimes()
-    stop = threading.Event()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.host_watch"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    reader = threading.Thread(target=take, args=(times, child.stdout))
+    try:
+        if child.stdout.readline() != READY:
+            raise RuntimeError(f"the host watcher ended before it was ready ({child.wait()})")
+        reader.start()
+        yield times
+    finally:
+        child.stdin.close()  # the watcher ends at the end of its input
+        try:
+            child.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if reader.ident is not None:
+            reader.join()  # its output read to the end
+        child.stdout.close()
+
+
+def main() -> int:
+    """``python -m benchmarks.host_watch``: ``ready``, then the events (``encode``) until its
+    input ends."""
+    out: IO[bytes] = sys.stdout.buffer
     with ExitStack() as stack:
         links = stack.enter_context(rtnl_socket(blocking=False, groups=RTMGRP_LINK | RTMGRP_TC))
         enlarge_receive_buffer(links)
         files = stack.enter_context(closing(Inotify()))
-        folder = RUNTIME_NETNS_DIRS[0]
-        files.watch(folder, IN_CREATE)
+        files.watch(RUNTIME_NETNS_DIRS[0], IN_CREATE)
         mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
         stack.callback(os.close, mounts)
-        thread = threading.Thread(target=_read, args=(times, links.fileno(), files, mounts, stop))
-        thread.start()
-        try:
-            yield times
-        finally:
-            stop.set()
-            thread.join()
+        out.write(READY)
+        out.flush()
+        for events in _watch(links.fileno(), files, mounts, stop=sys.stdin.fileno()):
+            out.write(encode(events))
+            out.flush()
+    return 0
 
 
-def _read(times: HostTimes, links: int, files: Inotify, mounts: int, stop: threading.Event) -> None:
+def _watch(links: int, files: Inotify, mounts: int, *, stop: int) -> Iterator[list[list[Any]]]:
+    """Each wake-up's events, until ``stop`` is readable (at its end: the benchmark is done)."""
     nsfs = os.stat("/proc/self/ns/net").st_dev
     unmounted: set[str] = set()
-    while not stop.is_set():
-        # A change of the mount table is an "exceptional condition" (POLLPRI) on mountinfo.
-        ready, _, changed = select.select([links, files.fileno()], [], [mounts], POLL)
+    bridged: set[str] = set()  # veths already reported (a veth's every change is a message)
+    while True:
+        # A change of the mount table is an "exceptional condition" (POLLPRI) on mountinfo,
+        # reported once: the poll itself takes it (no read needed before the next one).
+        ready, _, changed = select.select([links, files.fileno(), stop], [], [mounts])
         now = time.time()
+        if stop in ready:
+            return
+        events: list[list[Any]] = []
         if files.fileno() in ready:
             for event in files.read_nowait():
                 path = os.path.join(event.directory, event.name)
-                times.netns_files.setdefault(path, now)
+                events.append(["file", path, now])
                 unmounted.add(path)
-        if changed:
-            os.lseek(mounts, 0, os.SEEK_SET)
-            while os.read(mounts, 1 << 16):
-                pass  # read to the end: the next change is reported anew
         if changed or files.fileno() in ready:
             for path in list(unmounted):
                 try:
@@ -91,18 +158,30 @@ def _read(times: HostTimes, links: int, files: Inotify, mounts: int, stop: threa
                     unmounted.discard(path)
                     continue
                 if mounted:
-                    times.netns_mounted[path] = now
+                    events.append(["mounted", path, now])
                     unmounted.discard(path)
         if links in ready:
-            try:
-                data = os.read(links, 1 << 16)
-            except OSError:
-                continue  # ENOBUFS (messages lost: their veths have no time) or none waiting
-            for message in messages(data):
-                if message.kind == RTM_NEWTFILTER and len(message.payload) >= TCMSG.size:
-                    ifindex = TCMSG.unpack_from(message.payload)[1]
-                    times.filters.setdefault(ifindex, []).append(now)
-                veth = veth_link(message.kind, message.payload)
-                if veth is not None and not veth.deleted and veth.bridge_port:
-                    times.on_bridge.setdefault(veth.ifname, now)
-                    times.ifindexes.setdefault(veth.ifname, veth.ifindex)
+            events += _link_events(links, now, bridged)
+        yield events
+
+
+def _link_events(links: int, now: float, bridged: set[str]) -> list[list[Any]]:
+    """Filters added (by ifindex) and veths first seen on a bridge, in one datagram."""
+    try:
+        data = os.read(links, 1 << 16)
+    except OSError:
+        return []  # ENOBUFS (messages lost: their veths have no time) or none waiting
+    events: list[list[Any]] = []
+    for message in messages(data):
+        if message.kind == RTM_NEWTFILTER and len(message.payload) >= TCMSG.size:
+            events.append(["filter", TCMSG.unpack_from(message.payload)[1], now])
+        veth = veth_link(message.kind, message.payload)
+        if veth is None or veth.deleted or not veth.bridge_port or veth.ifname in bridged:
+            continue
+        bridged.add(veth.ifname)
+        events.append(["bridge", veth.ifname, now, veth.ifindex])
+    return events
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,8 +7,9 @@ per second, each removed after ``LIFETIME`` seconds, while ``engine run gadgets/
 engine's records as they reach this process (so delivery counts) against the generator's own
 times of each step (CLOCK_MONOTONIC, shared by both processes):
 
-- the socket filter's ``attached`` after the netns file appeared; each classifier's after the
-  host end of the veth appeared; all three after the netns appeared;
+- the socket filter's ``attached`` after the netns was mounted on its file (``t_netns``: the
+  generator makes the file first, as Docker does); each classifier's after the host end of the
+  veth appeared; all three after the netns was mounted;
 - whether its echo request was seen by the socket filter and by TC;
 - whether its story is complete: one ``netns_added`` and one ``netns_removed``, and for each
   program ``attached`` then ``detached``, or one ``attach_failed``;

@@ -2,20 +2,22 @@
 
 ``python -m benchmarks.netns_gen CONFIG.json OUT.jsonl`` (run by benchmarks/netns_churn.py).
 Each netns is made as ``ip netns add`` and Docker make theirs: a file in /run/netns, then a
-new netns bind-mounted on it; then a veth pair in the host, its host end up on the
-generator's bridge; its other end moved into the netns as eth0, up, with an address and a
-permanent neighbour entry for the bridge's, so that an ICMP echo request to the bridge leaves
-at once, without ARP. After ``lifetime`` seconds the veth is deleted and the file unmounted
-and removed. One line per netns goes to OUT: its name, inode, address and the monotonic times
+new netns bind-mounted on it; then a veth pair, its host end up on the generator's bridge; its
+other end in the netns as eth0 (made there, or made in the host and moved in: ``veth``), up,
+with an address and a permanent neighbour entry for the bridge's, so that an ICMP echo request
+to the bridge leaves at once, without ARP. After ``lifetime`` seconds the file is unmounted and
+removed (and the veth deleted first with ``delete_veth``; otherwise it goes with the netns).
+One line per netns goes to OUT: its name, inode, address and the monotonic times
 (CLOCK_MONOTONIC, shared by every process) of each step.
 
-All of it runs in one thread that is not the process's main one: a netns entered there is
-never the one /proc/PID/ns/net shows, so the engine finds each netns through its file only.
+All of it runs in worker threads (``workers`` of them), none the process's main one: a netns
+entered there is never the one /proc/PID/ns/net shows, so the engine finds each netns through
+its file only.
 
 With ``baseline`` set, each netns also gets what a bare attacher does, timed in thread CPU
-seconds: a TC filter on each hook of the host end (one pyroute2 IPRoute for the whole run)
-and an AF_PACKET socket with a program attached, made inside the netns; both removed before
-the netns is.
+seconds: a TC filter on each hook of the host end (one pyroute2 IPRoute per worker, for the
+whole run) and an AF_PACKET socket with a program attached, made inside the netns; both
+removed before the netns is.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 In this process: (1) bcc's own loop with a callback that reads every field into Python values,
 as a real script does (the baseline of ``events()`` and ``batches()``); the engine's
 ``events()``, whose consumer reads every field too; the engine's ``batches()``, whose consumer
-touches every column (a vectorised sum each). As subprocesses writing to a pipe this process
+reduces the numeric columns (vectorised: pid and tid summed, ts's max; comm is not read) and
+counts the rows named with a container. As subprocesses writing to a pipe this process
 reads: (2) a bcc script printing each record as a JSON line (benchmarks/bcc_json.py, the
 baseline of ``engine run``), and ``engine run --output json``. Every run reports the rate the
 hammer achieved (``Done``), not the one it was asked for.

@@ -146,8 +146,8 @@ def host_latencies(timeline: Timeline, host: HostTimes, names: Sequence[str]) ->
     for name in names:
         netns = timeline.netns_of.get(name)
         records = timeline.attach_records.get(netns or 0, [])
-        made = host.netns_files.get(timeline.netns_paths.get(netns or 0, ""))
-        mounted = host.netns_mounted.get(timeline.netns_paths.get(netns or 0, ""))
+        path = timeline.netns_paths.get(netns or 0, "")
+        made, mounted = host.netns_files.get(path), host.netns_mounted.get(path)
         sock = next((r["at"] for r in records if r["program"] == "seen_by_socket"), None)
         if mounted is not None and sock is not None:
             socket_mounted.append(sock - mounted)
@@ -183,7 +183,8 @@ def per_container(
     """What the records said about each container, in ms after its netns appeared: Docker's
     start event, the engine's ``container_added``, each attach record (when it happened and
     when it arrived), when each first echo record arrived and whether it was named; and from
-    the host, when the netns file was made and the host-side veth put on the bridge."""
+    the host, when the netns file was made and the netns mounted on it, the host-side veth
+    put on the bridge and its filters added."""
     rows = []
     for name in names:
         reported = timeline.reported.get(name)
@@ -194,16 +195,15 @@ def per_container(
             return None if at is None or appeared is None else round(1000 * (at - appeared), 1)
 
         address = addresses.get(name)
+        path = timeline.netns_paths.get(netns or 0, "")
         row: dict[str, Any] = {
             "name": name,
             "netns": netns,
             "address": address,
             "docker_start_ms": ms(timeline.started.get(name)),
             "reported_ms": ms(reported[0] if reported else None),
-            "netns_file_ms": ms(host.netns_files.get(timeline.netns_paths.get(netns or 0, ""))),
-            "netns_mounted_ms": ms(
-                host.netns_mounted.get(timeline.netns_paths.get(netns or 0, ""))
-            ),
+            "netns_file_ms": ms(host.netns_files.get(path)),
+            "netns_mounted_ms": ms(host.netns_mounted.get(path)),
             "attached": [
                 {**r, "at": ms(r["at"]), "arrived": ms(r["arrived"])}
                 for r in timeline.attach_records.get(netns or 0, [])

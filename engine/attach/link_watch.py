@@ -31,6 +31,9 @@ async def watch_links(
             tracker.world,
             settled=tracker.preattach_settled,
             rtnl=per_netns.rtnl,
+            detach_rtnl=per_netns.detach_rtnl,
+            links=per_netns.links,
+            may_trace=tracker.may_trace_nsid,
         )
         per_netns.links.on_veth = per_netns.preattach.on_veth
     await sources.start(per_netns.links.run)

@@ -87,15 +87,14 @@ class NetnsClassifiers:
         target: NetnsTarget,
     ) -> dict[int, AttachError]:
         """Attach every program on one veth; the errors, by program fd."""
-        rest = []
-        for program in programs:
-            # Attached ahead of the netns: taken over as it is, so the filter is never off
-            # while the container starts.
-            handed = await self.preattach.take(peer, program) if self.preattach else None
-            if handed is not None:
-                await stack.enter_async_context(handed)
-            else:
-                rest.append(program)
+        # Attached ahead of the netns: taken over as they are, so the filters are never off
+        # while the container starts.
+        handed = await self.preattach.take(peer) if self.preattach else None
+        there: frozenset[int] = frozenset()
+        if handed is not None:
+            taken, there = handed
+            await stack.enter_async_context(taken)
+        rest = [p for p in programs if p.fd not in there]
         if not rest:
             return {}
         wanted = [

@@ -7,9 +7,16 @@ finding the peer and adding the filters, took 60-85 ms after the netns appeared:
 packet was often gone. So when a veth whose peer is still in the host netns becomes a bridge
 port, every classifier program is attached to it at once ("pre-attached"), owned here.
 
-When a netns task then finds that veth as its container's host-side peer, it ``take``s the
-filter of each program: the filter's exit stack is handed over whole, so the filter stays in
-place and the netns task owns it from then on (records as for any attachment: the `attached`
+CNI plugins (a Kubernetes node's bridge plugin) make the pair inside the container's netns
+instead, the host end on the bridge: that veth is pre-attached as soon as its first link
+message is read, before the engine has seen the netns and started its task (the time a churn
+of 100 netns/s spends between the netns's bind mount and its task: tens of milliseconds at
+p99, benchmarks/README.md). Not when the peer's netns is known and not traced.
+
+All the programs go in one rtnetlink request, as a netns task adds them (each request waits
+on the RTNL lock). When a netns task then finds that veth as its container's host-side peer,
+it ``take``s the filters: their exit stack is handed over whole, so the filters stay in
+place and the netns task owns them from then on (records as for any attachment: the `attached`
 record is emitted when it is handed). Filters nobody takes are removed when the veth is
 deleted, or after ``CLAIM_WAIT`` seconds (a veth of some other tool, or a netns that is not
 traced). They carry the engine's usual names, so orphan cleanup finds them after a SIGKILL.
@@ -30,10 +37,10 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from engine.attach import Direction, HostPeer, attach_classifier
+from engine.attach.tc import Classifier, Direction, HostPeer, TcFilter, attach_classifiers
 from engine.bcc.loader import LoadedProgram
 from engine.errors import AttachError
-from engine.netns import VethLink
+from engine.netns import LinkWatcher, VethLink
 from engine.netns.worker import HostRtnl
 from engine.world.state import World
 
@@ -46,13 +53,14 @@ CLAIM_WAIT = 10.0
 
 @attrs.define(eq=False)
 class _Veth:
-    """The pre-attached filters of one host-side veth, by program fd, until taken."""
+    """The pre-attached filters of one host-side veth, until taken."""
 
     host_ifindex: int
     peer_ifindex: int
     ready: trio.Event = attrs.Factory(trio.Event)  # every program tried
-    done: trio.Event = attrs.Factory(trio.Event)  # all taken, or the veth is gone
-    stacks: dict[int, contextlib.AsyncExitStack] = attrs.Factory(dict)
+    done: trio.Event = attrs.Factory(trio.Event)  # taken, or the veth is gone
+    stack: contextlib.AsyncExitStack | None = None  # owns the filters until taken
+    fds: frozenset[int] = frozenset()  # the programs whose filter is in place
 
 
 @attrs.define
@@ -65,6 +73,10 @@ class PreAttacher:
     settled: Callable[[int], None] = lambda _ifindex: None
     claim_wait: float = CLAIM_WAIT
     rtnl: HostRtnl | None = None  # the engine's rtnetlink worker
+    detach_rtnl: HostRtnl | None = None  # removals, apart from attaches
+    links: LinkWatcher | None = None  # says when a veth is gone (its filters with it)
+    # Whether the netns of a peer's id (in the host) is, or may become, traced.
+    may_trace: Callable[[int], bool] = lambda _nsid: True
     _veths: dict[int, _Veth] = attrs.Factory(dict)
     # Veths pre-attached once already: their later changes (up, carrier...) are not new pairs.
     _tried: set[int] = attrs.Factory(set)
@@ -77,12 +89,15 @@ class PreAttacher:
             if held is not None:
                 held.done.set()
             return
+        # Its peer in a netns already: made there (CNI plugins) or moved in since.
+        crossing = veth.peer_nsid is not None and veth.peer_nsid >= 0
         if (
             not veth.bridge_port
-            or not veth.peer_here
+            or not (veth.peer_here or crossing)
             or not veth.peer_ifindex
             or veth.ifindex in self._tried
             or veth.ifindex in self.world.host_ifindexes  # a netns task has it already
+            or (crossing and veth.peer_nsid is not None and not self.may_trace(veth.peer_nsid))
         ):
             return
         self._tried.add(veth.ifindex)
@@ -91,37 +106,36 @@ class PreAttacher:
         self.world.preattached.add(veth.ifindex)
         self.nursery.start_soon(self._hold, held, veth.ifname)
 
-    async def take(
-        self, peer: HostPeer, program: LoadedProgram
-    ) -> contextlib.AsyncExitStack | None:
-        """The pre-attached filter of ``program`` on ``peer``'s host side, if there is one:
-        the caller owns it from now on (enter the returned stack into its own)."""
+    async def take(self, peer: HostPeer) -> tuple[contextlib.AsyncExitStack, frozenset[int]] | None:
+        """The pre-attached filters on ``peer``'s host side, if there are any, and the fds of
+        the programs they are for: the caller owns them from now on (enter the returned stack
+        into its own) and attaches the other programs itself."""
         # By host ifindex alone: the container's end may get another index when it is moved.
         held = self._veths.get(peer.host_ifindex)
         if held is None:
             return None
         await held.ready.wait()  # an attach under way ends within milliseconds
-        stack = held.stacks.pop(program.fd, None)
-        if not held.stacks:
-            held.done.set()
-        return stack
+        stack, held.stack = held.stack, None
+        held.done.set()
+        if stack is None:  # taken already (a netns with two tasks' worth of veth), or gone
+            return None
+        return stack, held.fds
 
     async def _hold(self, held: _Veth, ifname: str) -> None:
         peer = HostPeer(held.peer_ifindex, ifname, held.host_ifindex)
         try:
             with trio.move_on_after(self.claim_wait):
                 await self._attach(held, peer)
-                if held.stacks:
+                if held.fds:
                     await held.done.wait()
         finally:
             held.ready.set()
-            left = list(held.stacks.values())
-            held.stacks.clear()
-            with trio.CancelScope(shield=True):
-                for stack in left:
-                    await stack.aclose()
-            if left:
-                log.debug("pre-attached %s: %d filters removed, unclaimed", ifname, len(left))
+            left, held.stack = held.stack, None
+            if left is not None:
+                with trio.CancelScope(shield=True):
+                    await left.aclose()
+                if held.fds:
+                    log.debug("pre-attached %s: filters removed, unclaimed", ifname)
             # A new pair may have taken the index of this deleted one meanwhile: it is its own.
             if self._veths.get(held.host_ifindex) is held:
                 del self._veths[held.host_ifindex]
@@ -129,23 +143,30 @@ class PreAttacher:
                 self.settled(held.host_ifindex)
 
     async def _attach(self, held: _Veth, peer: HostPeer) -> None:
-        for program in self.programs:
-            direction = Direction(program.spec.section.parts[0])
-            stack = contextlib.AsyncExitStack()
-            held.stacks[program.fd] = stack  # owned from before the attach: closed if cancelled
-            try:
-                await stack.enter_async_context(
-                    attach_classifier(
-                        program.fd,
-                        program.spec.function,
-                        peer,
-                        direction,
-                        rtnl=self.rtnl,
-                        clsact_there=bool(held.stacks.keys() - {program.fd}),
-                    )
-                )
-            except AttachError as exc:
+        """Every program on the veth in one request, as a netns task adds them."""
+        wanted = [
+            Classifier(p.fd, p.spec.function, Direction(p.spec.section.parts[0]))
+            for p in self.programs
+        ]
+        # Owned from before the attach: closed if cancelled.
+        held.stack = stack = contextlib.AsyncExitStack()
+        results = await stack.enter_async_context(
+            attach_classifiers(
+                wanted,
+                peer,
+                rtnl=self.rtnl,
+                detach_rtnl=self.detach_rtnl,
+                still_there=self._still_there,
+            )
+        )
+        for program, result in zip(self.programs, results, strict=True):
+            if isinstance(result, AttachError):
                 # The netns task attaches it the usual way, and reports a failure then.
-                del held.stacks[program.fd]
-                log.debug("pre-attach of %s on %s failed: %s", program.spec.function, peer, exc)
+                log.debug("pre-attach of %s on %s failed: %s", program.spec.function, peer, result)
+        held.fds = frozenset(
+            p.fd for p, r in zip(self.programs, results, strict=True) if isinstance(r, TcFilter)
+        )
         held.ready.set()
+
+    def _still_there(self, tc_filter: TcFilter) -> bool:
+        return self.links is None or self.links.has(tc_filter.host_ifindex, tc_filter.host_ifname)

@@ -51,8 +51,8 @@ from engine.sources.netns_wake import Feeds, Wake, next_wake
 logger = logging.getLogger(__name__)
 
 NAMING_WAIT = 1.0
-# Netns that lost their last file are looked for among the processes together, this long
-# after the first: one look at /proc for a burst of removals.
+# Netns that lost their last file are looked for among the processes this long after the
+# first of them: one look at /proc for a burst of removals.
 ORPHAN_BATCH = 0.05
 WAKE_CHANNEL = 256
 
@@ -130,6 +130,9 @@ class NetnsSource:
         a netns's for as long as it lives: whoever holds the netns open may trust it."""
         nsid = self._known.get(ident)
         return None if nsid is None or nsid < 0 else nsid
+
+    def netns_of_nsid(self, nsid: int) -> NetnsId | None:
+        return self._by_nsid.get(nsid)  # the netns of that id in the host, if known
 
     def _next_deadline(self) -> float:
         """When a deferred netns or a batch of orphans is due."""

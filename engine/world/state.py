@@ -57,10 +57,8 @@ class Verdict(enum.Enum):
 
 @attrs.frozen
 class Identified:
-    """A netns that stopped pending: its records are released (``keep``) or dropped.
-
-    ``container`` is None when the runtime never claimed it (timeout, or the netns vanished).
-    """
+    """A netns that stopped pending: its records are released (``keep``) or dropped;
+    ``container`` is None when the runtime never claimed it (timeout, or the netns vanished)."""
 
     inode: int
     container: Container | None
@@ -82,8 +80,7 @@ class World:
     _pending: dict[int, float] = attrs.Factory(dict)  # netns inode → identify deadline
     _vanished: list[int] = attrs.Factory(list)  # pending netns removed before they settled
     # Netns traced speculatively that turned out not to be the user's, and the host-side veths
-    # they had: their records still in the buffers must not reach consumers. Forgotten with
-    # the netns.
+    # they had: their records still in the buffers must not reach consumers (until it goes).
     _rejected: set[int] = attrs.Factory(set)
     # Netns the source saw go while containers still claim them: their paths lead nowhere,
     # and a second attach there would give its programs a second story.
@@ -317,6 +314,10 @@ class World:
         """
         inodes = {*self.netns_paths, *self._pending, *self._members}
         return {i: t for i in inodes if (t := self._target(i)) is not None}
+
+    def may_trace(self, inode: int | None) -> bool:
+        """Whether a netns (None: one not seen yet) is, or may become, a target."""
+        return inode is None or inode not in self.netns_paths or self._target(inode) is not None
 
     def desired_changes(self) -> list[tuple[int, NetnsTarget | None, bool]]:
         """``desired_netns`` for the netns touched since the last call (None: not traced),

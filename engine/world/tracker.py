@@ -179,6 +179,12 @@ class Tracker:
                 "released" if identified.keep else "dropped (not selected)",
             )
 
+    def may_trace_nsid(self, nsid: int) -> bool:
+        """Whether the netns of this id (in the host) is, or may become, traced: one the
+        netns source has not seen yet may be (engine/attach/preattach.py)."""
+        ident = self.netns_source.netns_of_nsid(nsid)
+        return self.world.may_trace(None if ident is None else ident.inode)
+
     def preattach_settled(self, ifindex: int) -> None:
         """A pre-attached veth was handed to a netns, or released: the events it wrote before
         wait under its own key; they now go where that netns's go (engine/attach/preattach.py).

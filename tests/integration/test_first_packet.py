@@ -283,3 +283,46 @@ async def test_preattached_veth_nobody_claims_leaves_no_filter(
             await containers.remove(removed)
             # Another engineer's container started meanwhile is pre-attached for claim_wait.
             assert await until_true(lambda: our_tc_filters() == [], 10), our_tc_filters()
+
+
+@pytest.fixture
+def named_netns() -> Iterator[tuple[str, str]]:
+    """Names for two netns the test makes as ``ip netns add`` does, removed after it: one named
+    as containerd's CNI names a pod's (a container's, once the runtime says whose), one not."""
+    tag = uuid.uuid4().hex[:6]
+    names = (f"cni-engtest-{tag}", f"engtest-{tag}")
+    yield names
+    for name in names:
+        run("ip", "netns", "del", name, check=False)
+
+
+async def test_veth_made_inside_its_netns_is_preattached_unless_untraced(
+    containers: Containers, veths: tuple[str, str], named_netns: tuple[str, str]
+) -> None:
+    """CNI plugins make the pair inside the pod's netns, the host end on a bridge: the
+    classifiers go on the host end as soon as the link message that says so is read
+    (engine/attach/preattach.py), and go with the veth. A veth into a netns the engine knows
+    and does not trace (a container that is not selected, a netns no runtime made) gets none."""
+    fresh, extra = veths
+    pod, plain = named_netns
+    run("ip", "netns", "add", plain)  # known from the start: never a container's
+    with trio.fail_after(90):
+        async with selecting(containers, "sel-*") as eng:
+            (other,) = await trio.to_thread.run_sync(start_all, containers, ["other"])
+            pid, other_netns = await containers.pid(other), await containers.netns(other)
+            # Known (its netns and whose it is) and not selected.
+            with trio.fail_after(15):
+                while eng.world.may_trace(other_netns):  # noqa: ASYNC110 - nothing to wait on
+                    await trio.sleep(0.05)
+            # Made now: a pod's netns is traced while the runtime has not said whose it is.
+            run("ip", "netns", "add", pod)
+            untraced = f"{extra}x"
+            for name, into in ((fresh, pod), (extra, str(pid)), (untraced, plain)):
+                run(
+                    "ip", "link", "add", name, "type", "veth", "peer", "name", "eth9", "netns", into
+                )
+                run("ip", "link", "set", name, "master", "docker0")
+            assert await until_true(functools.partial(has_two_filters, fresh), 5)
+            assert our_tc_filters(extra, untraced) == []
+            run("ip", "link", "del", fresh)
+            assert await until_true(lambda: our_tc_filters() == [], 10), our_tc_filters()

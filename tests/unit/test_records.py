@@ -63,6 +63,24 @@ def test_a_per_netns_attachment_names_its_netns_and_latency_and_no_target() -> N
     )
 
 
+def test_detached_carries_every_field_of_its_attachment() -> None:
+    # ProgramAttached.detached names the fields one by one: one added later must not be lost.
+    record = ProgramAttached(
+        gadget="g",
+        program="p",
+        kind="tracepoint",
+        target="sched:sched_switch",
+        netns=NETNS,
+        interface="veth1",
+        container="web",
+        speculative=True,
+    )
+    detached = record.detached("db")
+    for field in attrs.fields(engine.records.ProgramRecord):
+        expected = "db" if field.name == "container" else getattr(record, field.name)
+        assert getattr(detached, field.name) == expected, field.name
+
+
 def test_a_failed_attachment_carries_the_message_and_errno() -> None:
     error = AttachError("p", "no such device", netns="4026531993", errno=errno.ENODEV)
     record = AttachFailed(gadget="g", program="p", kind="socket", netns=NETNS, error=error)

@@ -16,13 +16,9 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from engine.attach.preattach import PreAttacher
+from engine.attach.preattach import PreAttacher, veth_classifiers
 from engine.attach.tc import (
-    Classifier,
-    Direction,
     HostPeer,
-    TcFilter,
-    attach_classifiers,
     find_host_peers,
 )
 from engine.bcc.loader import LoadedProgram
@@ -97,24 +93,18 @@ class NetnsClassifiers:
         rest = [p for p in programs if p.fd not in there]
         if not rest:
             return {}
-        wanted = [
-            Classifier(p.fd, p.spec.function, Direction(p.spec.section.parts[0])) for p in rest
-        ]
         added = await stack.enter_async_context(
-            attach_classifiers(
-                wanted,
+            veth_classifiers(
+                rest,
                 peer,
                 netns=target.label,
                 rtnl=self.rtnl,
                 detach_rtnl=self.detach_rtnl,
+                links=self.links,
                 clsact_there=len(rest) < len(programs),
-                still_there=self._veth_still_there,
             )
         )
         return {p.fd: r for p, r in zip(rest, added, strict=True) if isinstance(r, AttachError)}
-
-    def _veth_still_there(self, tc_filter: TcFilter) -> bool:
-        return self.links is None or self.links.has(tc_filter.host_ifindex, tc_filter.host_ifname)
 
     async def _wait_for_peers(
         self, handle: NetnsHandle, program: LoadedProgram, target: NetnsTarget

@@ -51,6 +51,37 @@ log = logging.getLogger(__name__)
 CLAIM_WAIT = 10.0
 
 
+def veth_classifiers(
+    programs: list[LoadedProgram],
+    peer: HostPeer,
+    *,
+    rtnl: HostRtnl | None,
+    detach_rtnl: HostRtnl | None,
+    links: LinkWatcher | None,
+    netns: str | None = None,
+    clsact_there: bool = False,
+) -> contextlib.AbstractAsyncContextManager[list[TcFilter | AttachError]]:
+    """``attach_classifiers`` for loaded classifier programs on one veth, as netns tasks and
+    pre-attach both add them: one request, removals through ``detach_rtnl``, and none asked
+    for once ``links`` says the veth is gone (its filters went with it)."""
+    wanted = [
+        Classifier(p.fd, p.spec.function, Direction(p.spec.section.parts[0])) for p in programs
+    ]
+
+    def still_there(tc_filter: TcFilter) -> bool:
+        return links is None or links.has(tc_filter.host_ifindex, tc_filter.host_ifname)
+
+    return attach_classifiers(
+        wanted,
+        peer,
+        netns=netns,
+        rtnl=rtnl,
+        detach_rtnl=detach_rtnl,
+        still_there=still_there,
+        clsact_there=clsact_there,
+    )
+
+
 @attrs.define(eq=False)
 class _Veth:
     """The pre-attached filters of one host-side veth, until taken."""
@@ -144,19 +175,15 @@ class PreAttacher:
 
     async def _attach(self, held: _Veth, peer: HostPeer) -> None:
         """Every program on the veth in one request, as a netns task adds them."""
-        wanted = [
-            Classifier(p.fd, p.spec.function, Direction(p.spec.section.parts[0]))
-            for p in self.programs
-        ]
         # Owned from before the attach: closed if cancelled.
         held.stack = stack = contextlib.AsyncExitStack()
         results = await stack.enter_async_context(
-            attach_classifiers(
-                wanted,
+            veth_classifiers(
+                self.programs,
                 peer,
                 rtnl=self.rtnl,
                 detach_rtnl=self.detach_rtnl,
-                still_there=self._still_there,
+                links=self.links,
             )
         )
         for program, result in zip(self.programs, results, strict=True):
@@ -167,6 +194,3 @@ class PreAttacher:
             p.fd for p, r in zip(self.programs, results, strict=True) if isinstance(r, TcFilter)
         )
         held.ready.set()
-
-    def _still_there(self, tc_filter: TcFilter) -> bool:
-        return self.links is None or self.links.has(tc_filter.host_ifindex, tc_filter.host_ifname)

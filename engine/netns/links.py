@@ -22,6 +22,7 @@ task asking may run before the watcher's own has read them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import socket
 import struct
@@ -55,6 +56,17 @@ _IFINFO = struct.Struct("=BxHiII")
 # Link messages of the bridge family (AF_BRIDGE) repeat the port's state without IFLA_LINKINFO:
 # only the generic ones say what kind of interface it is.
 _AF_UNSPEC = 0
+SO_ATTACH_FILTER = 26
+# A classic BPF filter on the watcher's socket: the kernel drops the bridge family's messages
+# before they wake the engine (8 of the 17 link messages a container's veth brings, measured
+# under churn). Every message it gets has its family in the byte after the netlink header.
+_AF_BRIDGE = 7
+_DROP_BRIDGE_FAMILY = (
+    (0x30, 0, 0, 16),  # ldb [16]: ifi_family (link), rtgen_family (nsid)
+    (0x15, 0, 1, _AF_BRIDGE),  # jeq: drop, else accept
+    (0x06, 0, 0, 0),
+    (0x06, 0, 0, 0xFFFFFFFF),
+)
 
 
 @attrs.frozen
@@ -111,6 +123,18 @@ def dump_veths(sock: RtnlSocket) -> list[VethLink]:
     return [v for v in found if v is not None]
 
 
+def drop_bridge_family(sock: socket.socket) -> None:
+    """Have the kernel drop the AF_BRIDGE messages ``sock`` would get (never read here)."""
+    code = b"".join(struct.pack("=HBBI", *insn) for insn in _DROP_BRIDGE_FAMILY)
+    program = ctypes.create_string_buffer(code, len(code))
+    # struct sock_fprog: the length, then a pointer to the instructions (copied by the kernel).
+    sock.setsockopt(
+        socket.SOL_SOCKET,
+        SO_ATTACH_FILTER,
+        struct.pack("@HP", len(_DROP_BRIDGE_FAMILY), ctypes.addressof(program)),
+    )
+
+
 def _dump_now() -> list[VethLink]:
     sock = RtnlSocket()
     try:
@@ -151,6 +175,7 @@ class LinkWatcher:
         with rtnl_socket(blocking=False, groups=RTMGRP_LINK) as sock:
             sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NSID)
             enlarge_receive_buffer(sock)
+            drop_bridge_family(sock)
             # Subscribed first: what changes during the dump comes after it, and wins.
             await self._refill()
             self._sock = sock
@@ -174,8 +199,7 @@ class LinkWatcher:
         took = False
         try:
             while data := sock.recv(1 << 16):
-                took = True
-                self._take(data)
+                took |= self._take(data)
         except BlockingIOError:
             pass
         except OSError as exc:
@@ -197,18 +221,23 @@ class LinkWatcher:
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
-    def _take(self, data: bytes) -> None:
+    def _take(self, data: bytes) -> bool:
+        """Whether the messages changed the table (waiters look again only then)."""
         on_veth = self.on_veth
+        changed = False
         for message in messages(data):
             if message.kind == RTM_DELNSID:
                 self._nsid_gone(message.payload)
+                changed = True
                 continue
             veth = veth_link(message.kind, message.payload)
             if veth is None:
                 continue
+            changed = True
             self._note(veth)
             if on_veth is not None:
                 on_veth(veth)
+        return changed
 
     def _nsid_gone(self, payload: bytes) -> None:
         """The veths whose peer had this id are no netns's peers any more (they are going)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +25,8 @@ from engine.netns import (
     in_netns,
     run_in_netns,
 )
+from engine.netns.links import RTMGRP_LINK, drop_bridge_family
+from engine.netns.netlink import messages, rtnl_socket
 from engine.netns.priority import raised
 from engine.netns.worker import Worker, setns_current_thread
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
@@ -177,6 +181,38 @@ async def test_attach_priority_is_for_the_attach_path_only(root: None) -> None:
         await followers.join()
         await others.join()
     assert started == [0]
+
+
+def _link_socket() -> socket.socket:
+    return rtnl_socket(blocking=False, groups=RTMGRP_LINK)
+
+
+def _link_families(sock: socket.socket) -> list[tuple[int, int]]:
+    """(message type, family) of every link message waiting on ``sock``."""
+    out = []
+    with contextlib.suppress(BlockingIOError):
+        while data := sock.recv(1 << 16):
+            out += [(m.kind, m.payload[0]) for m in messages(data) if m.payload]
+    return out
+
+
+async def test_link_watcher_socket_drops_the_bridge_family_only(named_netns: str) -> None:
+    # engine/netns/links.py: the classic BPF filter on the link watcher's socket, made in a
+    # netns of the test's so that only the test's own links make messages there.
+    async with NetnsHandle.open(f"/run/netns/{named_netns}") as handle:
+        plain, filtered = (call_inside(handle, _link_socket) for _ in "ab")
+    with plain, filtered:
+        drop_bridge_family(filtered)
+        for command in (
+            ("link", "add", "br0", "type", "bridge"),
+            ("link", "add", "v0", "type", "veth", "peer", "name", "v1"),
+            ("link", "set", "v0", "master", "br0"),
+        ):
+            await arun("ip", "-n", named_netns, *command)
+        everything, kept = _link_families(plain), _link_families(filtered)
+    bridge_family = 7
+    assert any(family == bridge_family for _, family in everything), everything
+    assert kept == [m for m in everything if m[1] != bridge_family]
 
 
 async def test_handle_never_creates_a_netns(root: None, tmp_path: object) -> None:

@@ -148,7 +148,7 @@ class PreAttacher:
         await held.ready.wait()  # an attach under way ends within milliseconds
         stack, held.stack = held.stack, None
         held.done.set()
-        if stack is None:  # taken already (a netns with two tasks' worth of veth), or gone
+        if stack is None:  # taken already, or removed (unclaimed in time, or its veth gone)
             return None
         return stack, held.fds
 

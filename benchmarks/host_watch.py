@@ -21,6 +21,7 @@ engine process's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import subprocess
@@ -56,7 +57,11 @@ class HostTimes:
 
     def filters_added(self, ifname: str, count: int) -> float | None:
         """When the first ``count`` filters were on the host interface ``ifname``."""
-        added = self.filters.get(self.ifindexes.get(ifname, 0), [])
+        return self.filters_on(self.ifindexes.get(ifname, 0), count)
+
+    def filters_on(self, ifindex: int, count: int, since: float = -math.inf) -> float | None:
+        """When the first ``count`` filters added to ``ifindex`` from ``since`` on were."""
+        added = [at for at in self.filters.get(ifindex, []) if at >= since]
         return added[count - 1] if len(added) >= count else None
 
     def note(self, kind: str, key: str | int, at: float, ifindex: int = 0) -> None:

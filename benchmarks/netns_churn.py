@@ -207,9 +207,8 @@ def _filters_in_place(t: dict[str, Any], host: HostTimes, clock: float) -> float
     (on the monotonic clock: ``clock`` is the wall clock's lead over it). Counted from the
     netns's mount: a filter pre-attached as the veth's first link message is read can be in
     place before the generator's own call that made the veth has returned (``t_veth``)."""
-    added = [at - clock for at in host.filters.get(t.get("host_ifindex", 0), [])]
-    after = [at for at in added if at >= t["t_netns"]]
-    return after[len(TC_PROGRAMS) - 1] if len(after) >= len(TC_PROGRAMS) else None
+    placed = host.filters_on(t.get("host_ifindex", 0), len(TC_PROGRAMS), t["t_netns"] + clock)
+    return None if placed is None else placed - clock
 
 
 def _rate_details(

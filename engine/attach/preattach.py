@@ -120,16 +120,17 @@ class PreAttacher:
             if held is not None:
                 held.done.set()
             return
-        # Its peer in a netns already: made there (CNI plugins) or moved in since.
-        crossing = veth.peer_nsid is not None and veth.peer_nsid >= 0
         if (
             not veth.bridge_port
-            or not (veth.peer_here or crossing)
             or not veth.peer_ifindex
             or veth.ifindex in self._tried
             or veth.ifindex in self.world.host_ifindexes  # a netns task has it already
-            or (crossing and veth.peer_nsid is not None and not self.may_trace(veth.peer_nsid))
         ):
+            return
+        # Its peer in a netns already (made there by a CNI plugin, or moved in since): only
+        # while that netns may be traced. Asked last: once per new pair, not per message.
+        nsid = veth.peer_nsid
+        if nsid is not None and (nsid < 0 or not self.may_trace(nsid)):
             return
         self._tried.add(veth.ifindex)
         held = _Veth(veth.ifindex, veth.peer_ifindex)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import ClassVar, Generic, TypeVar, TypeVarTuple
@@ -167,9 +168,19 @@ class FollowsRuntime(abc.ABC, Generic[Client, Stream, Key]):
 
     async def _blocking(self, call: Callable[[*Args], T], *args: *Args) -> T:
         """``call(*args)`` in one of the source's own worker threads, abandoned on
-        cancellation (the stream is closed from the trio side, which ends it)."""
+        cancellation (the stream is closed from the trio side, which ends it). A connection
+        error leaves the thread with its frames' locals dropped (`release_frames`)."""
+        errors = self.connection_errors
+
+        def in_thread() -> T:
+            try:
+                return call(*args)
+            except errors as exc:
+                release_frames(exc)
+                raise
+
         return await trio.to_thread.run_sync(
-            call, *args, abandon_on_cancel=True, limiter=self._threads
+            in_thread, abandon_on_cancel=True, limiter=self._threads
         )
 
     @abc.abstractmethod
@@ -216,6 +227,27 @@ class FollowsRuntime(abc.ABC, Generic[Client, Stream, Key]):
 
     @abc.abstractmethod
     def _problem(self, exc: Exception, *, connected: bool) -> str: ...
+
+
+def release_frames(exc: BaseException) -> None:
+    """Drop the locals of every finished frame in `exc`'s tracebacks, its causes' and
+    contexts' too. A client library's failed connect leaves its new socket in a local of the
+    frame that raised (the docker SDK's unix connection does): the exception, its traceback
+    and that frame hold one another, so the fd stayed open until a garbage collection came,
+    once per failed call while a runtime restarts (an abandoned call's exception included)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
+        # Wrapping libraries keep the error they wrap in their args or as `reason` (urllib3).
+        wrapped = [*current.args, getattr(current, "reason", None)]
+        pending += [arg for arg in wrapped if isinstance(arg, BaseException)]
 
 
 def transition(

@@ -38,7 +38,7 @@ import attrs
 from engine.attach.tcmsg import RTM_NEWTFILTER, TCMSG
 from engine.netns.inotify import IN_CREATE, Inotify
 from engine.netns.links import RTMGRP_LINK, veth_link
-from engine.netns.netlink import enlarge_receive_buffer, messages, rtnl_socket
+from engine.netns.netlink import Message, enlarge_receive_buffer, messages, rtnl_socket
 from engine.sources.netns_paths import RUNTIME_NETNS_DIRS
 
 RTMGRP_TC = 0x8
@@ -89,12 +89,19 @@ def take(times: HostTimes, lines: Iterable[bytes]) -> None:
         times.note(*json.loads(line))
 
 
+FILTERS_ONLY = "--filters-only"
+
+
 @contextmanager
-def watching() -> Iterator[HostTimes]:
-    """The times, filled in while the block runs (the watcher is ready when it begins)."""
+def watching(*, filters_only: bool = False) -> Iterator[HostTimes]:
+    """The times, filled in while the block runs (the watcher is ready when it begins).
+    ``filters_only``: only the tc filters added (the synthetic churn needs no more), so that
+    the watcher wakes for those messages alone, not for every link message, mount change
+    and file of the machine's churn: each wake-up of it competes for a CPU with the engine
+    under test, at the moments the engine works."""
     times = HostTimes()
     child = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.host_watch"],
+        [sys.executable, "-m", "benchmarks.host_watch", *([FILTERS_ONLY] * filters_only)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -119,17 +126,21 @@ def watching() -> Iterator[HostTimes]:
 
 
 def main() -> int:
-    """``python -m benchmarks.host_watch``: ``ready``, then the events (``encode``) until its
-    input ends."""
+    """``python -m benchmarks.host_watch [--filters-only]``: ``ready``, then the events
+    (``encode``) until its input ends."""
     out: IO[bytes] = sys.stdout.buffer
+    filters_only = sys.argv[1:] == [FILTERS_ONLY]
     with ExitStack() as stack:
-        links = stack.enter_context(rtnl_socket(blocking=False, groups=RTMGRP_LINK | RTMGRP_TC))
+        groups = RTMGRP_TC if filters_only else RTMGRP_LINK | RTMGRP_TC
+        links = stack.enter_context(rtnl_socket(blocking=False, groups=groups))
         enlarge_receive_buffer(links)
         files = stack.enter_context(closing(Inotify()))
-        if os.path.isdir(RUNTIME_NETNS_DIRS[0]):  # Docker's (the synthetic churn has none)
+        if os.path.isdir(RUNTIME_NETNS_DIRS[0]) and not filters_only:  # Docker's
             files.watch(RUNTIME_NETNS_DIRS[0], IN_CREATE)
-        mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-        stack.callback(os.close, mounts)
+        mounts = None
+        if not filters_only:
+            mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+            stack.callback(os.close, mounts)
         out.write(READY)
         out.flush()
         for events in _watch(links.fileno(), files, mounts, stop=sys.stdin.fileno()):
@@ -138,7 +149,9 @@ def main() -> int:
     return 0
 
 
-def _watch(links: int, files: Inotify, mounts: int, *, stop: int) -> Iterator[list[list[Any]]]:
+def _watch(
+    links: int, files: Inotify, mounts: int | None, *, stop: int
+) -> Iterator[list[list[Any]]]:
     """Each wake-up's events, until ``stop`` is readable (at its end: the benchmark is done)."""
     nsfs = os.stat("/proc/self/ns/net").st_dev
     unmounted: set[str] = set()
@@ -146,7 +159,9 @@ def _watch(links: int, files: Inotify, mounts: int, *, stop: int) -> Iterator[li
     while True:
         # A change of the mount table is an "exceptional condition" (POLLPRI) on mountinfo,
         # reported once: the poll itself takes it (no read needed before the next one).
-        ready, _, changed = select.select([links, files.fileno(), stop], [], [mounts])
+        ready, _, changed = select.select(
+            [links, files.fileno(), stop], [], [] if mounts is None else [mounts]
+        )
         now = time.time()
         if stop in ready:
             return
@@ -172,13 +187,10 @@ def _watch(links: int, files: Inotify, mounts: int, *, stop: int) -> Iterator[li
 
 
 def _link_events(links: int, now: float, bridged: set[str]) -> list[list[Any]]:
-    """Filters added (by ifindex) and veths first seen on a bridge, in one datagram."""
-    try:
-        data = os.read(links, 1 << 16)
-    except OSError:
-        return []  # ENOBUFS (messages lost: their veths have no time) or none waiting
+    """Filters added (by ifindex) and veths first seen on a bridge, in every datagram
+    waiting."""
     events: list[list[Any]] = []
-    for message in messages(data):
+    for message in _waiting(links):
         if message.kind == RTM_NEWTFILTER and len(message.payload) >= TCMSG.size:
             events.append(["filter", TCMSG.unpack_from(message.payload)[1], now])
         veth = veth_link(message.kind, message.payload)
@@ -187,6 +199,17 @@ def _link_events(links: int, now: float, bridged: set[str]) -> list[list[Any]]:
         bridged.add(veth.ifname)
         events.append(["bridge", veth.ifname, now, veth.ifindex])
     return events
+
+
+def _waiting(links: int) -> Iterator[Message]:
+    while True:
+        try:
+            data = os.read(links, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            continue  # ENOBUFS: messages were lost (their veths have no time)
+        yield from messages(data)
 
 
 if __name__ == "__main__":

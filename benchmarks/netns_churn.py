@@ -408,7 +408,7 @@ async def _measure(rates: Sequence[float], seconds: float, baseline_count: int) 
         details["baseline"] = await _baseline(work, baseline_count)
         # Wall clock (the watcher's) less monotonic (the generator's), taken once.
         clock = time.time() - time.monotonic()
-        with host_watch.watching() as host_times:
+        with host_watch.watching(filters_only=True) as host_times:
             await _engine_rates(details, rates, seconds, work, profile, (host_times, clock))
     return details
 

@@ -332,6 +332,7 @@ async def _running(
         )
         # Unwound after the nurseries: every netns task has ended by then.
         stack.push_async_callback(per_netns.aclose)
+        per_netns.start()
         tracker = Tracker(
             world,
             per_netns,

@@ -101,6 +101,23 @@ class PerNetns:
             link = self._iter_links[program.fd] = IterLink.attach(program.fd, program.spec.function)
         return link
 
+    def start(self) -> None:
+        """What every netns will use, made now (on the trio thread, in the host netns): the
+        threads of the tc workers with their sockets, and each iterator program's link. Made
+        as the first netns needed each, they were one more thread, socket or link the first
+        time a netns had a veth to detach or a socket to iterate, at any time in a run."""
+        kinds = {program.spec.kind for _, program in self.programs()}
+        if Kind.CLASSIFIER in kinds:
+            self.rtnl.start()
+            self.detach_rtnl.start()
+        if Kind.ITER in kinds:
+            self.iter_worker.start()
+        for _, program in self.programs():
+            if program.spec.kind is Kind.ITER:
+                # One that cannot be made now is tried (and reported) by each netns's run.
+                with contextlib.suppress(AttachError):
+                    self._iter_link(program)
+
     async def aclose(self) -> None:
         """Once every netns task has ended: the workers and sockets go (idempotent)."""
         with trio.CancelScope(shield=True):

@@ -97,10 +97,12 @@ class Worker(trio.abc.AsyncResource):
         name: str,
         *,
         threads: int = 1,
+        on_start: Callable[[], object] | None = None,
         on_exit: Callable[[], object] | None = None,
         callers_priority: bool = False,
     ) -> None:
         self.name = name
+        self._on_start = on_start
         # The threads at the nice of the thread that starts them (engine/netns/priority.py):
         # for workers on the attach path, which the trio thread starts.
         self._callers_priority = callers_priority
@@ -136,7 +138,7 @@ class Worker(trio.abc.AsyncResource):
             release,
         )
         try:
-            self._start()
+            self.start()
             self._calls.put(call)
         except BaseException:
             if fd is not None:
@@ -145,8 +147,9 @@ class Worker(trio.abc.AsyncResource):
         value: T = await trio.lowlevel.wait_task_rescheduled(call.abort)
         return value
 
-    def _start(self) -> None:
-        if self._threads:
+    def start(self) -> None:
+        """The threads, now (else with the first call); on the trio thread. Idempotent."""
+        if self._threads or self._closed:
             return
         if self._callers_priority:
             self._nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -167,6 +170,8 @@ class Worker(trio.abc.AsyncResource):
         # not return to the host's must go there first.
         setns_current_thread(host_fd)
         raise_this_thread(self._nice)
+        if self._on_start is not None:
+            self._on_start()
         while (call := self._calls.get()) is not None:
             try:
                 if call.netns_fd is not None:
@@ -282,12 +287,29 @@ class HostRtnl(trio.abc.AsyncResource):
     ) -> None:
         self._local = threading.local()  # each thread's socket, made and used there only
         self._worker = Worker(
-            name, threads=threads, on_exit=self._close_socket, callers_priority=callers_priority
+            name,
+            threads=threads,
+            on_start=self._open_socket,
+            on_exit=self._close_socket,
+            callers_priority=callers_priority,
         )
+
+    def start(self) -> None:
+        """The threads and their sockets, now (else with the first call). Idempotent."""
+        self._worker.start()
 
     async def call(self, fn: Callable[[RtnlSocket, *Ts], T], *args: *Ts) -> T:
         """``fn(socket, *args)`` on a thread; a cancelled caller waits for it to finish."""
         return await self._worker.run(self._with_socket, fn, args)
+
+    def _open_socket(self) -> None:
+        # Each thread's socket as it starts: a started worker holds all it ever will, not
+        # one more socket the first time a call lands on a thread not used before. One that
+        # cannot be made now is made (or its error raised to the caller) by the first call.
+        try:
+            self._local.sock = RtnlSocket()
+        except OSError:
+            log.exception("%s: cannot open a netlink socket yet", self._worker.name)
 
     def _with_socket(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         sock: RtnlSocket | None = getattr(self._local, "sock", None)

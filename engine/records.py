@@ -350,14 +350,25 @@ ContainerEvent = (
 )
 
 
+def _never(_record: Any) -> bool:
+    return False
+
+
 @attrs.frozen
 class NetnsAdded(Record):
-    """A netns exists: `path` reached it when seen; `name` is its `ip netns` name, if any."""
+    """A netns exists: `path` reached it when seen; `name` is its `ip netns` name, if any.
+
+    `existed`: how long the netns is known to have existed already when it was reported, in
+    seconds (the age of the process `path` names, for a netns found through a process only;
+    0 otherwise). Not in the JSON: the world uses it to tell a netns a runtime is about to
+    report from one no runtime will (engine/world/state.py, ``add_netns``).
+    """
 
     TYPE = "netns_added"
     netns_id: NetnsId = attrs.field(metadata=json_as(key="netns", convert=_inode))
     path: str
     name: str | None
+    existed: float = attrs.field(default=0.0, metadata=json_as(when=_never))
 
 
 @attrs.frozen

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.docker import Containers, start_dockerd
+from tests.support.docker import Containers, orphan_shims, remove_orphans, start_dockerd
 from tests.support.kernel_state import KernelState
 from tests.support.leaks import assert_nothing_left
 from tests.support.requirements import require_docker, require_root
@@ -40,11 +40,20 @@ def containers(docker_daemon: None) -> Iterator[Containers]:
 @pytest.fixture
 def restores_dockerd(containers: Containers) -> Iterator[None]:
     """Whatever the test did to the daemon, it runs again after the test (and before the
-    test's containers are removed: the daemon must answer for that)."""
+    test's containers are removed: the daemon must answer for that), and the containers it
+    was making when the test killed it, which no daemon knows any more, are removed: their
+    `runc init` would hold a netns with a port on docker0 for good, and the engines of later
+    tests would find that netns (a test of examples/tc_bytes.c once counted an ARP broadcast
+    flooded to it)."""
+    before = set(orphan_shims())
     try:
         yield
     finally:
         start_dockerd()
+        made = set(orphan_shims()) - before
+        remove_orphans(made)
+        left = made & set(orphan_shims())
+        assert not left, f"containers the killed daemon was making could not be removed: {left}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,16 +10,7 @@ from __future__ import annotations
 import functools
 import os
 
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count from the last ")".
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])
+from engine.process import start_ticks
 
 
 def current_owner() -> str:
@@ -31,7 +22,7 @@ def current_owner() -> str:
 def _owner(pid: int) -> str:
     # Read once per process (every filter name carries it), by pid: a forked child is not
     # its parent.
-    return f"{pid}.{_start_time(pid)}"
+    return f"{pid}.{start_ticks(pid)}"
 
 
 def owner_alive(owner: str) -> bool:
@@ -42,4 +33,4 @@ def owner_alive(owner: str) -> bool:
         pid, start = int(pid_text), int(start_text)
     except ValueError:
         return True
-    return _start_time(pid) == start
+    return start_ticks(pid) == start

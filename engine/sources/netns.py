@@ -33,6 +33,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,7 @@ from engine.netns.handle import NetnsId, host_netns_id, open_netns_fd, reaches
 from engine.netns.inotify import Inotify
 from engine.netns.mounts import MountWatcher
 from engine.netns.rtnl import NETNSA_NSID_NOT_ASSIGNED, NsidClient, open_event_socket
+from engine.process import age as process_age
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
 from engine.sources.netns_paths import NAMED_NETNS_DIR, RUNTIME_NETNS_DIRS
 from engine.sources.netns_wake import Feeds, Wake, next_wake
@@ -55,6 +57,7 @@ NAMING_WAIT = 1.0
 # first of them: one look at /proc for a burst of removals.
 ORPHAN_BATCH = 0.05
 WAKE_CHANNEL = 256
+_PROCESS_NETNS = re.compile(r"/proc/(\d+)/ns/net")
 
 
 @attrs.define
@@ -383,10 +386,13 @@ class NetnsSource:
             self._by_nsid[nsid] = ident
         if not path.startswith("/proc/"):
             self._note_file(path, ident)
+            found.append(self._added(ident, path))
         elif defer:
             self._deferred[ident] = (path, trio.current_time() + self.naming_wait)
-            return
-        found.append(self._added(ident, path))
+        else:
+            # At start, a netns that no file reaches: how long its process has run says how
+            # long it has existed at least (engine/world/state.py, ``add_netns``).
+            found.append(NetnsAdded(netns_id=ident, path=path, name=None, existed=_existed(path)))
 
     def _note_file(self, path: str, ident: NetnsId) -> None:
         if self._files.get(path, ident) != ident:
@@ -397,3 +403,15 @@ class NetnsSource:
     def _added(self, ident: NetnsId, path: str) -> NetnsAdded:
         name = os.path.basename(path) if os.path.dirname(path) == self.named_dir else None
         return NetnsAdded(netns_id=ident, path=path, name=name)
+
+
+def _existed(path: str) -> float:
+    """How long the netns of a process (``/proc/PID/ns/net``) has existed at least: as long as
+    the process has run, for a process made in it or after it, as a container's are (a
+    runtime makes the netns, then the container's processes in it). A process that made a
+    new netns for itself long after it started looks older than its netns: no container
+    runtime makes a container's netns that way."""
+    found = _PROCESS_NETNS.fullmatch(path)
+    if found is None:
+        return 0.0
+    return process_age(int(found[1])) or 0.0

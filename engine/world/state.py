@@ -155,8 +155,18 @@ class World:
             cached = self._json[container.key] = container.to_json()
         return cached
 
-    def add_netns(self, inode: int, path: str, now: float) -> None:
+    def add_netns(self, inode: int, path: str, now: float, existed: float = 0.0) -> None:
         """A netns was seen at ``now``: pending if a runtime made it and no container claims it.
+
+        ``existed``: how long the netns is known to have existed already (NetnsAdded.existed).
+        One that has existed for ``identify_timeout`` seconds and more, unclaimed, is not a
+        container its runtime is about to report (runtimes report theirs 0.1-1.3 s after
+        making the netns): it is not pending, and so not traced speculatively. Found at start,
+        a process that no runtime knows, holding a netns with a veth on the runtime's bridge
+        (a container whose daemon was killed while it was being made: its `runc init` waits
+        for ever), would otherwise get the classifiers on its veth for ``identify_timeout``
+        seconds at every start, and a gadget's own maps would count its packets. If a runtime
+        does report a selected container in it, it is traced then, as any.
 
         With no selection every netns is traced and its records delivered as they come, as
         before: nothing is pending then.
@@ -170,6 +180,7 @@ class World:
             and inode != self.host_netns
             and inode not in self._pending
             and ("netns_inode", inode) not in self._index
+            and existed < self.identify_timeout
         ):
             self._pending[inode] = now + self.identify_timeout
 

@@ -122,7 +122,9 @@ class Tracker:
 
     def _apply_netns(self, record: NetnsEvent) -> None:
         if isinstance(record, NetnsAdded):
-            self.world.add_netns(record.netns_id.inode, record.path, trio.current_time())
+            self.world.add_netns(
+                record.netns_id.inode, record.path, trio.current_time(), record.existed
+            )
             if self.world.is_pending(record.netns_id.inode):
                 self._pending_added.set()
         elif isinstance(record, NetnsRemoved):

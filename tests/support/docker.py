@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import select
 import signal
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +93,71 @@ class Containers:
 
 
 DOCKER_PIDFILE = Path("/var/run/docker.pid")
+# Docker's containerd runs one shim per container: `containerd-shim-runc-v2 -namespace moby
+# -id <container id> ...`, the container's processes its children.
+SHIM = re.compile(rb"containerd-shim-runc-v2\0(?:.*\0)?-namespace\0moby\0-id\0([0-9a-f]{64})\0")
+
+
+def _shims() -> dict[str, int]:
+    """Every shim of Docker's containerd: container id -> shim pid."""
+    found: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            match = SHIM.search(cmdline)
+            if match is not None:
+                found[match[1].decode()] = int(entry)
+    return found
+
+
+def orphan_shims() -> dict[str, int]:
+    """The shims of containers the daemon does not know: a daemon killed (SIGKILL) while it
+    was making a container leaves it half-made, its shim and its `runc init` (which waits
+    for ever for a start that never comes) alive, with a netns and a port on docker0 that no
+    daemon will ever report or remove. A container the daemon is making now is known to it
+    (`docker create` comes before its shim), so listing the daemon's after the shims cannot
+    take one for an orphan."""
+    shims = _shims()
+    known = set(docker("ps", "-aq", "--no-trunc", check=True).split())
+    return {cid: pid for cid, pid in shims.items() if cid not in known}
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+                kids += [int(k) for k in text.split()]
+    return kids
+
+
+def remove_orphans(ids: set[str]) -> None:
+    """Kill what is left of those orphan containers (``orphan_shims``): each shim's processes,
+    then the shim, and wait until they have exited. The netns goes with its last process, its
+    veth with it (containerd's record of the container stays: it holds nothing)."""
+    for cid, shim in orphan_shims().items():
+        if cid not in ids:
+            continue
+        pidfds = []
+        try:
+            for pid in (*_children(shim), shim):
+                with contextlib.suppress(ProcessLookupError):
+                    pidfds.append(os.pidfd_open(pid))
+            for pidfd in pidfds:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            # Each pidfd is readable once its process has exited.
+            deadline = time.monotonic() + 10
+            for pidfd in pidfds:
+                ready, _, _ = select.select([pidfd], [], [], max(0, deadline - time.monotonic()))
+                assert ready, f"orphan container {cid}: its processes did not exit"
+        finally:
+            for pidfd in pidfds:
+                os.close(pidfd)
 
 
 async def stop_dockerd(signum: int = signal.SIGTERM) -> None:

@@ -112,6 +112,8 @@ def test_fields_are_converted_for_json() -> None:
         "path": "/run/netns/a",
         "name": "a",
     }
+    # How long it had existed is the world's to judge, not part of the record's JSON.
+    assert "existed" not in NetnsAdded(NETNS, "/proc/1/ns/net", None, existed=9.0).to_json()
     assert NetnsRemoved(NETNS).to_json() == {"type": "netns_removed", "netns": 4026531993}
     changed = SelectionChanged(("name=web",), (), host=False).to_json()
     assert changed == {

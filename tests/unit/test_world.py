@@ -218,6 +218,25 @@ def test_process_netns_is_pending_too() -> None:
     assert not selecting("web").is_pending(109)
 
 
+def test_a_netns_unclaimed_for_the_identify_timeout_already_is_not_pending() -> None:
+    # Found at start through a process that has run for a minute (a `runc init` whose daemon
+    # was killed while making its container): no runtime is about to report it.
+    w = selecting("web", timeout=5.0)
+    w.add_netns(109, "/proc/42/ns/net", now=100.0, existed=60.0)
+    assert not w.is_pending(109)
+    assert w.next_deadline() is None
+    assert 109 not in w.desired_netns()  # no classifier on its veth, not even for a moment
+    # Younger than the timeout: maybe a container being made as the engine starts.
+    w.add_netns(110, "/proc/43/ns/net", now=100.0, existed=4.9)
+    assert w.is_pending(110)
+    assert w.desired_netns()[110].speculative
+    # Reported after all, and selected: traced as any selected container's netns.
+    w.add_container(container("web", 109, 209))
+    target = w.desired_netns()[109]
+    assert (target.containers[0].name, target.speculative) == ("web", False)
+    assert w.screen({"netns_id": 109}) == (Verdict.DELIVER, 109)
+
+
 def test_static_probe_records_are_not_screened() -> None:
     w = selecting("web")
     w.add_netns(108, RUNTIME + "hhh", now=0.0)

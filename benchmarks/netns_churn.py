@@ -345,10 +345,15 @@ class EngineRun:
 
 
 @asynccontextmanager
-async def running_engine(profile: Path | None) -> AsyncIterator[EngineRun]:
+async def running_engine(
+    profile: Path | None, attach_priority: str = "default"
+) -> AsyncIterator[EngineRun]:
     """The engine, ready; stopped with SIGINT (as a person stops it) when the block ends."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "engine", "run", str(GADGET), "--output", "json"],
+        [
+            *(sys.executable, "-m", "engine", "run", str(GADGET), "--output", "json"),
+            *("--attach-priority", attach_priority),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -397,7 +402,9 @@ async def _one_rate(
     return details
 
 
-async def _measure(rates: Sequence[float], seconds: float, baseline_count: int) -> dict[str, Any]:
+async def _measure(
+    rates: Sequence[float], seconds: float, baseline_count: int, realtime: Sequence[float]
+) -> dict[str, Any]:
     details: dict[str, Any] = {"lifetime_s": LIFETIME, "seconds_per_rate": seconds}
     profile_dir = os.environ.get("ENGINE_BENCH_PROFILE")
     profile = Path(profile_dir) / "engine.txt" if profile_dir else None
@@ -409,7 +416,14 @@ async def _measure(rates: Sequence[float], seconds: float, baseline_count: int) 
         # Wall clock (the watcher's) less monotonic (the generator's), taken once.
         clock = time.time() - time.monotonic()
         with host_watch.watching(filters_only=True) as host_times:
-            await _engine_rates(details, rates, seconds, work, profile, (host_times, clock))
+            host = (host_times, clock)
+            await _engine_rates(details, rates, seconds, work, profile, host)
+            if realtime:
+                # Then the same engine with its attach path real-time, for the rates asked.
+                details["realtime"] = {"lifetime_s": LIFETIME, "seconds_per_rate": seconds}
+                await _engine_rates(
+                    details["realtime"], realtime, seconds, work, None, host, "realtime"
+                )
     return details
 
 
@@ -420,16 +434,20 @@ async def _engine_rates(  # noqa: PLR0917 - the measurement's own state, passed 
     work: Path,
     profile: Path | None,
     host: tuple[HostTimes, float],
+    attach_priority: str = "default",
 ) -> None:
     """The engine run at each rate in turn, its figures into ``details``."""
-    async with running_engine(profile) as engine:
+    async with running_engine(profile, attach_priority) as engine:
         idle = sum(engine.cpu())
         await trio.sleep(2.0)
         details["engine_idle_cpu_per_s"] = (sum(engine.cpu()) - idle) / 2.0
+        details["attach_priority"] = attach_priority
         first = 0
         for step, rate in enumerate(rates):
             count = max(int(rate * seconds), 2)
-            config = _config(f"r{step}", rate, count, first, baseline=False)
+            # Names and addresses of a run of its own (a second engine's included).
+            prefix = f"r{step}" if attach_priority == "default" else f"rt{step}"
+            config = _config(prefix, rate, count, first, baseline=False)
             details[f"{rate:g}"] = await _one_rate(engine, work, config, host)
             first += count
     details["engine_stderr_tail"] = engine.stderr[-5:]
@@ -440,10 +458,25 @@ async def _engine_rates(  # noqa: PLR0917 - the measurement's own state, passed 
 
 
 def measure(
-    rates: Sequence[float] = RATES, seconds: float = SECONDS, baseline_count: int = 200
+    rates: Sequence[float] = RATES,
+    seconds: float = SECONDS,
+    baseline_count: int = 200,
+    realtime: Sequence[float] = (),
 ) -> tuple[list[Figure], dict[str, Any]]:
-    details = trio.run(_measure, rates, seconds, baseline_count)
-    base = details["baseline"]
+    """The figures at each of ``rates``, then at each of ``realtime`` with the engine's
+    attach path real-time (``--attach-priority realtime``), and the details."""
+    details = trio.run(_measure, rates, seconds, baseline_count, realtime)
+    figures = _figures(details, rates, details["baseline"], "")
+    if realtime:
+        figures += _figures(
+            details["realtime"], realtime, details["baseline"], ", attach path real-time"
+        )
+    return figures, details
+
+
+def _figures(
+    details: dict[str, Any], rates: Sequence[float], base: dict[str, Any], variant: str
+) -> list[Figure]:
     figures: list[Figure] = []
     for rate in rates:
         d = details[f"{rate:g}"]
@@ -457,7 +490,7 @@ def measure(
         both = d["first_packet"]["both"]
         figures += [
             Figure(
-                f"netns churn {rate:g}/s: socket attach p99 after the netns appears",
+                f"netns churn {rate:g}/s{variant}: socket attach p99 after the netns appears",
                 socket_p99,
                 "ms",
                 target=f"≤ {limit:g} ms",
@@ -468,8 +501,8 @@ def measure(
             # When the filters were in place (the host's tc messages): a pre-attached
             # classifier's `attached` record comes when it is handed to the netns's task.
             Figure(
-                f"netns churn {rate:g}/s: TC filters in place p99 after the host veth appears "
-                "(host's clock)",
+                f"netns churn {rate:g}/s{variant}: TC filters in place p99 after the host veth "
+                "appears (host's clock)",
                 placed["p99_ms"],
                 "ms",
                 target=f"≤ {limit:g} ms",
@@ -477,15 +510,15 @@ def measure(
                 note=f"n {placed['n']}, p50 {placed['p50_ms']:.1f}, max {placed['max_ms']:.1f}",
             ),
             Figure(
-                f"netns churn {rate:g}/s: TC attach p99 after the host veth appears (records; "
-                "pre-attached at hand-over)",
+                f"netns churn {rate:g}/s{variant}: TC attach p99 after the host veth appears "
+                "(records; pre-attached at hand-over)",
                 d["tc_after_veth"]["p99_ms"],
                 "ms",
                 note=f"p50 {d['tc_after_veth']['p50_ms']:.1f}, "
                 f"max {d['tc_after_veth']['max_ms']:.1f}",
             ),
             Figure(
-                f"netns churn {rate:g}/s: first packet seen (socket and TC)",
+                f"netns churn {rate:g}/s{variant}: first packet seen (socket and TC)",
                 100 * both / max(d["netns"], 1),
                 "%",
                 target="≥ 99%",
@@ -495,7 +528,7 @@ def measure(
                 f"{d['packet_after_netns']['p50_ms']:.1f} ms (p50) after the netns appeared",
             ),
             Figure(
-                f"netns churn {rate:g}/s: engine CPU per netns (attach + detach)",
+                f"netns churn {rate:g}/s{variant}: engine CPU per netns (attach + detach)",
                 d["engine_cpu_ms_per_netns"],
                 "ms",
                 baseline=base["cpu_ms_per_netns"],
@@ -503,14 +536,14 @@ def measure(
                 note=f"idle engine {1000 * details['engine_idle_cpu_per_s']:.1f} ms/s",
             ),
             Figure(
-                f"netns churn {rate:g}/s: netns with complete records",
+                f"netns churn {rate:g}/s{variant}: netns with complete records",
                 100 * d["complete"] / max(d["netns"], 1),
                 "%",
                 target="100%",
                 met=d["complete"] == d["netns"],
             ),
         ]
-    return figures, details
+    return figures
 
 
 def main() -> int:
@@ -518,9 +551,11 @@ def main() -> int:
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES))
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--baseline", type=int, default=200)
+    parser.add_argument("--realtime", default="", help="rates to run again, attach path real-time")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    figures, details = measure(rates, args.seconds, args.baseline)
+    realtime = [float(r) for r in args.realtime.split(",") if r]
+    figures, details = measure(rates, args.seconds, args.baseline, realtime)
     json.dump(details, sys.stdout, indent=1)
     for f in figures:
         print(f"\n{f.name}: {f.value:.2f} {f.unit} (target {f.target}, met {f.met}) {f.note}")

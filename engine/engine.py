@@ -33,7 +33,7 @@ from engine.attach.link_watch import watch_links
 from engine.attach.per_netns import PerNetns
 from engine.attach.startup import GadgetFailure, Startup, parse_gadgets, start_gadgets
 from engine.bcc.loader import LoadedGadget, Supported, probed_support
-from engine.errors import EngineStoppedError, sole_exception
+from engine.errors import BadInputError, EngineStoppedError, sole_exception
 from engine.events.batches import BatchStream
 from engine.events.filter import RecordFilter
 from engine.events.maps import MapOutput
@@ -177,6 +177,7 @@ async def open_engine(
     padding: bool = False,
     params: Mapping[str, int | bool | str] | None = None,
     attach_nice: int | None = None,
+    attach_realtime: int | None = None,
 ) -> AsyncIterator[Engine]:
     """Load and attach the gadgets; yield the running engine; detach everything on exit.
 
@@ -211,7 +212,9 @@ async def open_engine(
     ``params`` (``{"NAME" or "GADGET:NAME": value}``, engine.gadget.param_values) are written
     before anything attaches; a bad one raises ``ParamError`` before compiling.
     ``attach_nice`` (e.g. ``priority.ATTACH_NICE``): the attach path's threads at that nice
-    value (None, the default: unchanged; engine.netns.priority says what it costs).
+    value (None, the default: unchanged; engine.netns.priority says what it costs);
+    ``attach_realtime`` (e.g. ``priority.ATTACH_REALTIME``, 1-99), instead: those threads
+    real-time (SCHED_FIFO at that priority).
     Once started, it calls ``gc.freeze()``: the objects that exist then (the process's, the
     engine's start-up) are left out of the garbage collector's passes from then on.
     """
@@ -240,7 +243,7 @@ async def open_engine(
         record_filter,
         padding,
         param_values,
-        attach_nice,
+        _attach_priority(attach_nice, attach_realtime),
     )
     try:
         async with _running(
@@ -274,7 +277,17 @@ class _Options:
     record_filter: RecordFilter | None = None
     padding: bool = False
     params: Values = attrs.Factory(dict)
-    attach_nice: int | None = None
+    attach_priority: priority.Priority | None = None
+
+
+def _attach_priority(nice: int | None, realtime: int | None) -> priority.Priority | None:
+    if nice is not None and realtime is not None:
+        raise BadInputError("attach_nice and attach_realtime: one or the other, not both")
+    if realtime is not None and not 1 <= realtime <= 99:
+        raise BadInputError(f"attach_realtime: a SCHED_FIFO priority is 1-99, not {realtime}")
+    if nice is None and realtime is None:
+        return None
+    return priority.Priority(nice=nice, realtime=realtime)
 
 
 @contextlib.asynccontextmanager
@@ -304,7 +317,7 @@ async def _running(
     hooks = Hooks(outlet.put, strict=strict, buffer=hook_buffer)
     outlet.tap = hooks
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
-        stack.enter_context(priority.raised(options.attach_nice))
+        stack.enter_context(priority.raised(options.attach_priority))
         hooks.bind(nursery)
         # The engine's own work runs in nurseries of its own, so that stop() ends it (and
         # the per-netns detaches report themselves) without cancelling the user's block;

@@ -30,7 +30,7 @@ from engine.cli.fields import FieldChoice
 from engine.cli.metrics import Metrics, serve_metrics
 from engine.cli.otlp import OtlpExport
 from engine.cli.output import Output
-from engine.cli.parser import build_parser
+from engine.cli.parser import ATTACH_PRIORITY_ARGS, build_parser
 from engine.cli.sections import parse_sort
 from engine.cli.table import LiveTable
 from engine.engine import Engine, open_engine
@@ -198,6 +198,8 @@ async def _run_engine(
         filter=args.filter,
         params=parse_assignments(args.param),
         padding=output.fields is not None and output.fields.padding,
+        attach_nice=ATTACH_PRIORITY_ARGS[args.attach_priority][0],
+        attach_realtime=ATTACH_PRIORITY_ARGS[args.attach_priority][1],
     ) as engine:
         run.engine = engine
         if metrics is not None:

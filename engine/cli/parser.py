@@ -6,10 +6,19 @@ import argparse
 
 from engine.cli.metrics import parse_address
 from engine.cli.otlp import Endpoint
+from engine.netns.priority import ATTACH_NICE, ATTACH_REALTIME
 from engine.sources.containerd_api import DEFAULT_SOCKET as CONTAINERD_SOCKET
 from engine.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from engine.sources.podman import DEFAULT_SOCKET as PODMAN_SOCKET
 from engine.world.selection import ACCEPTED_FORMS
+
+# --attach-priority's choices: open_engine's attach_nice and attach_realtime for each.
+ATTACH_PRIORITY_ARGS: dict[str, tuple[int | None, int | None]] = {
+    "default": (None, None),
+    "raised": (ATTACH_NICE, None),
+    "realtime": (None, ATTACH_REALTIME),
+}
+ATTACH_PRIORITIES = tuple(ATTACH_PRIORITY_ARGS)
 
 
 def _positive_seconds(text: str) -> float:
@@ -178,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default=PODMAN_SOCKET,
         help="podman's API service socket (default: %(default)s)",
+    )
+    run.add_argument(
+        "--attach-priority",
+        choices=ATTACH_PRIORITIES,
+        default="default",
+        help="the scheduling priority of the threads on a new netns's attach path: 'default'"
+        " (as started), 'raised' (nice -10) or 'realtime' (SCHED_FIFO 1): on a node whose"
+        " CPUs are saturated while containers start (docs/cli.md)",
     )
     run.add_argument(
         "--all-or-nothing",

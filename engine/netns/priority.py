@@ -30,34 +30,64 @@ import os
 import threading
 from collections.abc import Iterator
 
+import attrs
+
 log = logging.getLogger(__name__)
 
 ATTACH_NICE = -10  # what open_engine(attach_nice=ATTACH_NICE) asks for
+# What open_engine(attach_realtime=ATTACH_REALTIME) asks for: SCHED_FIFO's lowest priority,
+# above every ordinary thread and below every kernel and system real-time one.
+ATTACH_REALTIME = 1
 
 
 _Before = tuple[int, os.sched_param, int]  # policy (with its flags), its parameter, nice
 
 
-def raise_this_thread(nice: int | None, *, warn: bool = False) -> _Before | None:
-    """The calling thread at ``nice`` (None: unchanged); how it was, or None if nothing
+@attrs.frozen
+class Priority:
+    """What the attach path asks for: a nice value, or real time (SCHED_FIFO at
+    ``realtime``); both None: as the thread is."""
+
+    nice: int | None = None
+    realtime: int | None = None
+
+    @classmethod
+    def of_this_thread(cls) -> Priority:
+        """The calling thread's own, for the workers it starts (``Worker``)."""
+        tid = threading.get_native_id()
+        if os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO:
+            return cls(realtime=os.sched_getparam(tid).sched_priority)
+        return cls(nice=os.getpriority(os.PRIO_PROCESS, tid))
+
+
+def raise_this_thread(wanted: Priority | None, *, warn: bool = False) -> _Before | None:
+    """The calling thread at ``wanted`` (None: unchanged); how it was, or None if nothing
     changed (a thread someone made real-time already is left alone). ``warn``: say so when
     the priority cannot be raised (once per engine: its trio thread; the workers are silent)."""
     tid = threading.get_native_id()
-    if nice is None or nice == os.getpriority(os.PRIO_PROCESS, tid):
+    if wanted is None or (wanted.realtime is None and wanted.nice is None):
+        return None
+    if wanted.realtime is None and wanted.nice == os.getpriority(os.PRIO_PROCESS, tid):
         return None
     policy = os.sched_getscheduler(tid)
     if policy & ~os.SCHED_RESET_ON_FORK != os.SCHED_OTHER:
         return None
     before = (policy, os.sched_getparam(tid), os.getpriority(os.PRIO_PROCESS, tid))
+    # Threads started from here on begin at SCHED_OTHER and nice 0 (SCHED_RESET_ON_FORK).
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        if wanted.realtime is not None:
+            os.sched_setscheduler(
+                tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(wanted.realtime)
+            )
+            return before
+        os.setpriority(os.PRIO_PROCESS, tid, wanted.nice or 0)
     except PermissionError as exc:  # nothing changed
         if warn:
             log.warning(
                 "the attach path stays at its default priority (needs CAP_SYS_NICE): %s", exc
             )
         return None
-    # Threads started from here on begin at nice 0. Setting the flag is always allowed.
+    # Setting the flag is always allowed.
     os.sched_setscheduler(tid, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
     return before
 
@@ -72,10 +102,10 @@ def _restore(tid: int, before: _Before) -> None:
 
 
 @contextlib.contextmanager
-def raised(nice: int | None) -> Iterator[None]:
-    """The calling thread at ``nice`` for the block, then as it was (the trio thread of an
+def raised(wanted: Priority | None) -> Iterator[None]:
+    """The calling thread at ``wanted`` for the block, then as it was (the trio thread of an
     application that embeds the engine is its own again once the engine has stopped)."""
-    before = raise_this_thread(nice, warn=True)
+    before = raise_this_thread(wanted, warn=True)
     try:
         yield
     finally:

@@ -29,7 +29,7 @@ import trio
 
 from engine.netns.handle import CLONE_NEWNET, NetnsHandle
 from engine.netns.netlink import RtnlSocket
-from engine.netns.priority import raise_this_thread
+from engine.netns.priority import Priority, raise_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,10 @@ class Worker(trio.abc.AsyncResource):
     ) -> None:
         self.name = name
         self._on_start = on_start
-        # The threads at the nice of the thread that starts them (engine/netns/priority.py):
+        # The threads at the priority of the thread that starts them (engine/netns/priority.py):
         # for workers on the attach path, which the trio thread starts.
         self._callers_priority = callers_priority
-        self._nice: int | None = None
+        self._priority: Priority | None = None
         self._count = threads
         self._on_exit = on_exit
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
@@ -152,7 +152,7 @@ class Worker(trio.abc.AsyncResource):
         if self._threads or self._closed:
             return
         if self._callers_priority:
-            self._nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            self._priority = Priority.of_this_thread()
         host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for _ in range(self._count):
@@ -169,7 +169,7 @@ class Worker(trio.abc.AsyncResource):
         # Threads start in their creator's netns: a replacement made by a thread that could
         # not return to the host's must go there first.
         setns_current_thread(host_fd)
-        raise_this_thread(self._nice)
+        raise_this_thread(self._priority)
         if self._on_start is not None:
             self._on_start()
         while (call := self._calls.get()) is not None:

@@ -27,7 +27,7 @@ from engine.netns import (
 )
 from engine.netns.links import RTMGRP_LINK, drop_bridge_family
 from engine.netns.netlink import messages, rtnl_socket
-from engine.netns.priority import raised
+from engine.netns.priority import Priority, raised
 from engine.netns.worker import Worker, setns_current_thread
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
 from engine.sources.netns import NetnsSource
@@ -168,7 +168,7 @@ async def test_attach_priority_is_for_the_attach_path_only(root: None) -> None:
     others = Worker("others")
     started: list[int] = []
     try:
-        with raised(-7):
+        with raised(Priority(nice=-7)):
             assert _nice() == -7
             assert await followers.run(_nice) == -7
             assert await others.run(_nice) == 0
@@ -181,6 +181,31 @@ async def test_attach_priority_is_for_the_attach_path_only(root: None) -> None:
         await followers.join()
         await others.join()
     assert started == [0]
+
+
+def _policy() -> tuple[int, int]:
+    tid = threading.get_native_id()
+    policy = os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK
+    return policy, os.sched_getparam(tid).sched_priority
+
+
+async def test_real_time_attach_path_only(root: None) -> None:
+    """``attach_realtime``: the trio thread SCHED_FIFO for the block and then as it was, the
+    attach path's workers with it; every other thread it starts is an ordinary one."""
+    ordinary, fifo = (os.SCHED_OTHER, 0), (os.SCHED_FIFO, 1)
+    assert _policy() == ordinary
+    followers = Worker("follows", callers_priority=True)
+    others = Worker("others")
+    try:
+        with raised(Priority(realtime=1)):
+            assert _policy() == fifo
+            assert await followers.run(_policy) == fifo
+            assert await others.run(_policy) == ordinary
+            assert await trio.to_thread.run_sync(_policy) == ordinary
+        assert _policy() == ordinary
+    finally:
+        await followers.join()
+        await others.join()
 
 
 def _link_socket() -> socket.socket:

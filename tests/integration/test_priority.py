@@ -13,13 +13,13 @@ pytestmark = pytest.mark.integration
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 CHILD = """
 import logging, os, threading
-from engine.netns.priority import raised
+from engine.netns.priority import Priority, raised
 logging.basicConfig(format="%(levelname)s %(message)s")
 tid = threading.get_native_id()
-with raised(-10):
+with raised(Priority(nice=-10)):
     print("inside", os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid))
-with raised(-10):
-    pass
+with raised(Priority(realtime=1)):
+    print("inside", os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid))
 print("after", os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid))
 """
 
@@ -34,7 +34,7 @@ def test_without_cap_sys_nice_the_thread_stays_and_one_warning_says_why(root: No
         env={"PYTHONPATH": ":".join(sys.path)},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["inside 0 0", "after 0 0"], done.stdout
+    assert done.stdout.splitlines() == ["inside 0 0", "inside 0 0", "after 0 0"], done.stdout
     warnings = done.stderr.splitlines()
     assert len(warnings) == 2, done.stderr  # one per engine (each `raised` block)
     assert all(

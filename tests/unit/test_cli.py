@@ -10,10 +10,12 @@ import pytest
 
 from engine.cli.main import main
 from engine.cli.metrics import Metrics, parse_address
-from engine.cli.parser import build_parser
+from engine.cli.parser import ATTACH_PRIORITY_ARGS, build_parser
 from engine.cli.table import HOST, LiveTable
-from engine.errors import HookFileError
+from engine.engine import _attach_priority
+from engine.errors import BadInputError, HookFileError
 from engine.hooks.hookfile import HookFile
+from engine.netns.priority import ATTACH_NICE, ATTACH_REALTIME, Priority
 
 ROOT = Path(__file__).resolve().parents[2]
 EXECSNOOP = str(ROOT / "examples" / "execsnoop.c")
@@ -246,3 +248,25 @@ def test_live_table_names_pods_by_namespace_pod_and_container() -> None:
     ]
     assert any(line.startswith("shop/web-1 ") for line in lines)
     assert "container_added shop/web-1/app" in "\n".join(lines)
+
+
+def test_attach_priority_choices_are_open_engines_arguments() -> None:
+    assert build_parser().parse_args(["run", "x.c"]).attach_priority == "default"
+    args = build_parser().parse_args(["run", "x.c", "--attach-priority", "realtime"])
+    assert ATTACH_PRIORITY_ARGS[args.attach_priority] == (None, ATTACH_REALTIME)
+    assert ATTACH_PRIORITY_ARGS["raised"] == (ATTACH_NICE, None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "x.c", "--attach-priority", "high"])
+
+
+@pytest.mark.parametrize(
+    ("nice", "realtime", "problem"),
+    [(-10, 1, "one or the other"), (None, 0, "1-99, not 0"), (None, 100, "1-99, not 100")],
+)
+def test_attach_priority_out_of_range_is_one_clear_error(
+    nice: int | None, realtime: int | None, problem: str
+) -> None:
+    with pytest.raises(BadInputError, match=problem):
+        _attach_priority(nice, realtime)
+    assert _attach_priority(None, None) is None
+    assert _attach_priority(None, 5) == Priority(realtime=5)

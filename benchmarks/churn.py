@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from benchmarks import containers, cpu_share, host_watch
@@ -41,6 +42,7 @@ from benchmarks.timeline import (
     summary,
 )
 from engine.engine import open_engine
+from engine.netns.priority import ATTACH_REALTIME
 
 GADGET = Path(__file__).with_name("gadgets") / "per_netns.c"
 ATTACH_TIMEOUT = 60.0
@@ -51,6 +53,7 @@ ECHO_WAIT = 1.0  # seconds for the last pings' records to arrive once everything
 # second); the starts then run as concurrently as the thread pool allows, and the rate achieved
 # is the daemon's maximum.
 MAX_RATE = "100"
+RT = "realtime"  # the details of a run with the attach path real-time
 
 
 def _docker_starts(timeline: Timeline, stream: Any) -> None:
@@ -106,13 +109,22 @@ def _docker_start_events() -> Iterator[Any]:
 
 
 async def _churn(
-    rates: Sequence[float], count: int, timeline: Timeline, details: bool = False
+    rates: Sequence[float],
+    count: int,
+    timeline: Timeline,
+    details: bool = False,
+    realtime: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     gateway = await trio.to_thread.run_sync(_gateway)
     selection = [f"name={containers.PREFIX}churn-*"]
+    # The benchmark's trio thread is the engine's: real-time with it (attach_realtime).
+    priority = ATTACH_REALTIME if realtime else None
     with _docker_start_events() as stream, host_watch.watching() as host:
-        async with open_engine(GADGET, select=selection) as engine, trio.open_nursery() as nursery:
+        async with (
+            open_engine(GADGET, select=selection, attach_realtime=priority) as engine,
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(follow, engine, timeline)
             nursery.start_soon(
                 lambda: trio.to_thread.run_sync(
@@ -191,10 +203,18 @@ def _latencies(timeline: Timeline, names: Sequence[str], complete: bool) -> dict
 
 
 def measure_churn(
-    rates: Sequence[float], count: int, *, per_container: bool = False
+    rates: Sequence[float], count: int, *, per_container: bool = False, realtime: bool = False
 ) -> tuple[list[Figure], dict[str, Any]]:
-    details = trio.run(_churn, rates, count, Timeline(), per_container)
+    """The figures at each rate; ``realtime``: with the engine's attach path real-time
+    (``attach_realtime``), the figures' names saying so and its details under ``RT``."""
+    details = trio.run(_churn, rates, count, Timeline(), per_container, realtime)
     figures = [f for rate, d in details.items() for f in _rate_figures(rate, d)]
+    if realtime:
+        figures = [
+            attrs.evolve(f, name=f.name.replace("/s", "/s, attach path real-time", 1))
+            for f in figures
+        ]
+        details = {f"{rate} {RT}": d for rate, d in details.items()}
     return figures, details
 
 
@@ -311,11 +331,14 @@ def main() -> int:
     parser.add_argument("--rates", default=MAX_RATE)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--details", type=Path)
+    parser.add_argument("--realtime", action="store_true", help="the attach path real-time")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     report = Report(smoke=False)
     for rate in (float(r) for r in args.rates.split(",")):
-        figures, details = measure_churn([rate], args.count, per_container=bool(args.details))
+        figures, details = measure_churn(
+            [rate], args.count, per_container=bool(args.details), realtime=args.realtime
+        )
         report.figures += figures
         report.details.update(details)
     if args.details:

@@ -17,8 +17,17 @@ off its CPU, caught up in bursts faster than any reader); at 100 netns/s the chu
 lower in 4 of 7 interleaved pairs (benchmarks/README.md). Worth it on a node whose pods come
 and go faster than it traces events, not as a default.
 
+Real time instead (``open_engine(attach_realtime=ATTACH_REALTIME)``, ``engine run
+--attach-priority realtime``): the same threads SCHED_FIFO at priority 1, so that no ordinary
+thread of the node delays them once woken; a nice value only weighs their share. An off-CPU
+trace of the trio thread at 100 netns/s (nice 0) found it preempted 3.1 s and running 3.8 s
+in 22 s; real-time, the socket attach tail went from 67-111 ms to 14-16 ms (benchmarks/
+README.md). It costs more than a nice value: while the trio thread has work (an event flood,
+a hook that computes) it keeps its CPU from every ordinary thread, up to the kernel's
+real-time limit (sched_rt_runtime_us, 95 % of each CPU by default). Off by default too.
+
 Per thread, with SCHED_RESET_ON_FORK: threads these start (trio's thread cache, the engine's
-other workers, bcc's) begin at nice 0, not at the raised value. Lowering a nice value needs
+other workers, bcc's) begin at SCHED_OTHER and nice 0, not at the raised value. Either needs
 CAP_SYS_NICE; without it the threads stay as they are and one warning says so.
 """
 

@@ -4,7 +4,8 @@ each tc filter added, seen apart from the engine.
 The engine's own records say when it saw a netns, and a pre-attached classifier's `attached`
 record comes when the filter is handed to the netns's task, not when it was added
 (docs/events.md). This watcher reads the host's link and tc messages (RTMGRP_LINK, RTMGRP_TC)
-and inotify on Docker's netns folder and stamps each with the wall clock as it arrives: when a
+and inotify on Docker's netns folder and stamps each with the wall clock (the monotonic one
+with ``--filters-only``) as it arrives: when a
 netns file was made, when the netns was bind-mounted on it (the mount table's changes,
 /proc/self/mountinfo's POLLPRI: nothing can be attached before, the file is empty), when a
 veth was put on a bridge (when TC pre-attach can begin: engine/attach/preattach.py), and when
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -143,14 +144,17 @@ def main() -> int:
             stack.callback(os.close, mounts)
         out.write(READY)
         out.flush()
-        for events in _watch(links.fileno(), files, mounts, stop=sys.stdin.fileno()):
+        # Filters only (the synthetic churn): on the generator's clock, CLOCK_MONOTONIC, which
+        # every process shares; the wall clock can be slewed while a run goes on.
+        clock = time.monotonic if filters_only else time.time
+        for events in _watch(links.fileno(), files, mounts, stop=sys.stdin.fileno(), clock=clock):
             out.write(encode(events))
             out.flush()
     return 0
 
 
 def _watch(
-    links: int, files: Inotify, mounts: int | None, *, stop: int
+    links: int, files: Inotify, mounts: int | None, *, stop: int, clock: Callable[[], float]
 ) -> Iterator[list[list[Any]]]:
     """Each wake-up's events, until ``stop`` is readable (at its end: the benchmark is done)."""
     nsfs = os.stat("/proc/self/ns/net").st_dev
@@ -162,7 +166,7 @@ def _watch(
         ready, _, changed = select.select(
             [links, files.fileno(), stop], [], [] if mounts is None else [mounts]
         )
-        now = time.time()
+        now = clock()
         if stop in ready:
             return
         events: list[list[Any]] = []
@@ -182,15 +186,16 @@ def _watch(
                     events.append(["mounted", path, now])
                     unmounted.discard(path)
         if links in ready:
-            events += _link_events(links, now, bridged)
+            events += _link_events(links, clock, bridged)
         yield events
 
 
-def _link_events(links: int, now: float, bridged: set[str]) -> list[list[Any]]:
+def _link_events(links: int, clock: Callable[[], float], bridged: set[str]) -> list[list[Any]]:
     """Filters added (by ifindex) and veths first seen on a bridge, in every datagram
-    waiting."""
+    waiting, each stamped as it is read (a datagram read later in the loop may have come
+    after the wake-up: stamped with the wake-up's time, it would look earlier than it was)."""
     events: list[list[Any]] = []
-    for message in _waiting(links):
+    for now, message in _waiting(links, clock):
         if message.kind == RTM_NEWTFILTER and len(message.payload) >= TCMSG.size:
             events.append(["filter", TCMSG.unpack_from(message.payload)[1], now])
         veth = veth_link(message.kind, message.payload)
@@ -201,7 +206,7 @@ def _link_events(links: int, now: float, bridged: set[str]) -> list[list[Any]]:
     return events
 
 
-def _waiting(links: int) -> Iterator[Message]:
+def _waiting(links: int, clock: Callable[[], float]) -> Iterator[tuple[float, Message]]:
     while True:
         try:
             data = os.read(links, 1 << 16)
@@ -209,7 +214,9 @@ def _waiting(links: int) -> Iterator[Message]:
             return
         except OSError:
             continue  # ENOBUFS: messages were lost (their veths have no time)
-        yield from messages(data)
+        now = clock()
+        for message in messages(data):
+            yield now, message
 
 
 if __name__ == "__main__":

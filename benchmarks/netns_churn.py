@@ -204,7 +204,8 @@ def _config(tag: str, rate: float, count: int, first: int, *, baseline: bool) ->
 
 def _filters_in_place(t: dict[str, Any], host: HostTimes, clock: float) -> float | None:
     """When the host's tc messages showed both classifiers' filters on the netns's host veth
-    (on the monotonic clock: ``clock`` is the wall clock's lead over it). Counted from the
+    (on the generator's clock: ``clock`` is the watcher's clock's lead over it, 0 as both
+    are monotonic). Counted from the
     netns's mount: a filter pre-attached as the veth's first link message is read can be in
     place before the generator's own call that made the veth has returned (``t_veth``)."""
     placed = host.filters_on(t.get("host_ifindex", 0), len(TC_PROGRAMS), t["t_netns"] + clock)
@@ -226,6 +227,7 @@ def _rate_details(
     socket_list: list[float | None] = []
     seen = {"socket": 0, "tc": 0, "both": 0}
     incomplete = []
+    not_placed: list[dict[str, Any]] = []  # veths whose filters the host did not show in place
     for t in made:
         story = log.stories[t["name"]]
         if not story.complete():
@@ -243,6 +245,12 @@ def _rate_details(
         placed = _filters_in_place(t, *host) if "t_veth" in t else None
         if placed is not None:
             in_place.append(placed - t["t_veth"])
+        elif "t_veth" in t and len(not_placed) < 5:
+            times, clock = host
+            added = times.filters.get(t.get("host_ifindex", 0), [])
+            # What the host saw on that interface, from the netns's mount (ms).
+            at = [round(1000 * (a - clock - t["t_netns"]), 1) for a in added]
+            not_placed.append({"name": t["name"], "ifindex": t.get("host_ifindex"), "filters": at})
         if "t_veth" in t and all(a is not None for a in tc_at):
             tc_after.append(max(a for a in tc_at if a is not None) - t["t_veth"])
             if story.tc_latency is not None and story.socket_latency is not None:
@@ -278,6 +286,7 @@ def _rate_details(
         "complete": len(made) - len(incomplete),
         "settled_in_time": settled,
         "incomplete": incomplete[:5],
+        "tc_not_in_place": not_placed,
         # When the slow ones came: (seconds into the rate, socket attach ms), the slowest 20.
         "slowest": sorted(
             (
@@ -413,8 +422,9 @@ async def _measure(
     with tempfile.TemporaryDirectory(prefix="engine-netns-churn-") as tmp:
         work = Path(tmp)
         details["baseline"] = await _baseline(work, baseline_count)
-        # Wall clock (the watcher's) less monotonic (the generator's), taken once.
-        clock = time.time() - time.monotonic()
+        # The watcher's clock less the generator's: both monotonic in filters-only mode. (The
+        # wall clock's lead taken once drifted by milliseconds within a run.)
+        clock = 0.0
         with host_watch.watching(filters_only=True) as host_times:
             host = (host_times, clock)
             await _engine_rates(details, rates, seconds, work, profile, host)

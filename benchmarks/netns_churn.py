@@ -202,14 +202,12 @@ def _config(tag: str, rate: float, count: int, first: int, *, baseline: bool) ->
     }
 
 
-def _filters_in_place(t: dict[str, Any], host: HostTimes, clock: float) -> float | None:
+def _filters_in_place(t: dict[str, Any], host: HostTimes) -> float | None:
     """When the host's tc messages showed both classifiers' filters on the netns's host veth
-    (on the generator's clock: ``clock`` is the watcher's clock's lead over it, 0 as both
-    are monotonic). Counted from the
+    (on the generator's clock: the watcher stamps on CLOCK_MONOTONIC too). Counted from the
     netns's mount: a filter pre-attached as the veth's first link message is read can be in
     place before the generator's own call that made the veth has returned (``t_veth``)."""
-    placed = host.filters_on(t.get("host_ifindex", 0), len(TC_PROGRAMS), t["t_netns"] + clock)
-    return None if placed is None else placed - clock
+    return host.filters_on(t.get("host_ifindex", 0), len(TC_PROGRAMS), t["t_netns"])
 
 
 def _rate_details(
@@ -217,7 +215,7 @@ def _rate_details(
     lines: list[dict[str, Any]],
     cpu: float,
     settled: bool,
-    host: tuple[HostTimes, float],
+    host: HostTimes,
 ) -> dict[str, Any]:
     made = [t for t in lines if "t_netns" in t and "summary" not in t]
     summary = lines[-1]
@@ -242,14 +240,13 @@ def _rate_details(
                 # tracker's and the record's way out.
                 parts["netns_added_received"].append(story.added[0] - t["t_netns"])
                 parts["socket_task_latency"].append(story.socket_latency)
-        placed = _filters_in_place(t, *host) if "t_veth" in t else None
+        placed = _filters_in_place(t, host) if "t_veth" in t else None
         if placed is not None:
             in_place.append(placed - t["t_veth"])
         elif "t_veth" in t and len(not_placed) < 5:
-            times, clock = host
-            added = times.filters.get(t.get("host_ifindex", 0), [])
+            added = host.filters.get(t.get("host_ifindex", 0), [])
             # What the host saw on that interface, from the netns's mount (ms).
-            at = [round(1000 * (a - clock - t["t_netns"]), 1) for a in added]
+            at = [round(1000 * (a - t["t_netns"]), 1) for a in added]
             not_placed.append({"name": t["name"], "ifindex": t.get("host_ifindex"), "filters": at})
         if "t_veth" in t and all(a is not None for a in tc_at):
             tc_after.append(max(a for a in tc_at if a is not None) - t["t_veth"])
@@ -393,7 +390,7 @@ async def running_engine(
 
 
 async def _one_rate(
-    engine: EngineRun, work: Path, config: dict[str, Any], host: tuple[HostTimes, float]
+    engine: EngineRun, work: Path, config: dict[str, Any], host: HostTimes
 ) -> dict[str, Any]:
     rate, count, first = config["rate"], config["count"], config["first_address"]
     # The addresses are the generator's to choose: known before it starts.
@@ -422,11 +419,8 @@ async def _measure(
     with tempfile.TemporaryDirectory(prefix="engine-netns-churn-") as tmp:
         work = Path(tmp)
         details["baseline"] = await _baseline(work, baseline_count)
-        # The watcher's clock less the generator's: both monotonic in filters-only mode. (The
-        # wall clock's lead taken once drifted by milliseconds within a run.)
-        clock = 0.0
-        with host_watch.watching(filters_only=True) as host_times:
-            host = (host_times, clock)
+        # The watcher stamps on CLOCK_MONOTONIC, the generator's clock (filters-only mode).
+        with host_watch.watching(filters_only=True) as host:
             await _engine_rates(details, rates, seconds, work, profile, host)
             if realtime:
                 # Then the same engine with its attach path real-time, for the rates asked.
@@ -443,7 +437,7 @@ async def _engine_rates(  # noqa: PLR0917 - the measurement's own state, passed 
     seconds: float,
     work: Path,
     profile: Path | None,
-    host: tuple[HostTimes, float],
+    host: HostTimes,
     attach_priority: str = "default",
 ) -> None:
     """The engine run at each rate in turn, its figures into ``details``."""

@@ -33,7 +33,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -47,7 +46,7 @@ from engine.netns.mounts import MountWatcher
 from engine.netns.rtnl import NETNSA_NSID_NOT_ASSIGNED, NsidClient, open_event_socket
 from engine.process import age as process_age
 from engine.records import NetnsAdded, NetnsEvent, NetnsRemoved
-from engine.sources.netns_paths import NAMED_NETNS_DIR, RUNTIME_NETNS_DIRS
+from engine.sources.netns_paths import NAMED_NETNS_DIR, RUNTIME_NETNS_DIRS, process_of
 from engine.sources.netns_wake import Feeds, Wake, next_wake
 
 logger = logging.getLogger(__name__)
@@ -57,7 +56,6 @@ NAMING_WAIT = 1.0
 # first of them: one look at /proc for a burst of removals.
 ORPHAN_BATCH = 0.05
 WAKE_CHANNEL = 256
-_PROCESS_NETNS = re.compile(r"/proc/(\d+)/ns/net")
 
 
 @attrs.define
@@ -411,7 +409,5 @@ def _existed(path: str) -> float:
     runtime makes the netns, then the container's processes in it). A process that made a
     new netns for itself long after it started looks older than its netns: no container
     runtime makes a container's netns that way."""
-    found = _PROCESS_NETNS.fullmatch(path)
-    if found is None:
-        return 0.0
-    return process_age(int(found[1])) or 0.0
+    pid = process_of(path)
+    return 0.0 if pid is None else process_age(pid) or 0.0

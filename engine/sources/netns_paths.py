@@ -15,7 +15,13 @@ RUNTIME_NETNS_DIRS = ("/run/docker/netns",)
 _RUNTIME_PREFIXES = ("/run/docker/netns/", "/var/run/docker/netns/")
 _NAMED_FOLDERS = ("/run/netns/", "/var/run/netns/")
 _RUNTIME_NAMES = ("cni-", "netns-")
-_PROCESS_NETNS = re.compile(r"/proc/\d+/ns/net")
+_PROCESS_NETNS = re.compile(r"/proc/(\d+)/ns/net")
+
+
+def process_of(path: str) -> int | None:
+    """The pid of a process's netns path (``/proc/PID/ns/net``), or None for any other."""
+    found = _PROCESS_NETNS.fullmatch(path)
+    return None if found is None else int(found[1])
 
 
 def is_runtime_netns(path: str) -> bool:
@@ -24,7 +30,7 @@ def is_runtime_netns(path: str) -> bool:
     often finds a new container's netns through its first process, before the runtime's bind
     mount is in place (seen with 11 containers started at once: 3 of them). Other ``ip netns
     add`` names are never a container's."""
-    if path.startswith(_RUNTIME_PREFIXES) or _PROCESS_NETNS.fullmatch(path) is not None:
+    if path.startswith(_RUNTIME_PREFIXES) or process_of(path) is not None:
         return True
     folder, _, name = path.rpartition("/")
     return folder + "/" in _NAMED_FOLDERS and name.startswith(_RUNTIME_NAMES)
